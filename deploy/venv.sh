@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Makes .venv hold exactly the dependencies pinned in pyproject.toml (runtime + test).
+#
+# The venv itself lives in a cache folder keyed by that dependency list and the Python
+# version, and .venv is a link to it: PyPI's torch for Linux is a ~3 GB CUDA build, and a
+# fresh clone (CI's, a second checkout) should reuse it rather than reinstall it. The
+# project itself is never installed into the shared venv (tests and tools run from the
+# repository root with PYTHONPATH), so sharing it across clones is safe.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
+deps=$("$PY" - <<'PYEOF'
+import tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["test"]))
+PYEOF
+)
+key=$( { echo "$deps"; "$PY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)
+cache="${RERANK_VENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kafka-rerank}"
+store="$cache/venv-$key"
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
+if [ ! -f "$store/.complete" ]; then
+    echo "venv: installing pinned dependencies into $store (first time only; torch is large)"
+    rm -rf "$store"
+    "$PY" -m venv "$store"
+    "$store/bin/python" -m pip install -q --upgrade pip
+    echo "$deps" > "$store/requirements.txt"
+    "$store/bin/python" -m pip install --progress-bar off -r "$store/requirements.txt"
+    touch "$store/.complete"
+fi
+if [ "$(readlink .venv 2>/dev/null)" != "$store" ]; then
+    rm -rf .venv
+    ln -s "$store" .venv
+fi
+echo "venv: .venv -> $store"
