@@ -3,6 +3,8 @@
 Used by kafka.sh: a broker is ready when a client can read its metadata, not when
 its process exists.
 """
+import logging
+import os
 import sys
 import time
 
@@ -10,13 +12,14 @@ from confluent_kafka.admin import AdminClient
 
 
 def main(bootstrap: str, timeout_s: float, pid: int | None) -> int:
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    # "connection refused" is expected until the listener is up: keep librdkafka quiet
+    quiet = logging.getLogger("kafka-ready")
+    quiet.disabled = True
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pid is not None:
             try:
-                import os
-
                 os.kill(pid, 0)
             except ProcessLookupError:
                 print(f"kafka: broker process {pid} exited during start-up", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Clients of the rerank service: load generator, benchmarks, demo (they speak only Kafka)."""
