@@ -1,0 +1,392 @@
+"""The worker: a Faust agent reads rerank requests, a window loop scores them, replies go out.
+
+Data flow (one process; scale out with more processes in the same consumer group)::
+
+    rerank-requests ──agent──▶ parse ──▶ WindowBuffer ──window loop──▶ engine thread
+          │                      │ bad input                              │
+          │                      ▼                                        ▼
+          │            error response / rerank-dlq              ranked responses
+          └──────── offsets committed only after each request's answer is delivered
+
+At-least-once: the agent's stream does not ack on its own (``noack``). A request is acked
+once its answer is delivered, and faust commits only the contiguous acked prefix of each
+partition, so a worker that dies mid-window leaves its requests to be redelivered.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from engines import Reranker, RerankJob
+from schemas import ErrorCode, RequestError, RequestLimits, RerankRequest, encode, parse_request
+from streams import metrics
+from streams.replies import ranked_response
+from streams.settings import WorkerSettings
+from streams.windows import Pending, WindowBuffer
+
+log = logging.getLogger("rerank.worker")
+
+# faust turns on the idempotent producer only for exactly_once, which is broken (faust
+# #517, #323). We run at-least-once but still want retries without duplicates in the log.
+faust_aiokafka.Producer._settings_extra = lambda self: {"acks": "all", "enable_idempotence": True}
+
+DELIVERY_ATTEMPTS = 5
+
+
+@dataclass
+class Inbound:
+    """A parsed request waiting for its window."""
+
+    request: RerankRequest
+    event: Any  # the faust event to ack once the answer is delivered
+    received: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Outbound:
+    """One message to produce; the event is acked when every Outbound of it is delivered."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
+    fallback: Outbound | None = None  # sent instead when this one cannot be delivered
+
+
+def _key_as_request_id(key: bytes | None) -> str | None:
+    """The record key, when it can stand in for an unreadable body's request_id."""
+    if not key:
+        return None
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if 1 <= len(text) <= 128 else None
+
+
+class RerankService:
+    """Owns the window buffer, the scoring thread and the replies of one worker."""
+
+    def __init__(self, app: faust.App, settings: WorkerSettings, reranker: Reranker) -> None:
+        self.app = app
+        self.settings = settings
+        self.reranker = reranker
+        self.limits = RequestLimits(max_documents=settings.max_documents)
+        self.served_models = {settings.model, reranker.model_name, *settings.model_aliases}
+        self.buffer: WindowBuffer[Inbound] = WindowBuffer(
+            settings.window_max_pairs, settings.window_ms, settings.max_inflight_pairs)
+        # One scoring thread: the engine is not re-entrant, and two windows at once would
+        # only split the same cores.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self.stream: Any = None
+        self._deliveries: set[asyncio.Task] = set()
+        self.partitions_held = 0
+        self.joined = asyncio.Event()
+
+    # --- intake (the agent) ------------------------------------------------------------
+    async def take(self, stream: Any, event: Any) -> None:
+        """Parses one message: good requests wait for a window, bad ones are answered now."""
+        self.stream = stream
+        raw: bytes = event.value if event.value is not None else b""
+        try:
+            request = parse_request(raw, self.limits, self.served_models)
+            self._check_reply_to(request)
+        except RequestError as err:
+            self._spawn(self._deliver(self._rejection(err, raw, event.key), [event]))
+            return
+        await self.buffer.put(Inbound(request, event), self._pairs(request))
+        metrics.INFLIGHT_PAIRS.set(self.buffer.inflight_pairs)
+
+    def _check_reply_to(self, request: RerankRequest) -> None:
+        topic = request.reply_to
+        if topic is None:
+            return
+        prefix = self.settings.reply_to_prefix
+        if not prefix or not topic.startswith(prefix) or topic in (
+                self.settings.request_topic, self.settings.dead_letter_topic):
+            raise RequestError(
+                ErrorCode.INVALID_REQUEST,
+                f"reply_to {topic!r} is not allowed: reply topics must start with {prefix!r} "
+                f"(RERANK_REPLY_TO_PREFIX)" if prefix else "reply_to is disabled on this worker",
+                request.request_id)
+
+    def _pairs(self, request: RerankRequest) -> int:
+        """The cross-encoder pairs a request will cost, for window sizing and backpressure."""
+        n = len(request.documents)
+        opts = request.prefilter
+        enabled = opts.enabled if opts is not None and opts.enabled is not None else (
+            n > self.settings.prefilter_threshold and self.settings.engine != "bi-encoder")
+        if enabled:
+            keep = opts.keep if opts is not None and opts.keep else self.settings.prefilter_keep
+            return min(n, keep)
+        return n
+
+    def _rejection(self, err: RequestError, raw: bytes, key: bytes | None) -> list[Outbound]:
+        metrics.ERRORS.labels(err.code.value).inc()
+        metrics.REQUESTS.labels("error").inc()
+        out: list[Outbound] = []
+        request_id = err.request_id
+        if request_id is None:
+            # The body is unreadable: keep its original bytes for a person to look at.
+            metrics.DEAD_LETTERS.inc()
+            out.append(Outbound(self.settings.dead_letter_topic, key, raw, [
+                ("error-code", err.code.value.encode()),
+                ("error-message", err.message.encode("utf-8", "replace")),
+                ("source-topic", self.settings.request_topic.encode()),
+                ("worker", self.settings.worker_name.encode()),
+            ]))
+            request_id = _key_as_request_id(key)
+            if request_id is None:
+                log.warning("dead-lettered an unreadable request with no usable key: %s", err.message)
+                return out
+            err = RequestError(err.code, err.message, request_id)
+        out.append(self._answer(request_id, err.to_response()))
+        return out
+
+    def _answer(self, request_id: str, response: Any, reply_to: str | None = None) -> Outbound:
+        key = request_id.encode("utf-8")
+        default = Outbound(self.settings.response_topic, key, encode(response))
+        if reply_to is None:
+            return default
+        # If the reply topic cannot take it (missing, no ACL), the client still gets an answer.
+        fallback = RequestError(ErrorCode.INVALID_REQUEST,
+                                f"reply_to topic {reply_to!r} could not be written to", request_id)
+        return Outbound(reply_to, key, encode(response),
+                        fallback=Outbound(self.settings.response_topic, key, encode(fallback.to_response())))
+
+    # --- windows -------------------------------------------------------------------------
+    async def run_windows(self) -> None:
+        """Forever: take a window, score it off the event loop, hand the replies to delivery."""
+        loop = asyncio.get_running_loop()
+        while True:
+            window = await self.buffer.next_window()
+            formed = time.monotonic()
+            now_ms = time.time() * 1000
+            live: list[Pending[Inbound]] = []
+            replies: list[tuple[Pending[Inbound], list[Outbound]]] = []
+            for pending in window:
+                request = pending.item.request
+                if request.deadline_ms is not None and request.deadline_ms <= now_ms:
+                    err = RequestError(
+                        ErrorCode.DEADLINE_EXCEEDED,
+                        f"deadline_ms {request.deadline_ms} passed {now_ms - request.deadline_ms:.0f} ms "
+                        "before the request's window formed; it was not scored", request.request_id)
+                    metrics.ERRORS.labels(err.code.value).inc()
+                    metrics.REQUESTS.labels("error").inc()
+                    replies.append((pending, [self._answer(request.request_id, err.to_response(),
+                                                           request.reply_to)]))
+                else:
+                    live.append(pending)
+            if live:
+                replies += await self._score(loop, live, formed)
+            for pending, outbound in replies:
+                self._spawn(self._deliver(outbound, [pending.item.event], pending.pairs, pending.item.received))
+
+    async def _score(self, loop: asyncio.AbstractEventLoop, live: list[Pending[Inbound]],
+                     formed: float) -> list[tuple[Pending[Inbound], list[Outbound]]]:
+        jobs = []
+        for pending in live:
+            req = pending.item.request
+            opts = req.prefilter
+            jobs.append(RerankJob(req.query, req.texts(),
+                                  prefilter=opts.enabled if opts else None,
+                                  keep=opts.keep if opts else None))
+        pairs = sum(p.pairs for p in live)
+        metrics.WINDOWS.inc()
+        metrics.WINDOW_REQUESTS.observe(len(live))
+        metrics.WINDOW_FILL.observe(pairs / self.settings.window_max_pairs)
+        started = time.monotonic()
+        try:
+            outcomes = await loop.run_in_executor(self.executor, self.reranker.rerank, jobs)
+            if len(outcomes) != len(jobs):
+                raise RuntimeError(f"engine returned {len(outcomes)} outcomes for {len(jobs)} requests")
+            failure = None
+        except Exception as exc:  # the whole window is answered with `internal`, not dropped
+            log.exception("scoring a window of %d requests failed", len(jobs))
+            outcomes, failure = [None] * len(jobs), exc
+        done = time.monotonic()
+        inference_ms = (done - started) * 1000
+        metrics.INFERENCE_SECONDS.observe(done - started)
+        replies = []
+        for pending, outcome in zip(live, outcomes):
+            req = pending.item.request
+            queue_ms = (formed - pending.item.received) * 1000
+            metrics.QUEUE_SECONDS.observe(formed - pending.item.received)
+            if outcome is None:
+                err = RequestError(ErrorCode.INTERNAL,
+                                   f"the worker failed while scoring this request's window: "
+                                   f"{type(failure).__name__}: {failure}", req.request_id)
+                metrics.ERRORS.labels(err.code.value).inc()
+                metrics.REQUESTS.labels("error").inc()
+                response = err.to_response()
+            else:
+                response = ranked_response(
+                    req, outcome, model=req.model or self.reranker.model_name,
+                    engine=self.reranker.engine_name, worker=self.settings.worker_name,
+                    queue_ms=queue_ms, inference_ms=inference_ms,
+                    total_ms=(time.monotonic() - pending.item.received) * 1000)
+                metrics.REQUESTS.labels("ok").inc()
+                metrics.DOCUMENTS.inc(len(req.documents))
+                metrics.PAIRS.inc(int(outcome.cross_encoded.sum()))
+            replies.append((pending, [self._answer(req.request_id, response, req.reply_to)]))
+        return replies
+
+    # --- delivery ------------------------------------------------------------------------
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, outbound: list[Outbound], events: list[Any], pairs: int = 0,
+                       received: float | None = None) -> None:
+        """Produces the answers, then acks the requests they answer (never before)."""
+        try:
+            for message in outbound:
+                await self._produce(message)
+            if received is not None:
+                metrics.TOTAL_SECONDS.observe(time.monotonic() - received)
+            for event in events:
+                await self._ack(event)
+        except Exception as exc:
+            # Unacked, the request will be redelivered to whoever holds its partition next.
+            log.critical("could not deliver an answer after %d attempts (%s); stopping so that "
+                         "another replica answers it", DELIVERY_ATTEMPTS, exc)
+            await self.app.crash(exc)
+        finally:
+            if pairs:
+                await self.buffer.release(pairs)
+                metrics.INFLIGHT_PAIRS.set(self.buffer.inflight_pairs)
+
+    async def _produce(self, message: Outbound) -> None:
+        producer = self.app.producer
+        for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+            try:
+                future = await producer.send(message.topic, message.key, message.value, None, None,
+                                             message.headers)
+                await future
+                return
+            except Exception as exc:
+                if message.fallback is not None:
+                    log.warning("could not write to reply topic %s (%s); answering on %s instead",
+                                message.topic, exc, message.fallback.topic)
+                    message = message.fallback
+                    continue
+                if attempt == DELIVERY_ATTEMPTS:
+                    raise
+                log.warning("produce to %s failed (attempt %d/%d): %s", message.topic, attempt,
+                            DELIVERY_ATTEMPTS, exc)
+                await asyncio.sleep(0.2 * 2 ** attempt)
+
+    async def _ack(self, event: Any) -> None:
+        if self.stream is not None:
+            await self.stream.ack(event)
+        else:
+            event.ack()
+
+    # --- state ---------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return {
+            "worker": self.settings.worker_name,
+            "engine": self.reranker.engine_name,
+            "model": self.reranker.model_name,
+            "joined_group": self.joined.is_set(),
+            "partitions": self.partitions_held,
+            "queued_requests": self.buffer.queued,
+            "inflight_pairs": self.buffer.inflight_pairs,
+            "deliveries_in_flight": len(self._deliveries),
+        }
+
+
+def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
+    """The Faust app of one worker: its agent, window loop, web endpoints and timers."""
+    app = faust.App(
+        settings.group_id,
+        broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
+        broker_credentials=settings.faust_credentials(),
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        datadir=str(settings.data_dir / settings.worker_name),
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # Small: each buffered message can hold thousands of documents; the backlog
+        # belongs in Kafka, not in this process.
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        broker_commit_interval=1.0,
+        # Topics are created by ensure_topics() with the configured partition counts.
+        topic_allow_declare=False,
+        web_enabled=True,
+        web_bind=settings.http_host,
+        web_host=settings.http_host,
+        web_port=settings.http_port,
+        web_transport="aiohttp://",
+        web_stats_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
+        web_router_enabled=False,
+    )
+    service = RerankService(app, settings, reranker)
+    app.rerank_service = service  # for tests and introspection
+    requests = app.topic(settings.request_topic, value_serializer="raw", key_serializer="raw")
+
+    # concurrency=1: with more, faust can commit past a message still in flight (#606).
+    @app.agent(requests, concurrency=1, name="rerank")
+    async def rerank(stream):
+        stream = stream.noack()
+        async for event in stream.events():
+            await service.take(stream, event)
+
+    @app.task
+    async def window_loop() -> None:
+        await service.run_windows()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app, assigned, **kwargs) -> None:
+        held = sorted(tp.partition for tp in assigned if tp.topic == settings.request_topic)
+        service.partitions_held = len(held)
+        service.joined.set()
+        metrics.ASSIGNED_PARTITIONS.set(len(held))
+        if held:
+            log.info("holding partitions %s of %s", held, settings.request_topic)
+        else:
+            log.warning("this replica holds no partition of %s: there are more replicas than "
+                        "partitions, so it idles until a rebalance gives it one", settings.request_topic)
+
+    @app.timer(interval=settings.summary_every_s)
+    async def summary() -> None:
+        ok = metrics.REQUESTS.labels("ok")._value.get()
+        err = metrics.REQUESTS.labels("error")._value.get()
+        log.info("summary: %d ok, %d errors, %d documents, %d pairs scored, %d windows, "
+                 "%d queued, %d pairs in flight, %d partitions",
+                 ok, err, metrics.DOCUMENTS._value.get(), metrics.PAIRS._value.get(),
+                 metrics.WINDOWS._value.get(), service.buffer.queued, service.buffer.inflight_pairs,
+                 service.partitions_held)
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/healthz")
+    async def liveness(web, request):
+        alive = not window_task_failed(app)
+        return web.json({"alive": alive, **service.health()}, status=200 if alive else 503)
+
+    @app.page("/ready")
+    async def readiness(web, request):
+        ready = service.joined.is_set() and not window_task_failed(app)
+        return web.json({"ready": ready, **service.health()}, status=200 if ready else 503)
+
+    return app
+
+
+def window_task_failed(app: faust.App) -> bool:
+    return bool(getattr(app, "_crashed", None) and app._crashed.is_set())
