@@ -1,0 +1,84 @@
+"""``python -m loadgen``: drive a running rerank service through Kafka and measure it.
+
+    python -m loadgen --bootstrap 127.0.0.1:9092 --rate 5 --docs 50-100 --duration 60 --json out/run.json
+    python -m loadgen --concurrency 8 --docs mix --requests 500 --plot out/latency.png
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from loadgen.client import ClientError, RerankClient
+from loadgen.run import DISTRIBUTIONS, LoadResult, RequestFactory, parse_distribution, plot, run_load
+
+
+def print_result(result: LoadResult, console: Console, title: str = "loadgen") -> None:
+    table = Table(title=title)
+    for col in ("mode", "sent", "answered", "lost", "errors", "req/s", "docs/s", "p50 ms", "p90 ms",
+                "p99 ms", "max ms"):
+        table.add_column(col, justify="right")
+
+    def ms(v):
+        return "-" if v is None else f"{v * 1000:.0f}"
+
+    table.add_row(result.mode, str(result.sent), str(result.answered), str(result.lost),
+                  ", ".join(f"{k}: {v}" for k, v in result.errors.items()) or "0",
+                  f"{result.requests_per_s:.1f}", f"{result.docs_per_s:.0f}",
+                  ms(result.p50), ms(result.p90), ms(result.p99), ms(result.max))
+    console.print(table)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", default="127.0.0.1:9092", show_default=True,
+              help="Kafka bootstrap servers (or KAFKA_BOOTSTRAP_SERVERS).")
+@click.option("--request-topic", envvar="RERANK_REQUEST_TOPIC", default="rerank-requests", show_default=True)
+@click.option("--response-topic", envvar="RERANK_RESPONSE_TOPIC", default="rerank-responses", show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Open loop: requests per second.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Closed loop: requests in flight.")
+@click.option("--docs", "docs", default="4-15", show_default=True,
+              help=f"Documents per request: {', '.join(DISTRIBUTIONS)}, LO-HI, or LO-HI:W,LO-HI:W.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Seconds to send for.")
+@click.option("--requests", "n_requests", type=click.IntRange(min=1), help="Requests to send.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the last answers; "
+              "requests still unanswered then count as lost.")
+@click.option("--top-n", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a latency plot (PNG) here.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def main(bootstrap, request_topic, response_topic, rate, concurrency, docs, duration, n_requests, timeout,
+         top_n, seed, json_path, plot_path, quiet) -> None:
+    """Send rerank requests through Kafka and report throughput, latency, errors and losses."""
+    console = Console(stderr=True)
+    if (rate is None) == (concurrency is None):
+        raise click.UsageError("give exactly one of --rate (open loop) or --concurrency (closed loop)")
+    if duration is None and n_requests is None:
+        raise click.UsageError("give --duration or --requests")
+    try:
+        distribution = parse_distribution(docs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--docs") from None
+    try:
+        client = RerankClient(bootstrap, request_topic, [response_topic])
+    except ClientError as exc:
+        console.print(f"[red]loadgen: {exc}[/red]")
+        sys.exit(2)
+    with client:
+        result = run_load(client, RequestFactory(distribution, seed), rate=rate, concurrency=concurrency,
+                          requests=n_requests, duration_s=duration, timeout_s=timeout, show_progress=not quiet,
+                          extra={"top_n": top_n})
+    print_result(result, Console())
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({**result.summary(), "docs": docs, "bootstrap": bootstrap}, f, indent=2)
+    if plot_path:
+        plot(result, plot_path)
+    sys.exit(1 if result.lost else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""A rerank client on confluent-kafka: publish requests, match responses by request_id.
+
+This is what any application does to use the service, and what the load generator,
+the demo and the tests use; it knows nothing of the worker beyond the topics.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+
+class ClientError(RuntimeError):
+    """The cluster or a topic is not usable; the message says which and why."""
+
+
+@dataclass
+class Answer:
+    request_id: str
+    response: dict
+    latency_s: float
+    received_at: float
+    topic: str
+
+
+@dataclass
+class _Pending:
+    sent_at: float
+    documents: int
+    answers: list[Answer] = field(default_factory=list)
+
+
+def _quiet_logger() -> logging.Logger:
+    quiet = logging.getLogger("loadgen.librdkafka")
+    quiet.setLevel(logging.CRITICAL)
+    return quiet
+
+
+class RerankClient:
+    """Publishes to the request topic and reads every answer from the response topics.
+
+    Responses are read from each response topic's end as it was when the client started,
+    so earlier runs' answers are not mistaken for this one's.
+    """
+
+    def __init__(self, bootstrap: str, request_topic: str = "rerank-requests",
+                 response_topics: Iterable[str] = ("rerank-responses",), extra_config: dict | None = None,
+                 timeout_s: float = 15.0) -> None:
+        base = {"bootstrap.servers": bootstrap, "logger": _quiet_logger(), **(extra_config or {})}
+        self.request_topic = request_topic
+        self.response_topics = list(response_topics)
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self.unmatched: list[dict] = []
+        self._stop = threading.Event()
+        self.producer = Producer({**base, "linger.ms": 2, "enable.idempotence": True,
+                                  "message.max.bytes": 10_000_000})
+        self.consumer = Consumer({**base, "group.id": f"rerank-client-{uuid.uuid4().hex[:8]}",
+                                  "enable.auto.commit": False, "auto.offset.reset": "latest",
+                                  "fetch.max.bytes": 52_428_800})
+        self._assign(bootstrap, timeout_s)
+        self._thread = threading.Thread(target=self._poll, name="rerank-client", daemon=True)
+        self._thread.start()
+
+    def _assign(self, bootstrap: str, timeout_s: float) -> None:
+        try:
+            metadata = self.consumer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise ClientError(f"cannot reach Kafka at {bootstrap}: {exc.args[0].str()}") from None
+        for topic in [self.request_topic, *self.response_topics]:
+            if topic not in metadata.topics or metadata.topics[topic].error is not None:
+                raise ClientError(f"topic {topic!r} does not exist on {bootstrap} "
+                                  "(start a worker, which creates its topics, or create it)")
+        partitions = []
+        for topic in self.response_topics:
+            for p in metadata.topics[topic].partitions:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+                partitions.append(TopicPartition(topic, p, high))
+        self.consumer.assign(partitions)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for msg in self.consumer.consume(500, 0.2):
+                if msg.error():
+                    continue
+                now = time.monotonic()
+                try:
+                    response = json.loads(msg.value())
+                except (TypeError, ValueError):
+                    continue
+                request_id = response.get("request_id") if isinstance(response, dict) else None
+                with self._lock:
+                    pending = self._pending.get(request_id) if request_id else None
+                    if pending is None:
+                        self.unmatched.append(response)
+                        continue
+                    pending.answers.append(Answer(request_id, response, now - pending.sent_at, now,
+                                                  msg.topic()))
+
+    def send(self, request: dict, key: str | None = None) -> str:
+        """Publishes one request (a dict in the wire contract), keyed by its request_id."""
+        request_id = request["request_id"]
+        value = json.dumps(request, ensure_ascii=False).encode("utf-8")
+        return self.send_raw(value, key=key if key is not None else request_id,
+                             request_id=request_id, documents=len(request.get("documents", [])))
+
+    def send_raw(self, value: bytes, key: str | bytes | None, request_id: str | None = None,
+                 documents: int = 0) -> str:
+        """Publishes arbitrary bytes (tests of bad input use this)."""
+        request_id = request_id or (key.decode() if isinstance(key, bytes) else key) or uuid.uuid4().hex
+        with self._lock:
+            self._pending[request_id] = _Pending(time.monotonic(), documents)
+        while True:
+            try:
+                self.producer.produce(self.request_topic, value=value, key=key)
+                break
+            except BufferError:  # local queue full: let it drain
+                self.producer.poll(0.05)
+        self.producer.poll(0)
+        return request_id
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        if self.producer.flush(timeout_s) != 0:
+            raise ClientError(f"requests still undelivered to {self.request_topic} after {timeout_s}s")
+
+    def answers(self, request_id: str) -> list[Answer]:
+        with self._lock:
+            return list(self._pending[request_id].answers)
+
+    def answered(self) -> int:
+        with self._lock:
+            return sum(1 for p in self._pending.values() if p.answers)
+
+    def outstanding(self) -> int:
+        with self._lock:
+            return sum(1 for p in self._pending.values() if not p.answers)
+
+    def wait(self, request_ids: Iterable[str] | None = None, timeout_s: float = 60.0) -> bool:
+        """Waits until every given (default: every sent) request has an answer."""
+        ids = list(request_ids) if request_ids is not None else None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                targets = ids if ids is not None else list(self._pending)
+                if all(self._pending[i].answers for i in targets):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def snapshot(self) -> dict[str, _Pending]:
+        with self._lock:
+            return {k: _Pending(v.sent_at, v.documents, list(v.answers)) for k, v in self._pending.items()}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.producer.flush(5)
+        self.consumer.close()
+
+    def __enter__(self) -> "RerankClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,214 @@
+"""The worker against the real local Kafka: ranking, bad input, deadlines, reply_to, metrics."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from engines import RerankJob, build_reranker
+from engines.testmodel import ensure_test_model
+from loadgen.client import RerankClient
+from loadgen.corpus import load_passages
+from loadgen.harness import WorkerProcess
+from streams.replies import relevance
+from streams.settings import WorkerSettings
+
+pytestmark = pytest.mark.kafka
+
+ENGINE = "onnx"
+PRECISION = "fp32"  # deterministic enough to compare with direct scores at 1e-4
+
+
+@pytest.fixture(scope="module")
+def test_model() -> str:
+    return str(ensure_test_model())
+
+
+@pytest.fixture(scope="module")
+def topics() -> dict[str, str]:
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "RERANK_REQUEST_TOPIC": f"req-{tag}",
+        "RERANK_RESPONSE_TOPIC": f"resp-{tag}",
+        "RERANK_DEAD_LETTER_TOPIC": f"dlq-{tag}",
+        "RERANK_REPLY_TO_PREFIX": f"replies-{tag}.",
+        "RERANK_GROUP_ID": f"workers-{tag}",
+    }
+
+
+@pytest.fixture(scope="module")
+def worker(kafka_bootstrap, test_model, topics, tmp_path_factory):
+    env = {**topics, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "RERANK_MODEL": test_model,
+           "RERANK_ENGINE": ENGINE, "RERANK_PRECISION": PRECISION, "RERANK_REQUEST_PARTITIONS": "2",
+           "RERANK_WINDOW_MS": "30", "RERANK_MAX_DOCUMENTS": "500", "RERANK_SUMMARY_EVERY_S": "2"}
+    proc = WorkerProcess(env, tmp_path_factory.mktemp("worker") / "worker.log").start()
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        code = proc.stop()
+        print(proc.tail(15))
+        assert code == 0, f"worker did not exit cleanly on SIGTERM (exit {code})"
+
+
+@pytest.fixture
+def client(kafka_bootstrap, topics, worker):
+    with RerankClient(kafka_bootstrap, topics["RERANK_REQUEST_TOPIC"],
+                      [topics["RERANK_RESPONSE_TOPIC"]]) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def direct(test_model):
+    """The same engine in this process, scoring each request alone."""
+    settings = WorkerSettings(engine=ENGINE, model=test_model, precision=PRECISION)
+    return build_reranker(settings.engine_config())
+
+
+def only_answer(client, request_id):
+    answers = client.answers(request_id)
+    assert len(answers) == 1, f"{request_id}: expected one answer, got {len(answers)}"
+    return answers[0].response
+
+
+def test_ranked_responses_equal_direct_engine_scores_for_mixed_sizes(client, direct):
+    passages = load_passages()
+    rng = np.random.default_rng(int(time.time()))
+    sizes = [1, 3, 12, 40, 99, 150]  # 150 > prefilter_threshold: prefiltered
+    requests = []
+    for n in sizes:
+        docs = [passages[int(i)] for i in rng.choice(len(passages), n, replace=False)]
+        req = {"request_id": f"mix-{n}-{uuid.uuid4().hex[:6]}", "query": passages[int(rng.integers(len(passages)))][:80],
+               "documents": docs}
+        if n == 12:
+            req.update(top_n=5, return_documents=True)
+        requests.append(req)
+    for req in requests:
+        client.send(req)
+    client.flush()
+    assert client.wait([r["request_id"] for r in requests], 120), "every request answered"
+
+    for req in requests:
+        resp = only_answer(client, req["request_id"])
+        assert resp["status"] == "ok", resp
+        (outcome,) = direct.rerank([RerankJob(req["query"], req["documents"])])
+        expected = relevance(outcome, raw_scores=False)
+        results = resp["results"]
+        n = len(req["documents"])
+        assert resp["meta"]["documents"] == n
+        assert len(results) == (req.get("top_n") or n)
+        for r in results:
+            assert r["relevance_score"] == pytest.approx(expected[r["index"]], abs=1e-4)
+        # the order is the engine's order (cross-encoded first), up to near-ties
+        got = [r["index"] for r in results]
+        want = [int(i) for i in outcome.order[: len(got)]]
+        for a, b in zip(got, want):
+            assert a == b or abs(expected[a] - expected[b]) < 1e-4
+        if n == 150:
+            assert resp["meta"]["prefiltered"] is True
+            assert resp["meta"]["scored_by_cross_encoder"] == 100
+            assert {r["stage"] for r in results[:100]} == {"cross_encoder"}
+            assert {r["stage"] for r in results[100:]} == {"prefilter"}
+        if req.get("return_documents"):
+            assert all(r["document"]["text"] == req["documents"][r["index"]] for r in results)
+        else:
+            assert all("document" not in r for r in results)
+
+
+def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0):
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    out, deadline = [], time.monotonic() + timeout_s
+    while len(out) < expect and time.monotonic() < deadline:
+        msg = consumer.poll(0.2)
+        if msg is not None and not msg.error():
+            out.append(msg)
+    consumer.close()
+    return out
+
+
+def test_every_bad_input_is_answered_and_a_good_request_still_is(client, kafka_bootstrap, topics):
+    dlq = topics["RERANK_DEAD_LETTER_TOPIC"]
+    good_doc = "Kafka partitions spread load across consumers."
+    tag = uuid.uuid4().hex[:6]
+
+    def body(name, **fields):
+        return json.dumps({"request_id": f"{name}-{tag}", "query": "q", "documents": [good_doc], **fields}).encode()
+
+    # name -> (message value, expected error code); the key is always f"{name}-{tag}"
+    cases = {
+        # not UTF-8 / not JSON: DLQ, and an error response under the record key
+        "bytes": (b"\xff\xfe\x00garbage", "invalid_request"),
+        "notjson": (b"{this is not json", "invalid_request"),
+        "nested": (b"[" * 100_000 + b"]" * 100_000, "invalid_request"),
+        "schema": (body("schema", query=""), "invalid_request"),
+        "types": (body("types", query=5), "invalid_request"),
+        "extra": (body("extra", colour="blue"), "invalid_request"),
+        "toolarge": (body("toolarge", documents=[good_doc] * 501), "too_large"),
+        "model": (body("model", model="nobody/serves-this"), "unknown_model"),
+        "deadline": (body("deadline", deadline_ms=int(time.time() * 1000) - 1000), "deadline_exceeded"),
+        "replyto": (body("replyto", reply_to=topics["RERANK_REQUEST_TOPIC"]), "invalid_request"),
+    }
+    ids = {}
+    for name, (value, _) in cases.items():
+        ids[name] = client.send_raw(value, key=f"{name}-{tag}")
+    # unreadable and keyless: it can only go to the dead-letter topic
+    client.send_raw(b"\x00\x01 no key", key=None, request_id=f"keyless-{tag}")
+    good = {"request_id": f"good-{tag}", "query": "how are partitions shared", "documents": [good_doc, "cats"]}
+    client.send(good)
+    client.flush()
+    assert client.wait([*ids.values(), good["request_id"]], 60), \
+        f"unanswered: {[k for k, v in ids.items() if not client.answers(v)]}"
+
+    for name, (_, code) in cases.items():
+        resp = only_answer(client, ids[name])
+        assert resp["status"] == "error", (name, resp)
+        assert resp["error"]["code"] == code, (name, resp)
+        assert resp["error"]["message"], name
+    assert only_answer(client, good["request_id"])["status"] == "ok"
+
+    dead = read_topic(kafka_bootstrap, dlq, expect=4)
+    assert len(dead) == 4, "bytes, notjson, nested and the keyless message are dead-lettered"
+    originals = {m.value() for m in dead}
+    assert b"\xff\xfe\x00garbage" in originals and b"{this is not json" in originals
+    assert b"\x00\x01 no key" in originals
+    for m in dead:
+        headers = dict(m.headers())
+        assert headers["error-code"] == b"invalid_request"
+        assert headers["error-message"]
+
+
+def test_reply_to_with_the_allowed_prefix_is_honoured(kafka_bootstrap, topics, worker, new_topic):
+    reply_topic = topics["RERANK_REPLY_TO_PREFIX"] + uuid.uuid4().hex[:6]
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(reply_topic, 1, 1)])[reply_topic].result(30)
+    with RerankClient(kafka_bootstrap, topics["RERANK_REQUEST_TOPIC"],
+                      [topics["RERANK_RESPONSE_TOPIC"], reply_topic]) as c:
+        rid = c.send({"request_id": f"rt-{uuid.uuid4().hex[:6]}", "query": "q", "documents": ["a", "b"],
+                      "reply_to": reply_topic})
+        missing = c.send({"request_id": f"rtm-{uuid.uuid4().hex[:6]}", "query": "q", "documents": ["a"],
+                          "reply_to": topics["RERANK_REPLY_TO_PREFIX"] + "does-not-exist"})
+        c.flush()
+        assert c.wait([rid, missing], 90)
+        (answer,) = c.answers(rid)
+        assert answer.topic == reply_topic and answer.response["status"] == "ok"
+        (fallback,) = c.answers(missing)
+        assert fallback.topic == topics["RERANK_RESPONSE_TOPIC"]
+        assert fallback.response["error"]["code"] == "invalid_request"
+
+
+def test_metrics_and_health_endpoints(worker, client):
+    rid = client.send({"request_id": f"m-{uuid.uuid4().hex[:6]}", "query": "q", "documents": ["x", "y", "z"]})
+    client.flush()
+    assert client.wait([rid], 60)
+    text = worker.metrics()
+    assert 'rerank_requests_total{status="ok"}' in text
+    assert "rerank_inference_seconds_bucket" in text
+    health = worker.status("/healthz")
+    assert health["alive"] is True and health["partitions"] == 2
