@@ -17,16 +17,7 @@ def cli() -> None:
     """Streaming reranking service on Kafka."""
 
 
-@cli.command()
-def worker() -> None:
-    """Run one worker (all settings from the environment)."""
-    from streams.settings import load_settings
-
-    settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("rerank.worker")
-
+def _init_topics(settings) -> None:
     from streams.topics import ensure_topics
 
     ensure_topics(settings.confluent_config(), {
@@ -34,6 +25,50 @@ def worker() -> None:
         settings.response_topic: settings.response_partitions,
         settings.dead_letter_topic: 1,
     }, settings.replication_factor)
+
+
+def _settings_and_logging():
+    from streams.settings import load_settings
+
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    return settings
+
+
+@cli.command("init-topics")
+def init_topics() -> None:
+    """Create the request, response and dead-letter topics if missing, then exit."""
+    settings = _settings_and_logging()
+    _init_topics(settings)
+    click.echo(f"topics ready on {settings.bootstrap_servers}: {settings.request_topic} "
+               f"({settings.request_partitions} partitions), {settings.response_topic}, {settings.dead_letter_topic}")
+
+
+@cli.command()
+@click.option("--path", default="/ready", show_default=True, type=click.Choice(["/ready", "/healthz"]))
+def health(path: str) -> None:
+    """Exit 0 when the local worker's endpoint says so (a container healthcheck)."""
+    import json
+    import urllib.request
+
+    from streams.settings import load_settings
+
+    settings = load_settings()
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{settings.http_port}{path}", timeout=3) as resp:
+            click.echo(json.dumps(json.loads(resp.read())))
+    except Exception as exc:  # 503 lands here too
+        sys.exit(f"unhealthy: {exc}")
+
+
+@cli.command()
+def worker() -> None:
+    """Run one worker (all settings from the environment)."""
+    settings = _settings_and_logging()
+    log = logging.getLogger("rerank.worker")
+    _init_topics(settings)
 
     from engines import build_reranker
 

@@ -72,6 +72,9 @@ class WorkerSettings(BaseSettings):
     max_inflight_pairs: int = Field(4096, ge=1)
     max_documents: int = Field(2000, ge=1)
     stream_buffer_maxsize: int = Field(16, ge=1)
+    # How soon the group notices a dead worker and hands its partitions to the others.
+    session_timeout_s: float = Field(10.0, ge=6.0)
+    heartbeat_interval_s: float = Field(2.0, gt=0)
 
     # --- Operations ------------------------------------------------------------------
     http_host: str = "127.0.0.1"

@@ -321,6 +321,8 @@ def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
         # belongs in Kafka, not in this process.
         stream_buffer_maxsize=settings.stream_buffer_maxsize,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
         # Topics are created by ensure_topics() with the configured partition counts.
         topic_allow_declare=False,
         web_enabled=True,
