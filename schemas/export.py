@@ -1,0 +1,96 @@
+"""Write the JSON Schemas (draft 2020-12) of the three messages.
+
+    python -m schemas.export [OUT_DIR]    # default: schemas/json/
+    python -m schemas.export --check      # exit 1 if schemas/json/ is out of date
+
+The files are generated from the models and kept in the repository so that clients (and
+reviewers of a contract change) can read them without running Python; a test fails when
+they differ from what the models generate.
+
+The request schema describes what the models accept, with two differences that JSON
+Schema cannot express: it accepts an integer written with a decimal point (``2.0``) and
+strings holding an unpaired UTF-16 surrogate (``"\\ud800"``), both of which the service
+rejects. Size limits (max_documents and the like) are configuration, so they appear only
+in the descriptions. The response schemas describe messages as ``encode`` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.request import RerankRequest
+from schemas.response import ErrorResponse, RerankResponse
+
+DEFAULT_OUT_DIR = Path(__file__).parent / "json"
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+# file name -> (model, mode): a request is read by the service (what it accepts), a
+# response is written by it (what it sends).
+_MESSAGES: dict[str, tuple[type[BaseModel], str]] = {
+    "rerank-request.schema.json": (RerankRequest, "validation"),
+    "rerank-response.schema.json": (RerankResponse, "serialization"),
+    "rerank-error.schema.json": (ErrorResponse, "serialization"),
+}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The schema of each message, by file name."""
+    schemas = {}
+    for file_name, (model, mode) in _MESSAGES.items():
+        schema = model.model_json_schema(mode=mode)  # type: ignore[arg-type]
+        schemas[file_name] = {"$schema": JSON_SCHEMA_DIALECT, **schema}
+    return schemas
+
+
+def render(schema: dict[str, Any]) -> str:
+    """The exact text of a schema file (stable, so the files diff cleanly)."""
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_json_schemas(out_dir: Path = DEFAULT_OUT_DIR) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file_name, schema in json_schemas().items():
+        path = out_dir / file_name
+        path.write_text(render(schema), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def stale_files(out_dir: Path = DEFAULT_OUT_DIR) -> list[Path]:
+    """Schema files in ``out_dir`` that are missing or differ from the models."""
+    stale = []
+    for file_name, schema in json_schemas().items():
+        path = out_dir / file_name
+        if not path.is_file() or path.read_text(encoding="utf-8") != render(schema):
+            stale.append(path)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m schemas.export", description="Write the message JSON Schemas."
+    )
+    parser.add_argument("out_dir", nargs="?", type=Path, default=DEFAULT_OUT_DIR)
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the files are stale"
+    )
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files(args.out_dir)
+        for path in stale:
+            print(f"stale: {path} (run python -m schemas.export)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in write_json_schemas(args.out_dir):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,433 @@
+"""The exported JSON Schemas: up to date, and in agreement with the pydantic models.
+
+"Agreement" means: for a request, jsonschema accepts exactly what parse_request accepts
+(size limits aside: they are configuration, not schema); for responses, everything encode
+writes is valid. The few differences JSON Schema cannot express are pinned down in
+test_known_differences so that nobody is surprised by them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from schemas import (
+    DocumentText,
+    ErrorCode,
+    ErrorDetail,
+    ErrorResponse,
+    RankedResult,
+    RequestError,
+    RequestLimits,
+    RerankRequest,
+    RerankResponse,
+    ResponseMeta,
+    encode,
+    parse_request,
+    parse_response,
+    rank_results,
+)
+from schemas.export import DEFAULT_OUT_DIR, json_schemas, render, stale_files
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_FILES = ["rerank-request.schema.json", "rerank-response.schema.json", "rerank-error.schema.json"]
+# Only the schema is under test here, so no size limits.
+NO_LIMITS = RequestLimits(max_documents=10**9, max_query_chars=None, max_document_chars=None)
+
+
+def committed_validator(file_name: str) -> Draft202012Validator:
+    schema = json.loads((REPO_ROOT / "schemas" / "json" / file_name).read_text(encoding="utf-8"))
+    return Draft202012Validator(schema)
+
+
+REQUEST_SCHEMA = committed_validator("rerank-request.schema.json")
+RESPONSE_SCHEMA = committed_validator("rerank-response.schema.json")
+ERROR_SCHEMA = committed_validator("rerank-error.schema.json")
+
+
+def service_accepts(payload: Any) -> bool:
+    try:
+        parse_request(json.dumps(payload).encode("utf-8"), NO_LIMITS)
+    except RequestError as error:
+        assert error.code is ErrorCode.INVALID_REQUEST, error
+        return False
+    return True
+
+
+def assert_agree(payload: Any) -> None:
+    schema_says = REQUEST_SCHEMA.is_valid(payload)
+    assert service_accepts(payload) == schema_says, (
+        f"jsonschema {'accepts' if schema_says else 'rejects'} but the service does not: {payload!r}"
+    )
+
+
+# --- the files ---------------------------------------------------------------------------
+
+
+def test_committed_schema_files_are_what_the_models_generate() -> None:
+    generated = json_schemas()
+    assert sorted(generated) == sorted(SCHEMA_FILES)
+    assert sorted(p.name for p in DEFAULT_OUT_DIR.iterdir()) == sorted(SCHEMA_FILES)
+    for file_name, schema in generated.items():
+        committed = (DEFAULT_OUT_DIR / file_name).read_text(encoding="utf-8")
+        assert committed == render(schema), f"{file_name} is stale: run python -m schemas.export"
+    assert stale_files() == []
+
+
+@pytest.mark.parametrize("file_name", SCHEMA_FILES)
+def test_schema_files_are_valid_draft_2020_12(file_name: str) -> None:
+    schema = json.loads((DEFAULT_OUT_DIR / file_name).read_text(encoding="utf-8"))
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema)
+
+
+def test_export_command_writes_the_files_and_check_spots_stale_ones(tmp_path: Path) -> None:
+    def export(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "schemas.export", *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    written = export(str(tmp_path))
+    assert written.returncode == 0, written.stderr
+    for file_name in SCHEMA_FILES:
+        assert (tmp_path / file_name).read_bytes() == (DEFAULT_OUT_DIR / file_name).read_bytes()
+    assert export("--check", str(tmp_path)).returncode == 0
+    assert export("--check").returncode == 0
+
+    (tmp_path / SCHEMA_FILES[0]).write_text("{}\n", encoding="utf-8")
+    checked = export("--check", str(tmp_path))
+    assert checked.returncode == 1
+    assert SCHEMA_FILES[0] in checked.stderr
+
+
+# --- requests: hand-picked examples ------------------------------------------------------
+
+VALID = {"request_id": "r", "query": "q", "documents": ["d"]}
+
+EXAMPLES: list[tuple[dict[str, Any], bool]] = [
+    (VALID, True),
+    (
+        {**VALID, "documents": ["", {"text": ""}, {"id": None, "text": "t"}, {"id": "i", "text": "\x00"}]},
+        True,
+    ),
+    (
+        {
+            **VALID,
+            "top_n": 3,
+            "return_documents": True,
+            "raw_scores": False,
+            "model": "m",
+            "prefilter": {"enabled": None, "keep": 1},
+            "deadline_ms": 0,
+            "reply_to": "replies.a-b_c",
+        },
+        True,
+    ),
+    ({**VALID, "top_n": None, "model": None, "prefilter": None, "deadline_ms": None, "reply_to": None}, True),
+    ({**VALID, "prefilter": {}}, True),
+    ({**VALID, "reply_to": "..."}, True),
+    ({**VALID, "request_id": "x" * 128, "reply_to": "t" * 249}, True),
+    ({"query": "q", "documents": ["d"]}, False),
+    ({"request_id": "r", "documents": ["d"]}, False),
+    ({"request_id": "r", "query": "q"}, False),
+    ({**VALID, "request_id": ""}, False),
+    ({**VALID, "request_id": "x" * 129}, False),
+    ({**VALID, "request_id": 5}, False),
+    ({**VALID, "query": ""}, False),
+    ({**VALID, "query": None}, False),
+    ({**VALID, "documents": []}, False),
+    ({**VALID, "documents": [5]}, False),
+    ({**VALID, "documents": [["d"]]}, False),
+    ({**VALID, "documents": [{"id": "i"}]}, False),
+    ({**VALID, "documents": [{"text": "t", "extra": 1}]}, False),
+    ({**VALID, "documents": [{"id": 1, "text": "t"}]}, False),
+    ({**VALID, "top_n": 0}, False),
+    ({**VALID, "top_n": "1"}, False),
+    ({**VALID, "top_n": True}, False),
+    ({**VALID, "top_n": 1.5}, False),
+    ({**VALID, "return_documents": 0}, False),
+    ({**VALID, "return_documents": None}, False),
+    ({**VALID, "raw_scores": "false"}, False),
+    ({**VALID, "model": ""}, False),
+    ({**VALID, "prefilter": {"enabled": "yes"}}, False),
+    ({**VALID, "prefilter": {"keep": 0}}, False),
+    ({**VALID, "prefilter": {"other": 1}}, False),
+    ({**VALID, "prefilter": []}, False),
+    ({**VALID, "deadline_ms": -1}, False),
+    ({**VALID, "reply_to": ""}, False),
+    ({**VALID, "reply_to": "t" * 250}, False),
+    ({**VALID, "reply_to": "a b"}, False),
+    ({**VALID, "reply_to": "topic\n"}, False),
+    ({**VALID, "reply_to": "\ntopic"}, False),
+    ({**VALID, "reply_to": "."}, False),
+    ({**VALID, "reply_to": ".."}, False),
+    ({**VALID, "reply_to": "tópic"}, False),
+    ({**VALID, "unknown": 1}, False),
+]
+
+
+@pytest.mark.parametrize(("payload", "valid"), EXAMPLES)
+def test_examples_are_judged_alike_by_jsonschema_and_the_service(
+    payload: dict[str, Any], valid: bool
+) -> None:
+    assert REQUEST_SCHEMA.is_valid(payload) is valid
+    assert service_accepts(payload) is valid
+
+
+def test_known_differences() -> None:
+    # JSON Schema's "integer" includes 2.0; the service wants integers written as integers.
+    assert REQUEST_SCHEMA.is_valid({**VALID, "top_n": 2.0})
+    assert not service_accepts({**VALID, "top_n": 2.0})
+    # JSON Schema cannot see unpaired surrogates; the service refuses what it could not
+    # write back out as UTF-8.
+    assert REQUEST_SCHEMA.is_valid({**VALID, "query": "\ud800"})
+    with pytest.raises(RequestError):
+        parse_request(b'{"request_id": "r", "query": "\\ud800", "documents": ["d"]}')
+    # On the wire a result's document is an object or absent; the model also takes null
+    # (meaning absent) so that engines can pass None.
+    response = json.loads(encode(_example_response()))
+    response["results"][0]["document"] = None
+    assert not RESPONSE_SCHEMA.is_valid(response)
+    assert parse_response(json.dumps(response).encode()).results[0].document is None
+    # Likewise a missing stage: the model's default (cross_encoder) spares the engines
+    # from spelling it out; encode always writes it.
+    del response["results"][0]["stage"]
+    assert not RESPONSE_SCHEMA.is_valid(response)
+    assert parse_response(json.dumps(response).encode()).results[0].stage == "cross_encoder"
+
+
+# --- requests: generated -----------------------------------------------------------------
+
+FIELDS = sorted(RerankRequest.model_fields)
+TOPIC_ALPHABET = "abcXYZ019._-"
+
+texts = st.text(max_size=12)
+non_empty_texts = st.text(min_size=1, max_size=12)
+# Integral floats are left out: they are the known difference above.
+json_numbers = st.integers(min_value=-(2**70), max_value=2**70) | st.floats(
+    allow_nan=False, allow_infinity=False
+).filter(lambda f: not f.is_integer())
+json_scalars = st.none() | st.booleans() | json_numbers | texts
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=6,
+)
+# Values just inside and just outside the constraints, which random values rarely hit.
+edge_values = st.sampled_from(
+    [0, 1, -1, "", ".", "..", "...", "a", "a b", "topic\n", "x" * 128, "x" * 129, "x" * 249, "x" * 250,
+     True, False, None, [], {}, [""], [{}], {"text": ""}, {"enabled": None}, {"keep": 1}]
+)
+anything = json_values | edge_values
+
+documents = st.lists(
+    texts
+    | st.fixed_dictionaries({"text": texts}, optional={"id": st.none() | texts}),
+    min_size=1,
+    max_size=4,
+)
+valid_requests = st.fixed_dictionaries(
+    {
+        "request_id": st.text(min_size=1, max_size=128),
+        "query": non_empty_texts,
+        "documents": documents,
+    },
+    optional={
+        "top_n": st.none() | st.integers(min_value=1, max_value=2**70),
+        "return_documents": st.booleans(),
+        "raw_scores": st.booleans(),
+        "model": st.none() | non_empty_texts,
+        "prefilter": st.none()
+        | st.fixed_dictionaries(
+            {}, optional={"enabled": st.none() | st.booleans(), "keep": st.none() | st.integers(min_value=1)}
+        ),
+        "deadline_ms": st.none() | st.integers(min_value=0, max_value=2**63),
+        "reply_to": st.none()
+        | st.text(alphabet=TOPIC_ALPHABET, min_size=1, max_size=249).filter(lambda t: t not in (".", "..")),
+    },
+)
+
+
+@st.composite
+def near_valid_requests(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid request with a few random changes, so that most examples are close to the
+    line between valid and invalid, where the two validators could disagree."""
+    payload = draw(valid_requests)
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        change = draw(st.sampled_from(["drop", "unknown", "replace", "document", "prefilter"]))
+        if change == "drop" and payload:
+            del payload[draw(st.sampled_from(sorted(payload)))]
+        elif change == "unknown":
+            payload[draw(texts.filter(lambda k: k not in FIELDS))] = draw(anything)
+        elif change == "replace":
+            payload[draw(st.sampled_from(FIELDS))] = draw(anything)
+        elif change == "document" and isinstance(payload.get("documents"), list) and payload["documents"]:
+            index = draw(st.integers(min_value=0, max_value=len(payload["documents"]) - 1))
+            payload["documents"][index] = draw(
+                anything | st.dictionaries(st.sampled_from(["id", "text", "score"]), anything, max_size=3)
+            )
+        elif change == "prefilter":
+            payload["prefilter"] = draw(
+                st.dictionaries(st.sampled_from(["enabled", "keep", "mode"]), anything, max_size=3)
+            )
+    return payload
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(near_valid_requests())
+def test_generated_requests_are_judged_alike(payload: dict[str, Any]) -> None:
+    assert_agree(payload)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS) | texts, anything, max_size=6))
+def test_arbitrary_objects_are_judged_alike(payload: dict[str, Any]) -> None:
+    assert_agree(payload)
+
+
+@settings(max_examples=200, deadline=None)
+@given(valid_requests)
+def test_valid_requests_survive_encode_and_parse(payload: dict[str, Any]) -> None:
+    request = parse_request(json.dumps(payload, ensure_ascii=False).encode("utf-8"), NO_LIMITS)
+    encoded = encode(request)
+    assert REQUEST_SCHEMA.is_valid(json.loads(encoded))
+    assert parse_request(encoded, NO_LIMITS) == request
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+def _example_response() -> RerankResponse:
+    return RerankResponse(
+        request_id="r",
+        model="minilm",
+        engine="onnxruntime",
+        results=[RankedResult(index=0, id="a", relevance_score=0.5, document=DocumentText(text="t"))],
+        meta=ResponseMeta(
+            documents=1, scored_by_cross_encoder=1, prefiltered=False, queue_ms=0, inference_ms=1, total_ms=1,
+            worker="w",
+        ),
+    )
+
+
+finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+durations = st.floats(min_value=0, max_value=1e9, allow_nan=False)
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> RerankResponse:
+    scored = draw(
+        st.lists(
+            st.tuples(
+                finite_floats,
+                st.sampled_from(["cross_encoder", "prefilter"]),
+                st.none() | texts,
+                st.none() | texts,
+            ),
+            max_size=6,
+        )
+    )
+    results = [
+        RankedResult(
+            index=index,
+            id=doc_id,
+            relevance_score=score,
+            stage=stage,
+            document=None if text is None else DocumentText(text=text),
+        )
+        for index, (score, stage, doc_id, text) in enumerate(scored)
+    ]
+    documents = len(results) + draw(st.integers(min_value=0, max_value=5))
+    return RerankResponse(
+        request_id=draw(st.text(min_size=1, max_size=128)),
+        model=draw(texts),
+        engine=draw(texts),
+        results=rank_results(results, top_n=draw(st.none() | st.integers(min_value=1, max_value=8))),
+        meta=ResponseMeta(
+            documents=documents,
+            scored_by_cross_encoder=draw(st.integers(min_value=0, max_value=documents)),
+            prefiltered=any(r.stage == "prefilter" for r in results),
+            queue_ms=draw(durations),
+            inference_ms=draw(durations),
+            total_ms=draw(durations),
+            worker=draw(texts),
+        ),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(responses())
+def test_encoded_responses_match_the_response_schema_and_read_back(response: RerankResponse) -> None:
+    encoded = encode(response)
+    message = json.loads(encoded)
+    assert RESPONSE_SCHEMA.is_valid(message)
+    assert not ERROR_SCHEMA.is_valid(message)
+    for result, sent in zip(response.results, message["results"]):
+        assert ("document" in sent) is (result.document is not None)
+    assert parse_response(encoded) == response
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.none() | st.text(min_size=1, max_size=128),
+    st.sampled_from(list(ErrorCode)),
+    st.text(max_size=200),
+)
+def test_encoded_errors_match_the_error_schema_and_read_back(
+    request_id: str | None, code: ErrorCode, message: str
+) -> None:
+    response = ErrorResponse(request_id=request_id, error=ErrorDetail(code=code, message=message))
+    encoded = encode(response)
+    assert ERROR_SCHEMA.is_valid(json.loads(encoded))
+    assert not RESPONSE_SCHEMA.is_valid(json.loads(encoded))
+    assert parse_response(encoded) == response
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.pop("meta"),
+        lambda m: m.update(status="error"),
+        lambda m: m.update(extra=1),
+        lambda m: m["results"][0].update(stage="bi_encoder"),
+        lambda m: m["results"][0].update(relevance_score="0.5"),
+        lambda m: m["meta"].update(prefiltered=0),
+        lambda m: m["results"][0].update(index=-1),
+        lambda m: m["results"][0].pop("id"),
+        lambda m: m["meta"].update(queue_ms=-1),
+        lambda m: m["meta"].pop("worker"),
+    ],
+)
+def test_broken_responses_are_rejected_by_both(change: Any) -> None:
+    message = json.loads(encode(_example_response()))
+    change(message)
+    assert not RESPONSE_SCHEMA.is_valid(message)
+    with pytest.raises(ValueError):  # pydantic.ValidationError is a ValueError
+        parse_response(json.dumps(message).encode())
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"request_id": "r", "status": "error", "error": {"code": "teapot", "message": "m"}},
+        {"request_id": "r", "status": "error", "error": {"code": "internal"}},
+        {"status": "error", "error": {"code": "internal", "message": "m"}},
+        {"request_id": "", "status": "error", "error": {"code": "internal", "message": "m"}},
+    ],
+)
+def test_broken_errors_are_rejected_by_both(message: dict[str, Any]) -> None:
+    assert not ERROR_SCHEMA.is_valid(message)
+    with pytest.raises(ValueError):
+        parse_response(json.dumps(message).encode())
