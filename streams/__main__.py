@@ -24,7 +24,7 @@ def _init_topics(settings) -> None:
         settings.request_topic: settings.request_partitions,
         settings.response_topic: settings.response_partitions,
         settings.dead_letter_topic: 1,
-    }, settings.replication_factor)
+    }, settings.replication_factor, timeout_s=settings.startup_timeout_s)
 
 
 def _settings_and_logging():

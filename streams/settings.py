@@ -15,8 +15,6 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engines import EngineConfig
-
 KAFKA_TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -72,6 +70,8 @@ class WorkerSettings(BaseSettings):
     max_inflight_pairs: int = Field(4096, ge=1)
     max_documents: int = Field(2000, ge=1)
     stream_buffer_maxsize: int = Field(16, ge=1)
+    # How long start-up waits for the cluster before giving up with a clear message.
+    startup_timeout_s: float = Field(30.0, gt=0)
     # How soon the group notices a dead worker and hands its partitions to the others.
     session_timeout_s: float = Field(10.0, ge=6.0)
     heartbeat_interval_s: float = Field(2.0, gt=0)
@@ -124,7 +124,10 @@ class WorkerSettings(BaseSettings):
             return self.sasl_password_file.read_text().strip()
         return None
 
-    def engine_config(self) -> EngineConfig:
+    def engine_config(self):
+        """The engine part of the settings, as engines.EngineConfig."""
+        from engines.config import EngineConfig
+
         return EngineConfig(
             engine=self.engine, model=self.model, precision=self.precision, device=self.device,
             prefilter_model=self.prefilter_model, prefilter_threshold=self.prefilter_threshold,
