@@ -39,6 +39,10 @@ log = logging.getLogger("rerank.worker")
 faust_aiokafka.Producer._settings_extra = lambda self: {"acks": "all", "enable_idempotence": True}
 
 DELIVERY_ATTEMPTS = 5
+# A produce that has not been acknowledged by then counts as failed (and is retried).
+DELIVERY_TIMEOUT_S = 30.0
+# How long a "this reply_to topic does not exist" answer is trusted before asking again.
+TOPIC_LIST_TTL_S = 5.0
 
 
 @dataclass
@@ -90,6 +94,11 @@ class RerankService:
         self._deliveries: set[asyncio.Task] = set()
         self.partitions_held = 0
         self.joined = asyncio.Event()
+        # Producing to a missing topic makes aiokafka wait for its metadata indefinitely,
+        # so reply_to topics are looked up first (with confluent-kafka, off the loop).
+        self._admin = None
+        self._known_topics: set[str] = set()
+        self._topics_listed_at = 0.0
 
     # --- intake (the agent) ------------------------------------------------------------
     async def take(self, stream: Any, event: Any) -> None:
@@ -158,7 +167,7 @@ class RerankService:
             return default
         # If the reply topic cannot take it (missing, no ACL), the client still gets an answer.
         fallback = RequestError(ErrorCode.INVALID_REQUEST,
-                                f"reply_to topic {reply_to!r} could not be written to", request_id)
+                                f"reply_to topic {reply_to!r} does not exist or refused the answer", request_id)
         return Outbound(reply_to, key, encode(response),
                         fallback=Outbound(self.settings.response_topic, key, encode(fallback.to_response())))
 
@@ -265,13 +274,33 @@ class RerankService:
                 await self.buffer.release(pairs)
                 metrics.INFLIGHT_PAIRS.set(self.buffer.inflight_pairs)
 
+    async def _topic_exists(self, topic: str) -> bool:
+        if topic in self._known_topics:
+            return True
+        if time.monotonic() - self._topics_listed_at > TOPIC_LIST_TTL_S:
+            from confluent_kafka.admin import AdminClient
+
+            if self._admin is None:
+                self._admin = AdminClient(self.settings.confluent_config())
+            loop = asyncio.get_running_loop()
+            try:
+                metadata = await loop.run_in_executor(None, lambda: self._admin.list_topics(timeout=10))
+                self._known_topics = set(metadata.topics)
+                self._topics_listed_at = time.monotonic()
+            except Exception as exc:
+                log.warning("could not list topics to check a reply_to topic: %s", exc)
+        return topic in self._known_topics
+
     async def _produce(self, message: Outbound) -> None:
         producer = self.app.producer
         for attempt in range(1, DELIVERY_ATTEMPTS + 1):
             try:
-                future = await producer.send(message.topic, message.key, message.value, None, None,
-                                             message.headers)
-                await future
+                if message.fallback is not None and not await self._topic_exists(message.topic):
+                    raise LookupError(f"topic {message.topic!r} does not exist")
+                future = await asyncio.wait_for(
+                    producer.send(message.topic, message.key, message.value, None, None, message.headers),
+                    DELIVERY_TIMEOUT_S)
+                await asyncio.wait_for(future, DELIVERY_TIMEOUT_S)
                 return
             except Exception as exc:
                 if message.fallback is not None:
@@ -307,6 +336,8 @@ class RerankService:
 
 def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
     """The Faust app of one worker: its agent, window loop, web endpoints and timers."""
+    datadir = settings.data_dir / settings.worker_name
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
@@ -314,7 +345,7 @@ def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
-        datadir=str(settings.data_dir / settings.worker_name),
+        datadir=str(datadir),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         # Small: each buffered message can hold thousands of documents; the backlog
@@ -329,7 +360,6 @@ def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
         web_bind=settings.http_host,
         web_host=settings.http_host,
         web_port=settings.http_port,
-        web_transport="aiohttp://",
         web_stats_enabled=False,
         web_tables_enabled=False,
         web_graph_enabled=False,
@@ -375,7 +405,8 @@ def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
 
     @app.page("/metrics")
     async def metrics_page(web, request):
-        return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a content_type with parameters; the header carries them
+        return web.bytes(generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/healthz")
     async def liveness(web, request):
