@@ -56,11 +56,18 @@ def test_sigkill_of_one_of_two_workers_under_load_loses_no_request(kafka_bootstr
             answers = {i: client.answers(i) for i in ids}
             duplicated = sum(1 for v in answers.values() if len(v) > 1)
             print(f"sent {len(ids)}, answered {len(ids)}, duplicated {duplicated}, lost 0")
+            worst = 0.0
             for request_id, got in answers.items():
                 assert all(g.response["status"] == "ok" for g in got), got
-                if len(got) > 1:  # a duplicate carries the same ranking
-                    orders = {tuple(r["index"] for r in g.response["results"]) for g in got}
-                    assert len(orders) == 1, f"{request_id}: duplicates disagree"
+                if len(got) > 1:
+                    # A duplicate carries the same results, up to float noise: it was scored in
+                    # another window, so in micro-batches of another padded shape.
+                    first, *rest = [{r["index"]: r["relevance_score"] for r in g.response["results"]} for g in got]
+                    for other in rest:
+                        assert first.keys() == other.keys(), f"{request_id}: duplicates rank other documents"
+                        worst = max(worst, max(abs(first[i] - other[i]) for i in first))
+            print(f"largest score difference between duplicates: {worst:.2e}")
+            assert worst < 1e-3, "duplicates disagree beyond float noise"
             workers = {g.response["meta"]["worker"] for v in answers.values() for g in v}
             assert "worker-b" in workers
     finally:
