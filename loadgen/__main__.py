@@ -17,18 +17,26 @@ from loadgen.run import DISTRIBUTIONS, LoadResult, RequestFactory, parse_distrib
 
 
 def print_result(result: LoadResult, console: Console, title: str = "loadgen") -> None:
-    table = Table(title=title)
-    for col in ("mode", "sent", "answered", "lost", "errors", "req/s", "docs/s", "p50 ms", "p90 ms",
-                "p99 ms", "max ms"):
-        table.add_column(col, justify="right")
-
+    """One row per figure, so the table fits any terminal."""
     def ms(v):
-        return "-" if v is None else f"{v * 1000:.0f}"
+        return "-" if v is None else f"{v * 1000:,.0f} ms"
 
-    table.add_row(result.mode, str(result.sent), str(result.answered), str(result.lost),
-                  ", ".join(f"{k}: {v}" for k, v in result.errors.items()) or "0",
-                  f"{result.requests_per_s:.1f}", f"{result.docs_per_s:.0f}",
-                  ms(result.p50), ms(result.p90), ms(result.p99), ms(result.max))
+    table = Table(title=title, show_header=False)
+    table.add_column("figure", style="bold")
+    table.add_column("value", justify="right")
+    rows = [
+        ("mode", result.mode),
+        ("requests sent / answered", f"{result.sent} / {result.answered}"),
+        ("lost (unanswered)", str(result.lost)),
+        ("duplicate answers", str(result.duplicates)),
+        ("errors", ", ".join(f"{k}: {v}" for k, v in result.errors.items()) or "none"),
+        ("requests/s", f"{result.requests_per_s:,.2f}"),
+        ("documents/s", f"{result.docs_per_s:,.1f}"),
+        ("latency p50 / p90", f"{ms(result.p50)} / {ms(result.p90)}"),
+        ("latency p99 / max", f"{ms(result.p99)} / {ms(result.max)}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
     console.print(table)
 
 
