@@ -212,3 +212,22 @@ def test_metrics_and_health_endpoints(worker, client):
     assert "rerank_inference_seconds_bucket" in text
     health = worker.status("/healthz")
     assert health["alive"] is True and health["partitions"] == 2
+
+
+def test_loadgen_cli_against_the_worker_writes_json_and_plot(kafka_bootstrap, topics, worker, tmp_path):
+    import subprocess
+    import sys
+
+    out_json, out_png = tmp_path / "run.json", tmp_path / "run.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadgen", "--bootstrap", kafka_bootstrap,
+         "--request-topic", topics["RERANK_REQUEST_TOPIC"], "--response-topic", topics["RERANK_RESPONSE_TOPIC"],
+         "--concurrency", "2", "--requests", "12", "--docs", "4-15", "--json", str(out_json),
+         "--plot", str(out_png), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out_json.read_text())
+    for key in ("lost", "requests_per_s", "docs_per_s", "p50", "p90", "p99"):
+        assert key in figures
+    assert figures["lost"] == 0 and figures["answered"] == 12
+    assert figures["p50"] <= figures["p90"] <= figures["p99"]
+    assert out_png.stat().st_size > 10_000 and out_png.read_bytes()[:4] == b"\x89PNG"
