@@ -46,5 +46,10 @@ bench: venv
 	@mkdir -p $(OUT)
 	$(RUN) -m loadgen.engines --json $(OUT)/bench.json $(BENCH_ARGS)
 
+# Planning table through Kafka: sustained docs/s and p99 per bucket and strategy (~20 min).
+loadtest: venv kafka-jars
+	@mkdir -p $(OUT)
+	$(RUN) -m loadgen.loadtest --json $(OUT)/loadtest.json --markdown $(OUT)/loadtest.md $(LOADTEST_ARGS)
+
 clean: kafka-down
 	rm -rf $(OUT) .pytest_cache
