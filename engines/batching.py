@@ -1,0 +1,358 @@
+"""The batching core shared by every engine.
+
+A window of pairs (or texts) is scored in four steps:
+
+1. **Tokenize once.** Each *distinct* text of the window (a query is shared by all its documents,
+   a document may recur) is encoded once by the model's Rust tokenizer, without special tokens.
+   Very long texts are first cut at a space far beyond what the model can read, so a 100 KB
+   document costs what a 5 KB one does; the result is still exactly the tokenizer's.
+2. **Assemble.** Pair sequences are built from those token ids with the tokenizer's own template
+   (``[CLS] q [SEP] d [SEP]`` for BERT) and its ``longest_first`` truncation, reproduced exactly.
+3. **Plan.** Sequences are sorted by length and cut into micro-batches whose padded size
+   (sequences x longest sequence) stays under a token budget and a sequence cap, so there is
+   almost no padding and no batch is too big for the device.
+4. **Run and scatter.** Each micro-batch is padded into numpy arrays and run by the engine's
+   backend on a helper thread while the next one is padded; results land at their original
+   positions.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class Backend(Protocol):
+    """What an engine runs: padded int64 arrays in, one float32 row per sequence out
+    (a logit for cross-encoders, a normalised embedding for bi-encoders)."""
+
+    runtime: str
+    device: str
+    precision: str
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class BatchStats:
+    """Cumulative counters, for benchmarks and metrics."""
+
+    calls: int = 0
+    sequences: int = 0
+    batches: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    tokenize_s: float = 0.0
+    run_s: float = 0.0
+    total_s: float = 0.0
+
+    def add(self, other: BatchStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class _Template:
+    """Special tokens around one or two sequences, read from the tokenizer's post-processor."""
+
+    single: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]  # prefix ids/types, suffix ids/types, type
+    pair: tuple[np.ndarray, ...]  # prefix, middle, suffix ids and their types, then seq-0 and seq-1 type
+    single_added: int
+    pair_added: int
+
+
+def _read_template(tokenizer) -> _Template:
+    """Find where the post-processor puts special tokens by running it on one-token sequences."""
+    a = tokenizer.encode("a", add_special_tokens=False)
+    b = tokenizer.encode("b", add_special_tokens=False)
+    if len(a.ids) != 1 or len(b.ids) != 1:
+        raise ValueError("the tokenizer does not encode 'a' and 'b' as one token each; cannot read its template")
+
+    def split(encoding, n_sequences):
+        ids = np.asarray(encoding.ids, dtype=np.int64)
+        types = np.asarray(encoding.type_ids, dtype=np.int64)
+        content = [i for i, special in enumerate(encoding.special_tokens_mask) if not special]
+        if len(content) != n_sequences:
+            raise ValueError(f"unexpected post-processor output {encoding.tokens}")
+        bounds = [-1, *content, len(ids)]
+        parts_ids = [ids[bounds[k] + 1 : bounds[k + 1]] for k in range(n_sequences + 1)]
+        parts_types = [types[bounds[k] + 1 : bounds[k + 1]] for k in range(n_sequences + 1)]
+        return parts_ids, parts_types, [int(types[i]) for i in content]
+
+    single_ids, single_types, single_content = split(tokenizer.post_process(a, None, add_special_tokens=True), 1)
+    pair_ids, pair_types, pair_content = split(tokenizer.post_process(a, b, add_special_tokens=True), 2)
+    return _Template(
+        single=(single_ids[0], single_types[0], single_ids[1], single_types[1], single_content[0]),
+        pair=(*pair_ids, *pair_types, *pair_content),
+        single_added=sum(len(p) for p in single_ids),
+        pair_added=sum(len(p) for p in pair_ids),
+    )
+
+
+def _clip_at_space(text: str, limit: int) -> str:
+    """``text`` cut before the whitespace run that starts at or before ``limit`` characters.
+
+    Tokenizers split words at whitespace, so the tokens of the cut text are a prefix of the
+    tokens of the whole text (the caller checks there are enough of them)."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit + 1)
+    while cut > 0 and text[cut - 1].isspace():
+        cut -= 1
+    return text[:cut] if cut > 0 else text
+
+
+@dataclass
+class _Texts:
+    """Token ids of distinct texts: at most ``cap`` ids each, with the full length when known."""
+
+    ids: list[np.ndarray] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # full token count, or the count of a cut text
+    cut: list[bool] = field(default_factory=list)  # True: the text was cut, its length is a lower bound
+
+
+def plan_micro_batches(lengths: np.ndarray, max_batch_tokens: int, max_batch_pairs: int) -> list[np.ndarray]:
+    """Index arrays of micro-batches: longest sequences first, each batch as many sequences as fit
+    ``count x longest <= max_batch_tokens`` and ``count <= max_batch_pairs`` (at least one)."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    batches = []
+    start = 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        size = max(1, min(max_batch_pairs, max_batch_tokens // max(longest, 1), len(order) - start))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+class BatchRunner:
+    """Tokenizes, batches and runs pairs or single texts through a :class:`Backend`.
+
+    Args:
+        tokenizer: the model's ``tokenizers.Tokenizer`` (padding and truncation off).
+        backend: what runs the padded batches.
+        max_length: truncation length of a whole sequence, special tokens included.
+        pad_id: id of the padding token.
+        max_batch_tokens / max_batch_pairs: micro-batch limits (see :func:`plan_micro_batches`).
+        overlap: run micro-batches on a helper thread so that the next one is padded meanwhile.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        backend: Backend,
+        max_length: int,
+        pad_id: int,
+        max_batch_tokens: int,
+        max_batch_pairs: int,
+        overlap: bool = True,
+    ):
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.max_length = int(max_length)
+        self.pad_id = int(pad_id)
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.max_batch_pairs = int(max_batch_pairs)
+        self.overlap = overlap
+        self.template = _read_template(tokenizer)
+        if self.max_length <= self.template.pair_added:
+            raise ValueError(f"max_length {self.max_length} leaves no room for text between the special tokens")
+        # No text keeps more than max_length tokens; cutting at ~10 characters per kept token
+        # leaves a wide margin (English averages 4-5) and the cut is undone if it falls short.
+        self.cap = self.max_length
+        self.clip_chars = self.max_length * 10
+        self.stats = BatchStats()
+        self._lock = threading.Lock()  # stats may be read from another thread
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- tokenization ---------------------------------------------------------------------------
+    def _encode(self, texts: Sequence[str]) -> _Texts:
+        clipped = [_clip_at_space(t, self.clip_chars) for t in texts]
+        encodings = self.tokenizer.encode_batch_fast(clipped, add_special_tokens=False)
+        out = _Texts()
+        redo = []
+        for i, (text, short, encoding) in enumerate(zip(texts, clipped, encodings)):
+            ids = encoding.ids
+            was_cut = short is not text
+            if was_cut and len(ids) < self.cap:
+                redo.append(i)  # the cut text has too few tokens to stand for the whole: encode all
+            out.ids.append(np.asarray(ids[: self.cap], dtype=np.int64))
+            out.lengths.append(len(ids))
+            out.cut.append(was_cut)
+        if redo:
+            self._encode_whole(texts, out, redo)
+        return out
+
+    def _encode_whole(self, texts: Sequence[str], out: _Texts, indices: list[int]) -> None:
+        encodings = self.tokenizer.encode_batch_fast([texts[i] for i in indices], add_special_tokens=False)
+        for i, encoding in zip(indices, encodings):
+            out.ids[i] = np.asarray(encoding.ids[: self.cap], dtype=np.int64)
+            out.lengths[i] = len(encoding.ids)
+            out.cut[i] = False
+
+    def _pair_lengths(self, n1: int, n2: int) -> tuple[int, int]:
+        """Kept lengths of two sequences under ``longest_first`` truncation, as the Rust tokenizer
+        computes them (tokenizers/src/utils/truncation.rs)."""
+        budget = self.max_length - self.template.pair_added
+        if n1 + n2 <= budget:
+            return n1, n2
+        swap = n1 > n2
+        short, long_ = (n2, n1) if swap else (n1, n2)
+        long_ = short if short > budget else max(short, budget - short)
+        if short + long_ > budget:
+            short = budget // 2
+            long_ = short + budget % 2
+        return (long_, short) if swap else (short, long_)
+
+    # -- public entry points ----------------------------------------------------------------------
+    def score_pairs(self, queries: Sequence[str], documents: Sequence[str], pair_query: np.ndarray, pair_doc: np.ndarray) -> np.ndarray:
+        """Run pairs ``(queries[pair_query[k]], documents[pair_doc[k]])``; one output row per pair.
+
+        ``queries`` and ``documents`` should hold distinct texts; pairs refer to them by index, so
+        each is tokenized once however many pairs use it.
+        """
+        started = time.perf_counter()
+        n = len(pair_query)
+        if n == 0:
+            return np.zeros((0,), dtype=np.float32)
+        q_texts = self._encode(queries)
+        d_texts = self._encode(documents)
+        n1 = np.empty(n, dtype=np.int64)
+        n2 = np.empty(n, dtype=np.int64)
+        for k in range(n):
+            qi, di = int(pair_query[k]), int(pair_doc[k])
+            a, b = q_texts.lengths[qi], d_texts.lengths[di]
+            if (q_texts.cut[qi] or d_texts.cut[di]) and min(a, b) >= self.cap:
+                # Both sides are long and at least one length is only a lower bound: which side is
+                # longer decides who keeps the odd token, so both must be counted in full.
+                if q_texts.cut[qi]:
+                    self._encode_whole(queries, q_texts, [qi])
+                if d_texts.cut[di]:
+                    self._encode_whole(documents, d_texts, [di])
+                a, b = q_texts.lengths[qi], d_texts.lengths[di]
+            n1[k], n2[k] = self._pair_lengths(a, b)
+        tokenized = time.perf_counter()
+        lengths = n1 + n2 + self.template.pair_added
+        prefix, middle, suffix, prefix_t, middle_t, suffix_t, type_a, type_b = self.template.pair
+
+        def build(rows: np.ndarray, width: int):
+            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+            types = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            p, m, s = len(prefix), len(middle), len(suffix)
+            for r, k in enumerate(rows):
+                a, b = int(n1[k]), int(n2[k])
+                q_ids = q_texts.ids[int(pair_query[k])]
+                d_ids = d_texts.ids[int(pair_doc[k])]
+                row, trow = ids[r], types[r]
+                row[:p], trow[:p] = prefix, prefix_t
+                row[p : p + a], trow[p : p + a] = q_ids[:a], type_a
+                o = p + a
+                row[o : o + m], trow[o : o + m] = middle, middle_t
+                o += m
+                row[o : o + b], trow[o : o + b] = d_ids[:b], type_b
+                o += b
+                row[o : o + s], trow[o : o + s] = suffix, suffix_t
+                mask[r, : o + s] = 1
+            return ids, mask, types
+
+        return self._run(lengths, build, started, tokenized)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Run single texts; one output row per text."""
+        started = time.perf_counter()
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        encoded = self._encode(texts)
+        budget = self.max_length - self.template.single_added
+        kept = np.minimum(np.asarray(encoded.lengths, dtype=np.int64), budget)
+        tokenized = time.perf_counter()
+        prefix, prefix_t, suffix, suffix_t, type_a = self.template.single
+        lengths = kept + self.template.single_added
+
+        def build(rows: np.ndarray, width: int):
+            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+            types = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            p, s = len(prefix), len(suffix)
+            for r, k in enumerate(rows):
+                a = int(kept[k])
+                row, trow = ids[r], types[r]
+                row[:p], trow[:p] = prefix, prefix_t
+                row[p : p + a], trow[p : p + a] = encoded.ids[k][:a], type_a
+                row[p + a : p + a + s], trow[p + a : p + a + s] = suffix, suffix_t
+                mask[r, : p + a + s] = 1
+            return ids, mask, types
+
+        return self._run(lengths, build, started, tokenized)
+
+    # -- running ----------------------------------------------------------------------------------
+    def _run(self, lengths: np.ndarray, build, started: float, tokenized: float) -> np.ndarray:
+        """Run the planned micro-batches. While the backend runs one (it releases the GIL), this
+        thread pads the next, so preparing inputs stays off the critical path."""
+        stats = BatchStats(calls=1, sequences=len(lengths), tokenize_s=tokenized - started)
+        out = None
+        pending = None  # (rows, future) of the micro-batch in flight
+
+        def collect(rows, future):
+            nonlocal out
+            result, seconds = future.result()
+            result = np.asarray(result, dtype=np.float32)
+            if out is None:
+                out = np.empty((len(lengths), *result.shape[1:]), dtype=np.float32)
+            out[rows] = result
+            stats.run_s += seconds
+
+        try:
+            for rows in plan_micro_batches(lengths, self.max_batch_tokens, self.max_batch_pairs):
+                width = int(lengths[rows[0]])  # rows are longest first
+                build_start = time.perf_counter()
+                arrays = build(rows, width)
+                stats.tokenize_s += time.perf_counter() - build_start  # padding is input preparation
+                if pending is not None:
+                    collect(*pending)
+                    pending = None
+                pending = (rows, self._submit(arrays))
+                stats.batches += 1
+                stats.padded_tokens += len(rows) * width
+                stats.real_tokens += int(lengths[rows].sum())
+            if pending is not None:
+                collect(*pending)
+                pending = None
+        finally:
+            if pending is not None:  # an earlier batch failed: do not leave this one running alone
+                pending[1].exception()
+        stats.total_s = time.perf_counter() - started
+        with self._lock:
+            self.stats.add(stats)
+        return out
+
+    def _submit(self, arrays) -> Future:
+        if not self.overlap:
+            done: Future = Future()
+            done.set_result(self._timed_run(arrays))
+            return done
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-run")
+        return self._executor.submit(self._timed_run, arrays)
+
+    def _timed_run(self, arrays):
+        start = time.perf_counter()
+        result = self.backend.run(*arrays)
+        return result, time.perf_counter() - start
+
+    def close(self) -> None:
+        """Stop the helper thread (it is also stopped with the interpreter)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

@@ -1,0 +1,358 @@
+"""The reranker: one window of requests in, one outcome per request out.
+
+A window is scored in two stages, each batched across all its requests:
+
+1. **Prefilter** (requests with more than ``prefilter_threshold`` documents, or forced): the
+   bi-encoder embeds the query and documents, and only the ``keep`` documents with the highest
+   cosine go on to the cross-encoder; the others keep their cosine and follow, in cosine order.
+2. **Cross-encoder**: every remaining (query, document) pair of the window is tokenized once,
+   length-sorted, cut into token-budget micro-batches, run, and scattered back to its request.
+
+Example::
+
+    from engines import EngineConfig, RerankJob, build_reranker
+
+    reranker = build_reranker(EngineConfig(model="cross-encoder/ms-marco-MiniLM-L-6-v2"))
+    reranker.warmup()
+    [outcome] = reranker.rerank([RerankJob("how do I open a file", ["open() returns a file object", "..."])])
+    best_first = outcome.order
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.batching import BatchRunner
+from engines.bi_encoder import BiEncoder
+from engines.config import (
+    CPU_MAX_BATCH_PAIRS,
+    CPU_MAX_BATCH_TOKENS,
+    GPU_MAX_BATCH_PAIRS,
+    GPU_MAX_BATCH_TOKENS,
+    EngineConfig,
+    default_threads,
+    resolve_cache_dir,
+    resolve_device,
+)
+from engines.models import ModelFolder, effective_max_length, load_fast_tokenizer, packaged_minilm_path
+from engines.torch_engine import CROSS, EMBED
+
+log = logging.getLogger("engines")
+
+LOGIT = "logit"
+COSINE = "cosine"
+
+
+@dataclass
+class RerankJob:
+    """One request: a query and the documents to rank for it.
+
+    Attributes:
+        query: the query text.
+        documents: the candidate texts, in the caller's order (indices refer to it).
+        prefilter: ``True``/``False`` forces the bi-encoder prefilter on/off; ``None`` applies it
+            when there are more than ``prefilter_threshold`` documents.
+        keep: how many documents the prefilter passes to the cross-encoder
+            (``None`` = ``prefilter_keep`` of the config).
+    """
+
+    query: str
+    documents: list[str]
+    prefilter: bool | None = None
+    keep: int | None = None
+
+
+@dataclass
+class RerankOutcome:
+    """Scores and ranking of one job.
+
+    Attributes:
+        scores: float32, one per document in the job's order. Where ``cross_encoded`` is True it is
+            the cross-encoder's raw logit (apply a sigmoid for a 0-1 score); elsewhere it is the
+            bi-encoder cosine.
+        score_kind: ``"logit"`` when the cross-encoder scored documents, ``"cosine"`` when only the
+            bi-encoder did (the ``bi-encoder`` engine, or a prefilter keeping 0).
+        cross_encoded: bool mask of the documents the cross-encoder scored.
+        order: document indices, best first: cross-encoded ones by score descending (ties by
+            index), then the rest by cosine descending (ties by index).
+        prefiltered: whether the bi-encoder cut this job before cross-encoding.
+        bi_encoder_scored: how many documents the bi-encoder scored.
+        cross_encoder_scored: how many documents the cross-encoder scored.
+    """
+
+    scores: np.ndarray
+    score_kind: str
+    cross_encoded: np.ndarray
+    order: np.ndarray
+    prefiltered: bool
+    bi_encoder_scored: int = 0
+    cross_encoder_scored: int = 0
+
+
+def _ranked(indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``indices`` sorted by ``values`` descending, ties by index ascending."""
+    if len(indices) == 0:
+        return indices
+    return indices[np.lexsort((indices, -values.astype(np.float64)))]
+
+
+@dataclass
+class _Plan:
+    n: int
+    prefilter: bool
+    keep: int
+
+
+class Reranker:
+    """Scores windows of :class:`RerankJob`. Build it with :func:`build_reranker`.
+
+    ``rerank`` is meant to be called from one thread at a time (the worker's engine thread).
+
+    Attributes:
+        engine_name: what runs, e.g. ``"openvino-int8"``, ``"onnx-fp32"``, ``"torch-fp16"``,
+            ``"bi-encoder-openvino-int8"``.
+        model_name: the configured cross-encoder (or bi-encoder) id/folder, as given.
+        device: ``"cpu"`` or ``"cuda"``: where the cross-encoder (or bi-encoder) actually runs.
+    """
+
+    def __init__(self, config: EngineConfig, cross: BatchRunner | None, bi_encoder: BiEncoder | None, device: str):
+        self.config = config
+        self._cross = cross
+        self._bi_encoder = bi_encoder
+        self.device = device
+        if cross is not None:
+            backend = cross.backend
+            self.engine_name = f"{backend.runtime}-{backend.precision}"
+            self.model_name = config.model
+        else:
+            backend = bi_encoder.runner.backend
+            self.engine_name = f"bi-encoder-{backend.runtime}-{backend.precision}"
+            self.model_name = config.prefilter_model or "sentence-transformers/all-MiniLM-L6-v2"
+        self.rerank_s = 0.0  # wall time spent in rerank(), for benchmarks
+
+    # -- stages ---------------------------------------------------------------------------------
+    @property
+    def bi_encoder(self) -> BiEncoder:
+        """The prefilter's bi-encoder, built on first use (``warmup`` builds it ahead)."""
+        if self._bi_encoder is None:
+            self._bi_encoder = _build_bi_encoder(self.config, self.device, runtime_hint=self._cross.backend.runtime)
+        return self._bi_encoder
+
+    def _plan(self, index: int, job: RerankJob) -> _Plan:
+        if not isinstance(job.query, str):
+            raise ValueError(f"job {index}: query must be a string, got {type(job.query).__name__}")
+        if isinstance(job.documents, str) or any(not isinstance(d, str) for d in job.documents):
+            raise ValueError(f"job {index}: documents must be a list of strings")
+        n = len(job.documents)
+        keep = self.config.prefilter_keep if job.keep is None else int(job.keep)
+        if keep < 0:
+            raise ValueError(f"job {index}: keep must be >= 0, got {keep}")
+        if self._cross is None:
+            return _Plan(n, False, n)
+        wanted = job.prefilter if job.prefilter is not None else n > self.config.prefilter_threshold
+        # With keep >= n nothing would be cut, so the bi-encoder would be wasted work.
+        return _Plan(n, bool(wanted) and keep < n, keep)
+
+    def rerank(self, jobs: list[RerankJob]) -> list[RerankOutcome]:
+        """Score one window of jobs, batched together; one outcome per job, in order."""
+        started = time.perf_counter()
+        if not jobs:
+            return []
+        plans = [self._plan(i, job) for i, job in enumerate(jobs)]
+        cosines: dict[int, np.ndarray] = {}
+        bi_jobs = [i for i, p in enumerate(plans) if p.prefilter or self._cross is None]
+        if bi_jobs:
+            cosines = self._cosines(jobs, bi_jobs)
+        if self._cross is None:
+            outcomes = [self._cosine_outcome(cosines[i]) for i in range(len(jobs))]
+            self.rerank_s += time.perf_counter() - started
+            return outcomes
+
+        selected: list[np.ndarray] = []
+        for i, plan in enumerate(plans):
+            if plan.prefilter:
+                selected.append(np.sort(_ranked(np.arange(plan.n), cosines[i])[: plan.keep]))
+            else:
+                selected.append(np.arange(plan.n))
+        logits = self._cross_scores(jobs, selected)
+
+        outcomes = []
+        for i, plan in enumerate(plans):
+            chosen, chosen_logits = selected[i], logits[i]
+            scores = np.zeros(plan.n, dtype=np.float32)
+            mask = np.zeros(plan.n, dtype=bool)
+            mask[chosen] = True
+            scores[chosen] = chosen_logits
+            order = _ranked(chosen, chosen_logits)
+            if plan.prefilter:
+                rest = np.flatnonzero(~mask)
+                scores[rest] = cosines[i][rest]
+                order = np.concatenate([order, _ranked(rest, cosines[i][rest])])
+            outcomes.append(
+                RerankOutcome(
+                    scores=scores,
+                    score_kind=LOGIT if len(chosen) or not plan.prefilter else COSINE,
+                    cross_encoded=mask,
+                    order=order.astype(np.int64),
+                    prefiltered=plan.prefilter,
+                    bi_encoder_scored=plan.n if plan.prefilter else 0,
+                    cross_encoder_scored=len(chosen),
+                )
+            )
+        self.rerank_s += time.perf_counter() - started
+        return outcomes
+
+    def _cosines(self, jobs: list[RerankJob], which: list[int]) -> dict[int, np.ndarray]:
+        """Bi-encoder cosines of the given jobs, embedding all their texts in one batch."""
+        texts: list[str] = []
+        for i in which:
+            texts.append(jobs[i].query)
+            texts.extend(jobs[i].documents)
+        vectors = self.bi_encoder.embed(texts)
+        out, at = {}, 0
+        for i in which:
+            n = len(jobs[i].documents)
+            query, docs = vectors[at], vectors[at + 1 : at + 1 + n]
+            out[i] = (docs @ query).astype(np.float32) if n else np.zeros(0, dtype=np.float32)
+            at += 1 + n
+        return out
+
+    def _cross_scores(self, jobs: list[RerankJob], selected: list[np.ndarray]) -> list[np.ndarray]:
+        """Cross-encoder logits of the selected documents of every job, as one batch of pairs."""
+        query_index: dict[str, int] = {}
+        doc_index: dict[str, int] = {}
+        pair_query, pair_doc, owners = [], [], []
+        for i, chosen in enumerate(selected):
+            q = query_index.setdefault(jobs[i].query, len(query_index))
+            docs = jobs[i].documents
+            for d in chosen:
+                pair_query.append(q)
+                pair_doc.append(doc_index.setdefault(docs[int(d)], len(doc_index)))
+            owners.append(len(chosen))
+        # Identical (query, document) pairs in a window are scored once.
+        pairs = np.stack([np.asarray(pair_query, dtype=np.int64), np.asarray(pair_doc, dtype=np.int64)], axis=1)
+        if len(pairs):
+            unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+            logits = self._cross.score_pairs(list(query_index), list(doc_index), unique[:, 0], unique[:, 1])
+            flat = logits[inverse.reshape(-1)]
+        else:
+            flat = np.zeros(0, dtype=np.float32)
+        out, at = [], 0
+        for count in owners:
+            out.append(flat[at : at + count].astype(np.float32))
+            at += count
+        return out
+
+    def _cosine_outcome(self, cosine: np.ndarray) -> RerankOutcome:
+        n = len(cosine)
+        return RerankOutcome(
+            scores=cosine.astype(np.float32),
+            score_kind=COSINE,
+            cross_encoded=np.zeros(n, dtype=bool),
+            order=_ranked(np.arange(n), cosine).astype(np.int64),
+            prefiltered=False,
+            bi_encoder_scored=n,
+            cross_encoder_scored=0,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def warmup(self) -> None:
+        """Load everything (the prefilter's bi-encoder too) and run a few batch shapes, so the first
+        real window does not pay for exports, quantization or kernel compilation."""
+        words = "the quick brown fox jumps over the lazy dog while the cat sleeps".split()
+        documents = [" ".join(words[: 1 + (k % len(words))] * (1 + k // 4)) for k in range(12)]
+        jobs = [RerankJob("warm up query", documents), RerankJob("another warm up", documents[:3])]
+        if self._cross is not None:
+            jobs.append(RerankJob("warm up the prefilter", documents, prefilter=True, keep=4))
+        self.rerank(jobs)
+        self.rerank_s = 0.0
+        self.reset_stats()
+
+    def stats(self) -> dict:
+        """Counters since the last reset: tokenize/run seconds per stage and embedding cache use."""
+        out = {"rerank_s": self.rerank_s}
+        if self._cross is not None:
+            out["cross"] = self._cross.stats.as_dict()
+        if self._bi_encoder is not None:
+            out["bi_encoder"] = self._bi_encoder.runner.stats.as_dict()
+            out["embedding_cache"] = {"hits": self._bi_encoder.hits, "misses": self._bi_encoder.misses}
+        return out
+
+    def reset_stats(self) -> None:
+        self.rerank_s = 0.0
+        for runner in (self._cross, self._bi_encoder.runner if self._bi_encoder else None):
+            if runner is not None:
+                runner.stats.__init__()
+        if self._bi_encoder is not None:
+            self._bi_encoder.hits = self._bi_encoder.misses = 0
+
+
+# -- construction ---------------------------------------------------------------------------------
+def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: str, device: str, max_length: int | None) -> BatchRunner:
+    tokenizer, tokenizer_max, pad_id = load_fast_tokenizer(folder)
+    length = effective_max_length(folder, tokenizer_max, max_length)
+    threads = config.threads or (default_threads() if device == "cpu" else None)
+    cache_root = resolve_cache_dir(config)
+    if runtime == "torch":
+        from engines.torch_engine import TorchBackend
+
+        backend = TorchBackend(folder, task, device, config.precision, threads)
+    else:
+        from engines.export import ExportCache
+
+        cache = ExportCache(folder, task, cache_root)
+        if runtime == "onnx":
+            from engines.onnx_engine import OnnxBackend
+
+            backend = OnnxBackend(cache, device, config.precision, threads)
+        else:
+            from engines.openvino_engine import OpenVinoBackend
+
+            backend = OpenVinoBackend(cache, tokenizer, length, pad_id, device, config.precision, threads)
+    on_gpu = backend.device == "cuda"
+    return BatchRunner(
+        tokenizer,
+        backend,
+        max_length=length,
+        pad_id=pad_id,
+        max_batch_tokens=config.max_batch_tokens or (GPU_MAX_BATCH_TOKENS if on_gpu else CPU_MAX_BATCH_TOKENS),
+        max_batch_pairs=config.max_batch_pairs or (GPU_MAX_BATCH_PAIRS if on_gpu else CPU_MAX_BATCH_PAIRS),
+    )
+
+
+def _build_bi_encoder(config: EngineConfig, device: str, runtime_hint: str | None) -> BiEncoder:
+    name = config.prefilter_model or str(packaged_minilm_path())
+    folder = ModelFolder.load(name)
+    if config.prefilter_runtime:
+        runtime = config.prefilter_runtime
+    elif runtime_hint:
+        runtime = runtime_hint
+    else:
+        runtime = "torch" if device == "cuda" else "openvino"
+    settings = folder.read_json("sentence_bert_config.json") or {}
+    runner = _make_runner(config, folder, EMBED, runtime, device, settings.get("max_seq_length"))
+    return BiEncoder(runner, config.embedding_cache_size)
+
+
+def build_reranker(config: EngineConfig) -> Reranker:
+    """Load (exporting and quantizing on first use, then from the cache) what ``config`` asks for.
+
+    Raises:
+        ValueError: a config field is out of range, or the model is not a single-logit cross-encoder.
+        OSError: the model (or the prefilter model) cannot be found or loaded; the message names it.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    if config.engine == "bi-encoder":
+        bi_encoder = _build_bi_encoder(config, device, runtime_hint=None)
+        reranker = Reranker(config, None, bi_encoder, bi_encoder.runner.backend.device)
+    else:
+        folder = ModelFolder.load(config.model)
+        cross = _make_runner(config, folder, CROSS, config.engine, device, config.max_length)
+        reranker = Reranker(config, cross, None, cross.backend.device)
+    log.info("engine %s ready: model %s on %s", reranker.engine_name, reranker.model_name, reranker.device)
+    return reranker

@@ -1,0 +1,338 @@
+"""Engine throughput benchmark: naive sentence-transformers baselines and every engine, side by side.
+
+    python -m loadgen.engines --json out/bench.json [--quick]
+
+On one corpus (standard-library docstring passages, :mod:`loadgen.corpus`) and the untrained-head
+MiniLM-L6 test cross-encoder (:mod:`engines.testmodel`; same architecture and cost as
+ms-marco-MiniLM-L-6-v2, scores are not relevance), in one process:
+
+* ``naive_per_request_pairs_per_s``: ``CrossEncoder.predict`` on each request alone (4-15 documents).
+* ``naive_batched_pairs_per_s``: ``CrossEncoder.predict`` on all pairs at once, ``batch_size=32``.
+* ``engines``: pairs/s of each engine through ``Reranker.rerank`` on the same requests, grouped in
+  windows of up to 512 pairs as the worker groups them (its default ``window_max_pairs``).
+* ``hybrid_1000``: one 1000-document request, cross-encoded in full vs prefiltered to 100 by the
+  bi-encoder, with the document embeddings not yet cached (cold) and cached (warm).
+* ``tokenize_share``: fraction of the default engine's time spent tokenizing and padding.
+
+Engines are warmed up on other requests than the measured ones (so kernel caches for batch shapes
+are warm only as far as real traffic would warm them). The first build of an engine exports and
+quantizes the model into the cache; ``build_s`` reports that separately from the throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WINDOW_MAX_PAIRS = 512
+DEFAULT_ENGINE = ("openvino", "int8")
+FULL_ENGINES = [
+    ("openvino", "int8"),
+    ("openvino", "bf16"),
+    ("openvino", "fp32"),
+    ("onnx", "int8"),
+    ("onnx", "fp32"),
+    ("torch", "bf16"),
+    ("torch", "fp32"),
+    ("bi-encoder", "int8"),
+]
+QUICK_ENGINES = [("openvino", "int8"), ("bi-encoder", "int8")]
+
+
+def machine() -> dict:
+    model = platform.processor() or "unknown"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    flags = ""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        pass
+    return {
+        "cpu_model": model,
+        "cpus": cpus,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_tile" in flags,
+        "gpu": _gpu_name(),
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def _gpu_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - informational only
+        return None
+
+
+def make_requests(n: int, seed: int, passages: list[str]) -> list[tuple[str, list[str]]]:
+    from loadgen.corpus import queries
+
+    rng = random.Random(seed)
+    return [(query, rng.sample(passages, rng.randint(4, 15))) for query in queries(n, seed=seed)]
+
+
+def windows(requests, max_pairs: int = WINDOW_MAX_PAIRS):
+    """Group requests into windows of up to ``max_pairs`` pairs, as the worker does."""
+    window, pairs = [], 0
+    for request in requests:
+        if window and pairs + len(request[1]) > max_pairs:
+            yield window
+            window, pairs = [], 0
+        window.append(request)
+        pairs += len(request[1])
+    if window:
+        yield window
+
+
+def bench_naive(model_path: str, requests, warm) -> tuple[float, float]:
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(model_path, device="cpu")
+    pairs_total = sum(len(docs) for _, docs in requests)
+    model.predict([(warm[0][0], d) for d in warm[0][1]], show_progress_bar=False)
+    started = time.perf_counter()
+    for query, docs in requests:
+        model.predict([(query, d) for d in docs], batch_size=32, show_progress_bar=False)
+    per_request = pairs_total / (time.perf_counter() - started)
+    all_pairs = [(query, d) for query, docs in requests for d in docs]
+    started = time.perf_counter()
+    model.predict(all_pairs, batch_size=32, show_progress_bar=False)
+    batched = pairs_total / (time.perf_counter() - started)
+    return per_request, batched
+
+
+def bench_engine(engine: str, precision: str, model_path: str, requests, warm) -> tuple[dict, object]:
+    from engines import EngineConfig, RerankJob, build_reranker
+
+    started = time.perf_counter()
+    reranker = build_reranker(EngineConfig(engine=engine, model=model_path, precision=precision, device="cpu"))
+    reranker.warmup()
+    build_s = time.perf_counter() - started
+    for window in windows(warm):
+        reranker.rerank([RerankJob(q, docs, prefilter=False) for q, docs in window])
+    reranker.reset_stats()
+    pairs_total = sum(len(docs) for _, docs in requests)
+    latencies = []
+    started = time.perf_counter()
+    for window in windows(requests):
+        t = time.perf_counter()
+        reranker.rerank([RerankJob(q, docs, prefilter=False) for q, docs in window])
+        latencies.append(time.perf_counter() - t)
+    elapsed = time.perf_counter() - started
+    stats = reranker.stats()
+    stage = stats.get("cross") or stats.get("bi_encoder")
+    result = {
+        "name": reranker.engine_name,
+        "pairs_per_s": pairs_total / elapsed,
+        "build_s": build_s,
+        "windows": len(latencies),
+        "window_p50_ms": 1000 * sorted(latencies)[len(latencies) // 2],
+        "tokenize_share": stage["tokenize_s"] / stats["rerank_s"],
+        "padding_overhead": stage["padded_tokens"] / max(1, stage["real_tokens"]) - 1,
+    }
+    return result, reranker
+
+
+def bench_hybrid(reranker, passages: list[str], seed: int) -> dict:
+    from engines import RerankJob
+    from loadgen.corpus import queries
+
+    rng = random.Random(seed)
+    docs = rng.sample(passages, 1000)
+    q_full, q_cold, q_warm = queries(3, seed=seed + 1)
+    started = time.perf_counter()
+    [full] = reranker.rerank([RerankJob(q_full, docs, prefilter=False)])
+    full_s = time.perf_counter() - started
+    reranker.bi_encoder.clear_cache()
+    started = time.perf_counter()
+    [cold] = reranker.rerank([RerankJob(q_cold, docs)])  # auto: 1000 > threshold 100
+    cold_s = time.perf_counter() - started
+    started = time.perf_counter()
+    [warm] = reranker.rerank([RerankJob(q_warm, docs)])  # same documents, another query
+    warm_s = time.perf_counter() - started
+    assert cold.prefiltered and warm.prefiltered and not full.prefiltered
+    return {
+        "documents": 1000,
+        "kept": int(cold.cross_encoder_scored),
+        "full_s": full_s,
+        "prefilter_s": cold_s,
+        "prefilter_warm_s": warm_s,
+        "speedup": full_s / cold_s,
+        "speedup_warm": full_s / warm_s,
+    }
+
+
+def print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=150)  # wide enough for the table when not on a terminal
+    m = report["machine"]
+    console.print(
+        f"[bold]Engines[/] on {m['cpu_model']} x{m['cpus']} (load at start {m['load_average_at_start'][0]:.2f}); "
+        f"model: {report['model']['label']}"
+    )
+    naive_r, naive_b = report["naive_per_request_pairs_per_s"], report["naive_batched_pairs_per_s"]
+    table = Table("engine", "pairs/s", "vs naive per request", "vs naive batched", "window p50", "tokenize", "padding", "build")
+    table.add_row("naive CrossEncoder.predict per request", f"{naive_r:.1f}", "1.00x", f"{naive_r / naive_b:.2f}x", "", "", "", "")
+    table.add_row("naive CrossEncoder.predict batched (32)", f"{naive_b:.1f}", f"{naive_b / naive_r:.2f}x", "1.00x", "", "", "", "")
+    for name, row in report["engine_details"].items():
+        table.add_row(
+            name,
+            f"{row['pairs_per_s']:.1f}",
+            f"{row['pairs_per_s'] / naive_r:.2f}x",
+            f"{row['pairs_per_s'] / naive_b:.2f}x",
+            f"{row['window_p50_ms']:.0f} ms",
+            f"{100 * row['tokenize_share']:.1f}%",
+            f"{100 * row['padding_overhead']:.1f}%",
+            f"{row['build_s']:.1f} s",
+        )
+    console.print(table)
+    h = report["hybrid_1000"]
+    console.print(
+        f"hybrid, 1 request x 1000 documents ({report['hybrid_engine']}, keep {h['kept']}): full {h['full_s']:.2f} s, "
+        f"prefiltered {h['prefilter_s']:.2f} s cold ({h['speedup']:.1f}x), {h['prefilter_warm_s']:.2f} s with "
+        f"document embeddings cached ({h['speedup_warm']:.1f}x)"
+    )
+    r = report["ratios"]
+    console.print(
+        f"best CPU cross-encoder engine {r['best_engine']}: {r['best_vs_naive_per_request']:.2f}x naive per request, "
+        f"{r['best_vs_naive_batched']:.2f}x naive batched; tokenize share {100 * report['tokenize_share']:.1f}%"
+    )
+
+
+def markdown(report: dict) -> str:
+    """The figures as a Markdown table, for BENCHMARKS.md."""
+    naive_r, naive_b = report["naive_per_request_pairs_per_s"], report["naive_batched_pairs_per_s"]
+    lines = [
+        "| engine | pairs/s | vs naive per request | vs naive batched | window p50 | tokenize | padding |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| naive `CrossEncoder.predict`, each request alone | {naive_r:.1f} | 1.00x | {naive_r / naive_b:.2f}x | | | |",
+        f"| naive `CrossEncoder.predict`, all pairs, batch_size=32 | {naive_b:.1f} | {naive_b / naive_r:.2f}x | 1.00x | | | |",
+    ]
+    for name, row in report["engine_details"].items():
+        lines.append(
+            f"| {name} | {row['pairs_per_s']:.1f} | {row['pairs_per_s'] / naive_r:.2f}x | {row['pairs_per_s'] / naive_b:.2f}x "
+            f"| {row['window_p50_ms']:.0f} ms | {100 * row['tokenize_share']:.1f}% | {100 * row['padding_overhead']:.1f}% |"
+        )
+    h = report["hybrid_1000"]
+    lines += [
+        "",
+        f"Hybrid, one request of 1000 documents, {report['hybrid_engine']}, keep {h['kept']}: full {h['full_s']:.2f} s; "
+        f"prefiltered {h['prefilter_s']:.2f} s with no embedding cached ({h['speedup']:.2f}x), "
+        f"{h['prefilter_warm_s']:.2f} s with the document embeddings cached ({h['speedup_warm']:.1f}x).",
+    ]
+    return "\n".join(lines)
+
+
+def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None) -> dict:
+    from engines.testmodel import ensure_test_model
+    from loadgen.corpus import load_passages
+
+    logging.basicConfig(level=logging.WARNING)
+    started = time.perf_counter()
+    model_path = str(ensure_test_model())
+    passages = load_passages()
+    n_requests = 30 if quick else 240
+    requests = make_requests(n_requests, seed=7, passages=passages)
+    warm = make_requests(max(10, n_requests // 4), seed=8, passages=passages)
+    pairs_total = sum(len(docs) for _, docs in requests)
+    report: dict = {
+        "command": "python -m loadgen.engines " + " ".join(sys.argv[1:]),
+        "quick": quick,
+        "machine": machine(),
+        "model": {
+            "path": model_path,
+            "label": "test-cross-encoder-minilm-l6: MiniLM-L6-H384 BertForSequenceClassification with an "
+            "UNTRAINED head (same architecture/cost as cross-encoder/ms-marco-MiniLM-L-6-v2; scores are not relevance)",
+            "untrained_head": True,
+        },
+        "workload": {
+            "requests": n_requests,
+            "pairs": pairs_total,
+            "documents_per_request": "4-15",
+            "window_max_pairs": WINDOW_MAX_PAIRS,
+            "corpus": "Python standard-library docstring passages (loadgen.corpus)",
+        },
+    }
+    naive_r, naive_b = bench_naive(model_path, requests, warm)
+    report["naive_per_request_pairs_per_s"] = naive_r
+    report["naive_batched_pairs_per_s"] = naive_b
+
+    details, hybrid_reranker = {}, None
+    for engine, precision in engines_wanted or (QUICK_ENGINES if quick else FULL_ENGINES):
+        result, reranker = bench_engine(engine, precision, model_path, requests, warm)
+        details[result["name"]] = result
+        if (engine, precision) == DEFAULT_ENGINE:
+            hybrid_reranker = reranker
+        else:
+            del reranker
+    report["engines"] = {name: row["pairs_per_s"] for name, row in details.items()}
+    report["engine_details"] = details
+    cross = {name: row for name, row in details.items() if not name.startswith("bi-encoder")}
+    best = max(cross, key=lambda name: cross[name]["pairs_per_s"])
+    default_name = "-".join(DEFAULT_ENGINE)
+    report["default_engine"] = default_name
+    report["tokenize_share"] = details.get(default_name, details[best])["tokenize_share"]
+    report["ratios"] = {
+        "best_engine": best,
+        "best_vs_naive_per_request": cross[best]["pairs_per_s"] / naive_r,
+        "best_vs_naive_batched": cross[best]["pairs_per_s"] / naive_b,
+    }
+    if hybrid_reranker is None:
+        from engines import EngineConfig, build_reranker
+
+        hybrid_reranker = build_reranker(EngineConfig(engine=DEFAULT_ENGINE[0], model=model_path, precision=DEFAULT_ENGINE[1], device="cpu"))
+        hybrid_reranker.warmup()
+    report["hybrid_engine"] = hybrid_reranker.engine_name
+    report["hybrid_1000"] = bench_hybrid(hybrid_reranker, passages, seed=11)
+    report["machine"]["load_average_at_end"] = list(os.getloadavg())
+    report["elapsed_s"] = time.perf_counter() - started
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--quick", action="store_true", help="fewer requests and engines (under a minute)")
+    parser.add_argument("--engines", help="comma-separated engine:precision list, e.g. openvino:int8,onnx:fp32")
+    parser.add_argument("--markdown", action="store_true", help="also print the figures as a Markdown table")
+    args = parser.parse_args(argv)
+    wanted = [tuple(item.split(":", 1)) for item in args.engines.split(",")] if args.engines else None
+    report = run(args.quick, wanted)
+    print_report(report)
+    if args.markdown:
+        print(markdown(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

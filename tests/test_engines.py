@@ -1,0 +1,228 @@
+"""Engines against sentence-transformers, on freshly drawn inputs, with the untrained-head MiniLM-L6
+test cross-encoder (same architecture and cost as ms-marco-MiniLM-L-6-v2; its scores are not
+relevance, which is fine for checking numerics, batching and ranking rules)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest_engines import NON_ASCII, edge_documents, fresh_seed, random_text, test_model_path, vocabulary  # noqa: F401
+from scipy.stats import spearmanr
+
+from engines import EngineConfig, RerankJob, build_reranker
+from engines.models import packaged_minilm_path
+from loadgen.corpus import load_passages, queries
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(test_model_path):
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(test_model_path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def engines(test_model_path):
+    """One reranker per engine, built once for the module (exports are cached across runs)."""
+    built = {}
+
+    def get(engine: str, precision: str = "fp32", **kwargs):
+        key = (engine, precision, tuple(sorted(kwargs.items())))
+        if key not in built:
+            built[key] = build_reranker(EngineConfig(engine=engine, model=test_model_path, precision=precision, device="cpu", **kwargs))
+        return built[key]
+
+    return get
+
+
+def _fresh_window(seed: int, n_jobs: int = 6):
+    rng = random.Random(seed)
+    words = vocabulary()
+    passages = load_passages()
+    jobs = []
+    for _ in range(n_jobs):
+        query = random_text(rng, words, 1, 12)
+        docs = rng.sample(passages, rng.randint(1, 8)) + [random_text(rng, words, 0, 60) for _ in range(rng.randint(0, 4))]
+        jobs.append(RerankJob(query, docs, prefilter=False))
+    # Edge cases: empty query and documents, 100 KB documents (truncated), non-ASCII, a 600-word query.
+    jobs.append(RerankJob("", edge_documents(rng), prefilter=False))
+    jobs.append(RerankJob(rng.choice(NON_ASCII), rng.sample(passages, 3) + NON_ASCII, prefilter=False))
+    jobs.append(RerankJob(random_text(rng, words, 600, 600), rng.sample(passages, 2) + [edge_documents(rng)[2]], prefilter=False))
+    return jobs
+
+
+@pytest.mark.parametrize("engine", ["onnx", "torch", "openvino"])
+def test_fp32_engines_reproduce_cross_encoder_predict(engines, cross_encoder, engine):
+    jobs = _fresh_window(fresh_seed(f"{engine} fp32 vs CrossEncoder.predict"))
+    outcomes = engines(engine, "fp32").rerank(jobs)
+    for job, outcome in zip(jobs, outcomes):
+        expected = cross_encoder.predict(
+            [(job.query, d) for d in job.documents], activation_fn=torch.nn.Identity(), show_progress_bar=False
+        )
+        assert outcome.score_kind == "logit" and outcome.scores.dtype == np.float32
+        assert outcome.cross_encoded.all() and not outcome.prefiltered
+        np.testing.assert_allclose(outcome.scores, expected, atol=1e-4, rtol=0)
+
+
+def test_bi_encoder_reproduces_sentence_transformers(engines):
+    from sentence_transformers import SentenceTransformer
+
+    rng = random.Random(fresh_seed("bi-encoder fp32 vs SentenceTransformer.encode"))
+    words = vocabulary()
+    query = random_text(rng, words, 1, 10)
+    docs = [random_text(rng, words, 0, 300) for _ in range(12)] + NON_ASCII + ["", edge_documents(rng)[2]]
+    [outcome] = engines("bi-encoder", "fp32", prefilter_runtime="onnx").rerank([RerankJob(query, docs)])
+    model = SentenceTransformer(str(packaged_minilm_path()), device="cpu")
+    vectors = model.encode([query, *docs], normalize_embeddings=True, show_progress_bar=False)
+    np.testing.assert_allclose(outcome.scores, vectors[1:] @ vectors[0], atol=1e-4, rtol=0)
+    assert outcome.score_kind == "cosine" and not outcome.cross_encoded.any() and not outcome.prefiltered
+    assert outcome.bi_encoder_scored == len(docs) and outcome.cross_encoder_scored == 0
+    assert list(outcome.order) == sorted(range(len(docs)), key=lambda i: (-outcome.scores[i], i))
+
+
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
+def test_int8_ranks_like_fp32(engines, engine):
+    """int8 is not assumed exact: report how well it keeps the fp32 ranking, with a loose floor."""
+    seed = fresh_seed(f"{engine} int8 vs fp32 rank agreement")
+    rng = random.Random(seed)
+    passages = load_passages()
+    jobs = [RerankJob(q, rng.sample(passages, 15), prefilter=False) for q in queries(12, seed=seed % 1000)]
+    exact = engines(engine, "fp32").rerank(jobs)
+    quantized = engines(engine, "int8").rerank(jobs)
+    pooled = spearmanr(np.concatenate([o.scores for o in exact]), np.concatenate([o.scores for o in quantized]))[0]
+    per_query = [spearmanr(a.scores, b.scores)[0] for a, b in zip(exact, quantized)]
+    top1 = np.mean([a.order[0] == b.order[0] for a, b in zip(exact, quantized)])
+    print(
+        f"{engine}-int8 vs fp32: Spearman pooled {pooled:.4f}, per query mean {np.mean(per_query):.4f} "
+        f"(min {np.min(per_query):.4f}), top-1 agreement {top1:.2f}"
+    )
+    assert pooled > 0.9
+    assert np.mean(per_query) > 0.7
+
+
+def test_each_request_gets_its_own_scores_in_its_own_order(engines):
+    """Requests of 1 to 1000 documents in one window score as they do alone."""
+    rng = random.Random(fresh_seed("scatter with a real engine"))
+    passages = load_passages()
+    words = vocabulary()
+    sizes = [1, 1000, 3, 40, 2, 17, 120]
+
+    def doc(n):  # short texts in the big request keep this fp32 test quick; passages elsewhere
+        return random_text(rng, words, 1, 12) if n >= 1000 else rng.choice(passages)
+
+    jobs = [RerankJob(random_text(rng, words, 1, 8), [doc(n) for _ in range(n)], prefilter=False) for n in sizes]
+    # fp32: int8 activations sitting on a rounding boundary can flip with the batch shape, which
+    # would blur what this test is about (every score back in its own request and place).
+    reranker = engines("openvino", "fp32")
+    together = reranker.rerank(jobs)
+    for job, outcome in zip(jobs, together):
+        [alone] = reranker.rerank([job])
+        assert len(outcome.scores) == len(job.documents) and outcome.cross_encoded.all()
+        np.testing.assert_allclose(outcome.scores, alone.scores, atol=1e-5, rtol=0)
+        assert list(outcome.order) == sorted(range(len(job.documents)), key=lambda i: (-outcome.scores[i], i))
+
+
+def test_empty_window_and_empty_request(engines):
+    reranker = engines("openvino", "int8")
+    assert reranker.rerank([]) == []
+    [outcome] = reranker.rerank([RerankJob("a query", [])])
+    assert outcome.scores.shape == (0,) and outcome.order.shape == (0,) and outcome.cross_encoded.shape == (0,)
+
+
+def _check_prefiltered(outcome, cosine, keep):
+    n = len(cosine)
+    kept = np.flatnonzero(outcome.cross_encoded)
+    assert outcome.prefiltered and outcome.cross_encoder_scored == keep == len(kept)
+    assert outcome.bi_encoder_scored == n
+    # The kept documents are the top `keep` by cosine (ties by index).
+    by_cosine = sorted(range(n), key=lambda i: (-cosine[i], i))
+    assert sorted(kept) == sorted(by_cosine[:keep])
+    # Order: cross-encoded by logit desc (ties by index), then the rest by cosine desc (ties by index).
+    head = sorted(kept, key=lambda i: (-outcome.scores[i], i))
+    tail = [i for i in by_cosine if i not in set(kept)]
+    assert list(outcome.order) == head + tail
+    np.testing.assert_allclose(outcome.scores[tail], cosine[tail], atol=1e-6)
+
+
+def test_prefilter_auto_forced_and_keep(engines):
+    rng = random.Random(fresh_seed("prefilter"))
+    passages = load_passages()
+    reranker = engines("openvino", "int8", prefilter_threshold=30, prefilter_keep=10)
+    docs = rng.sample(passages, 45)
+    query = queries(1, seed=rng.randrange(1000))[0]
+    cosine = reranker.bi_encoder.cosine(query, docs)
+
+    auto, forced_off, forced_on, keep_more, keep_all, keep_none, small = reranker.rerank(
+        [
+            RerankJob(query, docs),
+            RerankJob(query, docs, prefilter=False),
+            RerankJob(query, docs[:20], prefilter=True, keep=5),
+            RerankJob(query, docs, keep=25),
+            RerankJob(query, docs[:20], prefilter=True, keep=20),
+            RerankJob(query, docs, prefilter=True, keep=0),
+            RerankJob(query, docs[:30]),
+        ]
+    )
+    _check_prefiltered(auto, cosine, 10)
+    _check_prefiltered(forced_on, cosine[:20], 5)
+    _check_prefiltered(keep_more, cosine, 25)
+    for outcome in (forced_off, keep_all, small):  # keep >= n, or at the threshold: nothing to cut
+        assert not outcome.prefiltered and outcome.cross_encoded.all() and outcome.bi_encoder_scored == 0
+    assert keep_none.score_kind == "cosine" and not keep_none.cross_encoded.any()
+    assert list(keep_none.order) == sorted(range(45), key=lambda i: (-cosine[i], i))
+    # A prefiltered document keeps the same cross-encoder score it gets without the prefilter.
+    kept = auto.cross_encoded
+    np.testing.assert_allclose(auto.scores[kept], forced_off.scores[kept], atol=2e-4)
+    order_off = sorted(range(45), key=lambda i: (-forced_off.scores[i], i))
+    assert list(forced_off.order) == order_off
+
+
+def test_negative_keep_is_rejected(engines):
+    with pytest.raises(ValueError, match="keep"):
+        engines("openvino", "int8").rerank([RerankJob("q", ["d"], prefilter=True, keep=-1)])
+
+
+def test_engine_names(engines):
+    assert engines("onnx", "int8").engine_name == "onnx-int8"
+    assert engines("openvino", "int8").engine_name == "openvino-int8"
+    assert engines("torch", "fp32").engine_name == "torch-fp32"
+    assert engines("bi-encoder", "fp32", prefilter_runtime="onnx").engine_name == "bi-encoder-onnx-fp32"
+
+
+@pytest.mark.parametrize("model", ["/nonexistent/cross-encoder", "no-such-org/no-such-model-xyz"])
+def test_unloadable_model_is_a_clear_error(model, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises((OSError, ValueError), match=model):
+        build_reranker(EngineConfig(engine="onnx", model=model))
+
+
+def test_bad_config_is_rejected():
+    for bad in (dict(engine="tensorrt"), dict(precision="int4"), dict(device="tpu"), dict(prefilter_keep=-1), dict(max_batch_tokens=0)):
+        with pytest.raises(ValueError):
+            build_reranker(EngineConfig(**bad))
+
+
+def test_test_model_is_marked_deterministic_and_idempotent(test_model_path, tmp_path):
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from engines.testmodel import MARKER_KEY, ensure_test_model, is_test_model
+
+    config = json.loads((Path(test_model_path) / "config.json").read_text())
+    assert config[MARKER_KEY]["scores_are_relevance"] is False and config[MARKER_KEY]["untrained_head"] is True
+    assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 1
+    assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]) == (6, 384, 12)
+    assert "not relevance" in (Path(test_model_path) / "README.md").read_text().lower()
+    assert is_test_model(test_model_path) and not is_test_model(packaged_minilm_path())
+
+    def digest(folder: Path) -> dict:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+    fresh = ensure_test_model(tmp_path / "again")
+    assert digest(fresh) == digest(Path(test_model_path))  # same seed, same bytes
+    stamp = (fresh / "model.safetensors").stat().st_mtime_ns
+    assert ensure_test_model(fresh) == fresh and (fresh / "model.safetensors").stat().st_mtime_ns == stamp
