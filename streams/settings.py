@@ -50,7 +50,9 @@ class WorkerSettings(BaseSettings):
     reply_to_prefix: str = "rerank-replies."
 
     # --- Engine ----------------------------------------------------------------------
-    engine: Literal["onnx", "openvino", "torch", "bi-encoder"] = "onnx"
+    # OpenVINO with static (NNCF) int8: fast on CPU, and its scores do not depend on which
+    # requests share a batch, so a redelivered request gets the same ranking.
+    engine: Literal["onnx", "openvino", "torch", "bi-encoder"] = "openvino"
     model: str = "cross-encoder/ms-marco-MiniLM-L-6-v2"
     precision: Literal["fp32", "int8", "fp16", "bf16"] = "int8"
     device: Literal["auto", "cpu", "cuda"] = "auto"
