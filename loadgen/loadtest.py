@@ -142,7 +142,7 @@ def markdown(report: dict) -> str:
 @click.option("--json", "json_path", default="out/loadtest.json", show_default=True)
 @click.option("--markdown", "md_path", default="out/loadtest.md", show_default=True)
 @click.option("--p99-bound", default=5.0, show_default=True, help="Seconds: the latency a sustained rate must keep.")
-@click.option("--run-seconds", default=20.0, show_default=True, help="Length of each measured run.")
+@click.option("--run-seconds", default=10.0, show_default=True, help="Length of each measured run.")
 @click.option("--strategies", default="all", help="Comma-separated strategy names (substring match) or 'all'.")
 @click.option("--buckets", default=",".join(BUCKETS), show_default=True)
 def main(json_path, md_path, p99_bound, run_seconds, strategies, buckets) -> None:
