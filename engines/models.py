@@ -77,7 +77,7 @@ def resolve_model_dir(model: str) -> Path:
         if not (candidate / "config.json").is_file():
             raise OSError(f"model folder {model!r} has no config.json, so it is not a Hugging Face model folder")
         return candidate.resolve()
-    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.sep + os.sep in model
+    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1  # hub ids are "org/name"
     if looks_like_path or candidate.exists():
         raise OSError(f"model {model!r} is not a folder (no such directory)")
     try:
