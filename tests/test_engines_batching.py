@@ -72,8 +72,7 @@ def test_pairs_are_encoded_exactly_like_the_tokenizer(tokenizer, max_length):
     words = vocabulary()
     texts = [random_text(rng, words, 0, 40) for _ in range(30)] + NON_ASCII + ["", "   "]
     # Both sides longer than the budget, at odd and even budgets: who keeps the odd token.
-    long_words = (300, 900) if max_length == 512 else (max_length, 3 * max_length)
-    texts += [random_text(rng, words, *long_words) for _ in range(4)]
+    texts += [random_text(rng, words, 2 * max_length, 3 * max_length) for _ in range(4)]
     pairs = [(rng.choice(texts), rng.choice(texts)) for _ in range(150)]
     pairs += [(a, b) for a in texts[-8:] for b in texts[-8:]]  # every long/edge combination
     # Texts past BatchRunner.clip_chars (10 characters per token of max_length) are cut before
