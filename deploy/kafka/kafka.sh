@@ -7,6 +7,12 @@
 #   kafka.sh jars   only resolve the jars (make test does this up front)
 #
 # KAFKA_PORT (default 9092) picks the broker port; state lives in .kafka/<port>/ (ignored).
+#
+# KAFKA_SECURITY=sasl_ssl starts the broker with one SASL_SSL listener instead (SCRAM-SHA-512,
+# a CA and broker certificate made with keytool for this run, ACLs by StandardAuthorizer) and
+# the super user admin (password KAFKA_ADMIN_PASSWORD, else a random one). In the state
+# folder: tls/ca.pem (the CA clients trust), admin.password, and admin-client.properties
+# (librdkafka settings for admin, e.g. `kcat -F`). Default: plaintext, no ACLs.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -15,6 +21,10 @@ state="${KAFKA_STATE_DIR:-$root/.kafka/$port}"
 pidfile="$state/kafka.pid"
 python="${PYTHON:-$root/.venv/bin/python}"
 libs="$here/target/libs"
+security="${KAFKA_SECURITY:-plaintext}"
+case "$security" in plaintext|sasl_ssl) ;; *) echo "kafka: KAFKA_SECURITY must be plaintext or sasl_ssl (got '$security')" >&2; exit 2 ;; esac
+# ready.py reads its client settings from here (admin over SASL_SSL) when the broker is secure
+[ -f "$state/admin-client.properties" ] && export KAFKA_CLIENT_PROPERTIES="$state/admin-client.properties"
 
 alive() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
@@ -43,8 +53,58 @@ jars() {  # resolve the broker's jars once per pom.xml change
     fi
 }
 
+keytool_() {  # keytool starts a JVM per call: a quick-start one
+    keytool -J-XX:TieredStopAtLevel=1 -J-XX:+UseSerialGC "$@" >>"$state/logs/keytool.log" 2>&1 \
+        || { echo "kafka: keytool $1 failed:" >&2; tail -n 5 "$state/logs/keytool.log" >&2; exit 1; }
+}
+
+secure_setup() {  # sasl_ssl: certificates, admin credentials, listener settings; sets format_args
+    command -v keytool >/dev/null || { echo "kafka: KAFKA_SECURITY=sasl_ssl needs keytool (a JDK) on PATH" >&2; exit 1; }
+    local tls="$state/tls" storepass admin_pw
+    mkdir -p "$tls"
+    chmod 700 "$state"
+    storepass="$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')"
+    admin_pw="${KAFKA_ADMIN_PASSWORD:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')}"
+    if ! [[ "$admin_pw" =~ ^[A-Za-z0-9._-]+$ ]]; then
+        echo "kafka: KAFKA_ADMIN_PASSWORD may hold only letters, digits and . _ - (it goes into a JAAS line)" >&2
+        exit 1
+    fi
+    # A CA, and a broker key whose certificate it signs for 127.0.0.1/localhost (2 days).
+    keytool_ -genkeypair -alias ca -keyalg EC -groupname secp256r1 -dname CN=kafka-rerank-test-ca \
+        -ext bc:c -ext ku:c=keyCertSign,cRLSign -validity 2 -keystore "$tls/ca.p12" -storetype PKCS12 \
+        -storepass "$storepass" -keypass "$storepass"
+    keytool_ -exportcert -rfc -alias ca -keystore "$tls/ca.p12" -storepass "$storepass" -file "$tls/ca.pem"
+    keytool_ -genkeypair -alias broker -keyalg EC -groupname secp256r1 -dname CN=localhost -validity 2 \
+        -keystore "$tls/broker.p12" -storetype PKCS12 -storepass "$storepass" -keypass "$storepass"
+    keytool_ -certreq -alias broker -keystore "$tls/broker.p12" -storepass "$storepass" -file "$tls/broker.csr"
+    keytool_ -gencert -alias ca -keystore "$tls/ca.p12" -storepass "$storepass" -infile "$tls/broker.csr" \
+        -outfile "$tls/broker.pem" -rfc -validity 2 -ext SAN=ip:127.0.0.1,dns:localhost -ext EKU=serverAuth,clientAuth
+    keytool_ -importcert -alias ca -file "$tls/ca.pem" -keystore "$tls/broker.p12" -storepass "$storepass" -noprompt
+    keytool_ -importcert -alias broker -file "$tls/broker.pem" -keystore "$tls/broker.p12" -storepass "$storepass" -noprompt
+    # The plaintext listener lines give way to the SASL_SSL ones.
+    grep -v -E '^(listeners|advertised\.listeners|inter\.broker\.listener\.name|listener\.security\.protocol\.map)=' \
+        "$state/server.properties" > "$state/server.properties.base"
+    sed -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$cport#g" -e "s#@TLS@#$tls#g" \
+        -e "s#@STOREPASS@#$storepass#g" -e "s#@ADMIN_PASSWORD@#$admin_pw#g" \
+        "$here/server-sasl_ssl.properties.in" >> "$state/server.properties.base"
+    mv "$state/server.properties.base" "$state/server.properties"
+    (umask 077
+     printf '%s\n' "$admin_pw" > "$state/admin.password"
+     printf '%s\n' "security.protocol=SASL_SSL" "sasl.mechanism=SCRAM-SHA-512" "sasl.username=admin" \
+         "sasl.password=$admin_pw" "ssl.ca.location=$tls/ca.pem" > "$state/admin-client.properties")
+    echo "sasl_ssl" > "$state/security"
+    # KRaft keeps SCRAM credentials in the metadata log: admin's is written at format time.
+    format_args=(--add-scram "SCRAM-SHA-512=[name=admin,password=$admin_pw]")
+}
+
 up() {
     if alive; then
+        local running
+        running="$(cat "$state/security" 2>/dev/null || echo plaintext)"
+        if [ "$running" != "$security" ]; then
+            echo "kafka: the broker on 127.0.0.1:$port runs with KAFKA_SECURITY=$running, not $security; run kafka.sh down first" >&2
+            exit 1
+        fi
         "$python" "$here/ready.py" "127.0.0.1:$port" 60 "$(cat "$pidfile")"
         echo "127.0.0.1:$port"
         return 0
@@ -55,17 +115,23 @@ up() {
     fi
     jars
     rm -rf "$state"
+    unset KAFKA_CLIENT_PROPERTIES  # a stale secure state's, now removed
     mkdir -p "$state/data" "$state/logs"
     cport="$(free_port)"
     sed -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$cport#g" -e "s#@DATA@#$state/data#g" \
         "$here/server.properties.in" > "$state/server.properties"
+    local format_args=()
+    if [ "$security" = sasl_ssl ]; then
+        secure_setup
+        export KAFKA_CLIENT_PROPERTIES="$state/admin-client.properties"
+    fi
     local cp="$libs/*"
     local opts="-Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true"
     opts="$opts -Dlog4j2.configurationFile=$here/log4j2.properties -Dkafka.logs.dir=$state/logs"
     local cid
     cid="$(java -cp "$cp" kafka.tools.StorageTool random-uuid)"
     # shellcheck disable=SC2086
-    java $opts -cp "$cp" kafka.tools.StorageTool format -t "$cid" -c "$state/server.properties" >"$state/logs/format.log" 2>&1 \
+    java $opts -cp "$cp" kafka.tools.StorageTool format -t "$cid" -c "$state/server.properties" "${format_args[@]}" >"$state/logs/format.log" 2>&1 \
         || { cat "$state/logs/format.log" >&2; exit 1; }
     # setsid: the broker outlives this script and make's process group
     # shellcheck disable=SC2086
@@ -76,6 +142,9 @@ up() {
         tail -n 20 "$state/logs/stdout.log" "$state/logs/server.log" >&2 2>/dev/null || true
         down >/dev/null 2>&1 || true
         exit 1
+    fi
+    if [ "$security" = sasl_ssl ]; then
+        echo "kafka: SASL_SSL (SCRAM-SHA-512) with ACLs; CA $state/tls/ca.pem; admin's client settings $state/admin-client.properties" >&2
     fi
     echo "127.0.0.1:$port"
 }

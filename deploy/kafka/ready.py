@@ -11,11 +11,27 @@ import time
 from confluent_kafka.admin import AdminClient
 
 
+def client_properties() -> dict[str, str]:
+    """librdkafka settings from KAFKA_CLIENT_PROPERTIES (key=value lines), e.g. the admin's
+    SASL_SSL ones that kafka.sh writes for a secure broker; none for a plaintext one."""
+    path = os.environ.get("KAFKA_CLIENT_PROPERTIES")
+    if not path:
+        return {}
+    props = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                props[key.strip()] = value.strip()
+    return props
+
+
 def main(bootstrap: str, timeout_s: float, pid: int | None) -> int:
     # "connection refused" is expected until the listener is up: keep librdkafka quiet
     quiet = logging.getLogger("kafka-ready")
     quiet.disabled = True
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet, **client_properties()})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pid is not None:
