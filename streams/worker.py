@@ -38,6 +38,19 @@ log = logging.getLogger("rerank.worker")
 # #517, #323). We run at-least-once but still want retries without duplicates in the log.
 faust_aiokafka.Producer._settings_extra = lambda self: {"acks": "all", "enable_idempotence": True}
 
+class _NoSaslFrames(logging.Filter):
+    """aiokafka logs every request and response at debug level, SASL ones included: with
+    SASL/PLAIN that request carries the password in clear (b'\\x00user\\x00password'), with
+    SCRAM the proof. Found by tests/test_security.py; such records are dropped at any level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(type(arg).__name__.startswith("SaslAuthenticate") for arg in args)
+
+
+# On the logger itself, so that it holds whatever handlers faust/mode install later.
+logging.getLogger("aiokafka.conn").addFilter(_NoSaslFrames())
+
 DELIVERY_ATTEMPTS = 5
 # A produce that has not been acknowledged by then counts as failed (and is retried).
 DELIVERY_TIMEOUT_S = 30.0
