@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 
 class ClientError(RuntimeError):
@@ -34,6 +34,12 @@ class _Pending:
     sent_at: float
     documents: int
     answers: list[Answer] = field(default_factory=list)
+
+
+# Delivery errors that mean "this principal may not write here": no retry will help, so
+# flush() raises them instead of letting the requests vanish (on a secured cluster).
+REFUSED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+           KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}
 
 
 def _quiet_logger() -> logging.Logger:
@@ -58,6 +64,9 @@ class RerankClient:
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self.unmatched: list[dict] = []
+        # (request_id, error) of every request the cluster did not take
+        self.delivery_errors: list[tuple[str, KafkaError]] = []
+        self._refused_reported = 0
         self._stop = threading.Event()
         self.producer = Producer({**base, "linger.ms": 2, "enable.idempotence": True,
                                   "message.max.bytes": 10_000_000})
@@ -74,7 +83,13 @@ class RerankClient:
         except KafkaException as exc:
             raise ClientError(f"cannot reach Kafka at {bootstrap}: {exc.args[0].str()}") from None
         for topic in [self.request_topic, *self.response_topics]:
-            if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            if topic not in metadata.topics:  # a full listing leaves out topics we may not see
+                metadata.topics.update(self.consumer.list_topics(topic, timeout=timeout_s).topics)
+            error = metadata.topics[topic].error if topic in metadata.topics else None
+            if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                raise ClientError(f"not authorized to use topic {topic!r} on {bootstrap} "
+                                  f"(TOPIC_AUTHORIZATION_FAILED: the cluster's ACLs refuse this client)")
+            if topic not in metadata.topics or error is not None:
                 raise ClientError(f"topic {topic!r} does not exist on {bootstrap} "
                                   "(start a worker, which creates its topics, or create it)")
         partitions = []
@@ -118,16 +133,53 @@ class RerankClient:
             self._pending[request_id] = _Pending(time.monotonic(), documents)
         while True:
             try:
-                self.producer.produce(self.request_topic, value=value, key=key)
+                self.producer.produce(self.request_topic, value=value, key=key,
+                                      on_delivery=lambda err, msg, rid=request_id: self._delivered(rid, err))
                 break
             except BufferError:  # local queue full: let it drain
-                self.producer.poll(0.05)
-        self.producer.poll(0)
+                self._producer_call(self.producer.poll, 0.05)
+            except KafkaException as exc:  # the producer hit a fatal error earlier
+                raise self._refused(exc.args[0]) from None
+        self._producer_call(self.producer.poll, 0)
         return request_id
 
+    def _producer_call(self, method, *args):
+        """poll/flush, with a fatal producer error (raised by confluent-kafka from poll and
+        flush) turned into a ClientError. confluent-kafka then still runs the delivery
+        callbacks with that exception pending, which surfaces as a SystemError whose
+        __cause__ is the KafkaException."""
+        try:
+            return method(*args)
+        except KafkaException as exc:
+            raise self._refused(exc.args[0]) from None
+        except SystemError as exc:
+            cause = exc.__cause__
+            while cause is not None and not isinstance(cause, KafkaException):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise self._refused(cause.args[0]) from None
+
+    def _delivered(self, request_id: str, err: KafkaError | None) -> None:
+        if err is not None:
+            with self._lock:
+                self.delivery_errors.append((request_id, err))
+
+    def _refused(self, err: KafkaError) -> ClientError:
+        # e.g. CLUSTER_AUTHORIZATION_FAILED: a principal that may write no topic at all gets
+        # no idempotent producer id; the producer is then unusable
+        return ClientError(f"Kafka refused requests to {self.request_topic}: {err.name()}: {err.str()}")
+
     def flush(self, timeout_s: float = 30.0) -> None:
-        if self.producer.flush(timeout_s) != 0:
+        if self._producer_call(self.producer.flush, timeout_s) != 0:
             raise ClientError(f"requests still undelivered to {self.request_topic} after {timeout_s}s")
+        with self._lock:
+            refused = [(rid, err) for rid, err in self.delivery_errors if err.code() in REFUSED]
+            new, self._refused_reported = refused[self._refused_reported:], len(refused)
+        if new:
+            rid, err = new[0]
+            raise ClientError(f"Kafka refused {len(new)} request(s) to {self.request_topic} "
+                              f"(first {rid!r}): {err.name()}: {err.str()}")
 
     def answers(self, request_id: str) -> list[Answer]:
         with self._lock:
@@ -160,7 +212,10 @@ class RerankClient:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        self.producer.flush(5)
+        try:
+            self.producer.flush(5)
+        except (KafkaException, SystemError):  # a fatal producer error, reported by flush()
+            pass
         self.consumer.close()
 
     def __enter__(self) -> "RerankClient":
