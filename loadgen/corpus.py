@@ -47,11 +47,13 @@ _STOPWORDS = frozenset(
 )
 
 
-def _stdlib_dir() -> Path:
+def stdlib_dir() -> Path:
+    """The running interpreter's standard-library folder."""
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _source_files(root: Path) -> list[Path]:
+def source_files(root: Path) -> list[Path]:
+    """The library's .py files in a fixed order, without test suites, demos and vendored code."""
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
@@ -122,7 +124,7 @@ def _passages_of(doc: str):
 def _extract(limit: int | None) -> list[str]:
     seen: set[str] = set()
     passages: list[str] = []
-    for path in _source_files(_stdlib_dir()):
+    for path in source_files(stdlib_dir()):
         try:
             source = path.read_text(encoding="utf-8")
             with warnings.catch_warnings():
@@ -142,7 +144,7 @@ def _extract(limit: int | None) -> list[str]:
 
 def _cache_file() -> Path:
     base = Path(os.environ.get("RERANK_CACHE_DIR") or "~/.cache/kafka-rerank").expanduser()
-    key = hashlib.sha256(f"{CORPUS_VERSION}|{sys.version}|{_stdlib_dir()}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{CORPUS_VERSION}|{sys.version}|{stdlib_dir()}".encode()).hexdigest()[:16]
     return base / "corpus" / f"stdlib-passages-{key}.json"
 
 
@@ -205,7 +207,7 @@ def queries_with_sources(n: int, seed: int = 0) -> list[tuple[str, int]]:
 
 if __name__ == "__main__":
     all_passages = load_passages()
-    print(f"{len(all_passages)} passages from {_stdlib_dir()}")
+    print(f"{len(all_passages)} passages from {stdlib_dir()}")
     for text in all_passages[:3]:
         print("-", text)
     for query in queries(5):
