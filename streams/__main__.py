@@ -69,6 +69,10 @@ def worker() -> None:
     settings = _settings_and_logging()
     log = logging.getLogger("rerank.worker")
     _init_topics(settings)
+    from streams.topics import check_access
+
+    check_access(settings.confluent_config(), settings.group_id, [settings.request_topic],
+                 [settings.response_topic, settings.dead_letter_topic], timeout_s=settings.startup_timeout_s)
 
     from engines import build_reranker
 

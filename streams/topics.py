@@ -37,6 +37,12 @@ def ensure_topics(client_config: dict[str, str], topics: dict[str, int], replica
             err = exc.args[0]
             if getattr(err, "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
                 continue  # another replica won the race
+            if err.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+                # on a cluster with ACLs, a topic this principal may not describe looks missing
+                who = client_config.get("sasl.username") or "this client's principal"
+                raise KafkaUnavailable(
+                    f"worker: topic {name} is missing or hidden from {who}, who may not create it "
+                    f"({err.name()}): create it as an admin and allow {who} to use it") from None
             raise KafkaUnavailable(f"worker: could not create topic {name}: {err}") from None
 
 
@@ -75,6 +81,61 @@ def _list_topics(admin: AdminClient, client_config: dict[str, str], errors: list
                 f"worker: cannot reach Kafka at {client_config['bootstrap.servers']} "
                 f"(KAFKA_BOOTSTRAP_SERVERS; security {client_config.get('security.protocol', 'PLAINTEXT')}): "
                 f"{last.args[0].str() if last.args and hasattr(last.args[0], 'str') else last}") from None
+
+
+def check_access(client_config: dict[str, str], group_id: str, read_topics: list[str],
+                 write_topics: list[str], timeout_s: float = 30.0) -> None:
+    """Start-up check of what the worker's principal may do, on a cluster with ACLs.
+
+    Without READ on its consumer group, faust/aiokafka retries the group join for ever and
+    logs nothing (found by tests/test_security.py), and a missing WRITE would surface only
+    at the first answer. Asking first turns both into one line naming what is missing.
+    """
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AclOperation
+
+    who = f"KAFKA_SASL_USERNAME={client_config['sasl.username']}" if client_config.get("sasl.username") \
+        else "this client's principal"
+    admin = AdminClient({**client_config, "logger": _quiet()})
+    wanted = {t: AclOperation.READ for t in read_topics} | {t: AclOperation.WRITE for t in write_topics}
+    for topic, future in admin.describe_topics(TopicCollection(list(wanted)),
+                                               include_authorized_operations=True,
+                                               request_timeout=timeout_s).items():
+        try:
+            allowed = future.result(timeout=timeout_s).authorized_operations
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                log.warning("could not check access to topic %s: %s", topic, exc.args[0].str())
+                continue
+            allowed = []
+        # None: the broker did not say (no authorizer, or an old broker): nothing to check
+        if allowed is not None and wanted[topic] not in allowed and AclOperation.ALL not in allowed:
+            raise KafkaUnavailable(f"worker: the cluster's ACLs do not allow {wanted[topic].name} on topic "
+                                   f"{topic} to {who} (TOPIC_AUTHORIZATION_FAILED)")
+    # The group: describing it needs the DESCRIBE that its READ implies, and says what is allowed.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        future = admin.describe_consumer_groups([group_id], include_authorized_operations=True,
+                                                request_timeout=timeout_s)[group_id]
+        try:
+            allowed = future.result(timeout=timeout_s).authorized_operations
+            break
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+                allowed = []
+                break
+            if not err.retriable() and err.code() not in _COORDINATOR_STARTING or time.monotonic() > deadline:
+                log.warning("could not check access to consumer group %s: %s", group_id, err.str())
+                return
+            time.sleep(0.5)  # a fresh cluster is still creating __consumer_offsets
+    if allowed is not None and AclOperation.READ not in allowed and AclOperation.ALL not in allowed:
+        raise KafkaUnavailable(f"worker: the cluster's ACLs do not allow READ on consumer group {group_id} "
+                               f"(RERANK_GROUP_ID) to {who} (GROUP_AUTHORIZATION_FAILED)")
+
+
+_COORDINATOR_STARTING = {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                         KafkaError.NOT_COORDINATOR}
 
 
 def _quiet() -> logging.Logger:

@@ -4,7 +4,9 @@ and ACLs (StandardAuthorizer), from deploy/kafka/kafka.sh with KAFKA_SECURITY=sa
 Principals: ``admin`` (super user: topics, users, ACLs), ``worker-*`` (reads the request
 topic, writes the response/dead-letter topics and the reply_to prefix, explicitly denied one
 topic inside that prefix), ``client-*`` (writes requests, reads answers), ``reader-*`` (may
-see the request topic and read answers, not write requests), ``stranger-*`` (no ACL at all).
+see the request topic and read answers, not write requests), ``stranger-*`` (no ACL at all),
+``nogroup-*``/``nowrite-*``/``hidden-*`` (a worker's ACLs less its group / less WRITE on its
+response topic / less any ACL on it).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def setup(secure, tmp_path_factory):
     s = SimpleNamespace(
         tag=tag, request=f"req-{tag}", response=f"resp-{tag}", dlq=f"dlq-{tag}", group=f"workers-{tag}",
         prefix=f"replies-{tag}.", outside=f"outside-{tag}", elsewhere=f"elsewhere-{tag}",
-        users={role: (f"{role}-{tag}", f"{role}-pw-{secrets.token_urlsafe(12)}") for role in ("worker", "client", "reader", "readonly", "stranger")},
+        users={role: (f"{role}-{tag}", f"{role}-pw-{secrets.token_urlsafe(12)}") for role in ("worker", "client", "reader", "readonly", "stranger", "nogroup", "nowrite", "hidden")},
     )
     s.reply_ok, s.reply_denied = s.prefix + "ok", s.prefix + "denied"
     for name, password in s.users.values():
@@ -72,6 +74,13 @@ def setup(secure, tmp_path_factory):
         acl("worker", TOPIC, s.prefix, WRITE, PREFIXED),
         # a topic inside the prefix that the cluster's operators closed to the worker
         acl("worker", TOPIC, s.reply_denied, WRITE, LITERAL, DENY),
+        # half-configured workers
+        acl("nogroup", TOPIC, s.request, READ), acl("nogroup", TOPIC, s.response, WRITE),
+        acl("nogroup", TOPIC, s.dlq, WRITE),
+        acl("nowrite", TOPIC, s.request, READ), acl("nowrite", GROUP, s.group, READ),
+        acl("nowrite", TOPIC, s.dlq, WRITE), acl("nowrite", TOPIC, s.response, DESCRIBE),
+        acl("hidden", TOPIC, s.request, READ), acl("hidden", GROUP, s.group, READ),
+        acl("hidden", TOPIC, s.dlq, WRITE),
         # a client: writes requests, reads answers (the RerankClient's group is rerank-client-*)
         acl("client", TOPIC, s.request, WRITE), acl("client", TOPIC, s.response, READ),
         acl("client", TOPIC, s.prefix, READ, PREFIXED), acl("client", GROUP, "rerank-client-", READ, PREFIXED),
@@ -158,6 +167,32 @@ def test_worker_with_the_right_credentials_answers_end_to_end(client, setup):
     assert reply.topic == setup.reply_ok and reply.response["status"] == "ok", reply.response
 
 
+def start_and_expect_exit(secure, setup, kafka: dict[str, str], log_path, case: str) -> str:
+    """Starts a worker that must stop by itself, fast, with one last line; returns that line."""
+    # A long start-up timeout: the worker must stop on the refusal itself, not on the timeout.
+    env = worker_env(secure, setup, **kafka, RERANK_STARTUP_TIMEOUT_S="120")
+    proc = WorkerProcess(env, log_path, name=f"{case}-{setup.tag}").start()
+    started = time.monotonic()
+    try:
+        code = proc.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{case}: the worker still runs after 60 s, silently:\n{proc.tail()}")
+    finally:
+        proc.kill()
+        proc.stop()
+    elapsed = time.monotonic() - started
+    log = proc.log_path.read_text(errors="replace")
+    print(f"{case}: exit {code} after {elapsed:.1f}s:\n{log}")
+    assert code != 0
+    assert elapsed < 30, f"took {elapsed:.1f}s: the refusal, not the 120-s start-up timeout, must stop it"
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert "Traceback" not in log
+    for _, password in setup.users.values():
+        assert password not in log
+    assert secure.admin_password not in log
+    return lines[-1]
+
+
 @pytest.mark.parametrize("case", ["wrong-password", "unknown-user", "untrusted-ca"])
 def test_wrong_credentials_stop_the_worker_at_start_up_with_one_clear_line(secure, setup, tmp_path, case):
     name, password = setup.users["worker"]
@@ -171,30 +206,27 @@ def test_wrong_credentials_stop_the_worker_at_start_up_with_one_clear_line(secur
     else:  # the system CAs do not know the test CA
         kafka.pop("KAFKA_SSL_CA_FILE")
         expected = "TLS handshake failed"
-    # A long start-up timeout: the worker must stop on the refusal itself, not on the timeout.
-    env = worker_env(secure, setup, **kafka, RERANK_STARTUP_TIMEOUT_S="120")
-    proc = WorkerProcess(env, tmp_path / "worker.log", name=f"{case}-{setup.tag}").start()
-    started = time.monotonic()
-    try:
-        code = proc.proc.wait(60)
-    finally:
-        proc.kill()
-        proc.stop()
-    elapsed = time.monotonic() - started
-    log = proc.log_path.read_text(errors="replace")
-    print(f"{case}: exit {code} after {elapsed:.1f}s:\n{log}")
-    assert code != 0
-    assert elapsed < 30, f"took {elapsed:.1f}s: the refusal, not the 120-s start-up timeout, must stop it"
-    lines = [line for line in log.splitlines() if line.strip()]
-    assert "Traceback" not in log
-    last = lines[-1]
+    last = start_and_expect_exit(secure, setup, kafka, tmp_path / "worker.log", case)
     assert last.startswith("worker: cannot use Kafka at " + secure.bootstrap) and expected in last, last
     if case == "untrusted-ca":
         assert "certificate verify failed" in last
     else:
         assert "Authentication failed" in last and "SCRAM-SHA-512" in last
-    for secret in (wrong, password, secure.admin_password):
-        assert secret not in log
+    assert wrong not in (tmp_path / "worker.log").read_text(errors="replace")
+
+
+@pytest.mark.parametrize("case", ["nogroup", "nowrite", "hidden"])
+def test_missing_acls_stop_the_worker_at_start_up_with_one_clear_line(secure, setup, tmp_path, case):
+    """Without READ on its group the worker used to wait for ever, silently."""
+    kafka = secure.worker_env(*setup.users[case][:1], password=setup.users[case][1])
+    last = start_and_expect_exit(secure, setup, kafka, tmp_path / "worker.log", case)
+    if case == "nogroup":
+        assert f"do not allow READ on consumer group {setup.group}" in last and "GROUP_AUTHORIZATION_FAILED" in last
+    elif case == "nowrite":
+        assert f"do not allow WRITE on topic {setup.response}" in last and "TOPIC_AUTHORIZATION_FAILED" in last
+    else:
+        assert f"topic {setup.response} is missing or hidden from" in last and "may not create it" in last
+    assert setup.users[case][0] in last, last
 
 
 def test_a_client_without_write_permission_is_refused(secure, setup, worker):
