@@ -5,12 +5,13 @@ RUN := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY)
 KAFKA := deploy/kafka/kafka.sh
 OUT := out
 
-.PHONY: help venv kafka-jars kafka-up kafka-down test test-fast demo worker bench loadtest model clean
+.PHONY: help venv kafka-jars kafka-up kafka-down test test-faults test-fast demo worker bench loadtest model clean
 
 help:
 	@echo "make demo        run the service end to end on a local Kafka and print the results"
 	@echo "make test        install what is missing into .venv, then run the whole test suite"
 	@echo "make worker      run one worker in the foreground (KAFKA_BOOTSTRAP_SERVERS, RERANK_*)"
+	@echo "make test-faults fault tests under load: broker restart, SIGKILLs, rebalance, produce failures"
 	@echo "make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
 	@echo "make kafka-up    start the local Apache Kafka (KAFKA_PORT, default 9092)"
 	@echo "make kafka-down  stop it and remove its data"
@@ -46,6 +47,10 @@ model: venv
 
 test: venv kafka-jars
 	$(RUN) -m pytest $(PYTEST_ARGS)
+
+# Fault injection under load (broker restart, SIGKILLs, rebalance, produce failures): ~6 min.
+test-faults: venv kafka-jars
+	$(RUN) -m pytest -m faults $(PYTEST_ARGS)
 
 demo: venv kafka-jars
 	$(RUN) -m loadgen.demo

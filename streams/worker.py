@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -56,6 +57,8 @@ DELIVERY_ATTEMPTS = 5
 DELIVERY_TIMEOUT_S = 30.0
 # How long a "this reply_to topic does not exist" answer is trusted before asking again.
 TOPIC_LIST_TTL_S = 5.0
+# How long a topic's max.message.bytes is trusted before asking the broker again.
+TOPIC_LIMIT_TTL_S = 60.0
 
 
 @dataclass
@@ -76,6 +79,12 @@ class Outbound:
     value: bytes
     headers: list[tuple[str, bytes]] | None = None
     fallback: Outbound | None = None  # sent instead when this one cannot be delivered
+    request_id: str | None = None  # set on answers: an oversized one is replaced by an error
+
+    def size(self) -> int:
+        """Upper bound of the record's size on the wire (what the broker compares with
+        max.message.bytes)."""
+        return DefaultRecordBatchBuilder.estimate_size_in_bytes(self.key, self.value, self.headers or [])
 
 
 def _key_as_request_id(key: bytes | None) -> str | None:
@@ -112,6 +121,8 @@ class RerankService:
         self._admin = None
         self._known_topics: set[str] = set()
         self._topics_listed_at = 0.0
+        self._topic_limits: dict[str, tuple[float, int | None]] = {}
+        self._limits_lock = asyncio.Lock()
 
     # --- intake (the agent) ------------------------------------------------------------
     async def take(self, stream: Any, event: Any) -> None:
@@ -175,14 +186,15 @@ class RerankService:
 
     def _answer(self, request_id: str, response: Any, reply_to: str | None = None) -> Outbound:
         key = request_id.encode("utf-8")
-        default = Outbound(self.settings.response_topic, key, encode(response))
+        default = Outbound(self.settings.response_topic, key, encode(response), request_id=request_id)
         if reply_to is None:
             return default
         # If the reply topic cannot take it (missing, no ACL), the client still gets an answer.
         fallback = RequestError(ErrorCode.INVALID_REQUEST,
                                 f"reply_to topic {reply_to!r} does not exist or refused the answer", request_id)
-        return Outbound(reply_to, key, encode(response),
-                        fallback=Outbound(self.settings.response_topic, key, encode(fallback.to_response())))
+        return Outbound(reply_to, key, encode(response), request_id=request_id,
+                        fallback=Outbound(self.settings.response_topic, key, encode(fallback.to_response()),
+                                          request_id=request_id))
 
     # --- windows -------------------------------------------------------------------------
     async def run_windows(self) -> None:
@@ -287,22 +299,91 @@ class RerankService:
                 await self.buffer.release(pairs)
                 metrics.INFLIGHT_PAIRS.set(self.buffer.inflight_pairs)
 
+    def _admin_client(self):
+        """confluent-kafka admin client for topic look-ups; its own librdkafka log lines
+        (one per second while a broker is down) are left out: aiokafka already says so."""
+        if self._admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            quiet = logging.getLogger("rerank.worker.librdkafka")
+            quiet.setLevel(logging.CRITICAL)
+            self._admin = AdminClient({**self.settings.confluent_config(), "logger": quiet})
+        return self._admin
+
     async def _topic_exists(self, topic: str) -> bool:
         if topic in self._known_topics:
             return True
         if time.monotonic() - self._topics_listed_at > TOPIC_LIST_TTL_S:
-            from confluent_kafka.admin import AdminClient
-
-            if self._admin is None:
-                self._admin = AdminClient(self.settings.confluent_config())
             loop = asyncio.get_running_loop()
             try:
-                metadata = await loop.run_in_executor(None, lambda: self._admin.list_topics(timeout=10))
+                admin = self._admin_client()
+                metadata = await loop.run_in_executor(None, lambda: admin.list_topics(timeout=10))
                 self._known_topics = set(metadata.topics)
                 self._topics_listed_at = time.monotonic()
             except Exception as exc:
                 log.warning("could not list topics to check a reply_to topic: %s", exc)
         return topic in self._known_topics
+
+    async def _max_message_bytes(self, topic: str) -> int:
+        """The largest record this worker can write to `topic`: the topic's max.message.bytes
+        (asked of the broker, cached) and the producer's own max_request_size."""
+        limit = int(self.app.conf.producer_max_request_size)
+        checked_at, topic_limit = self._topic_limits.get(topic, (0.0, None))
+        if time.monotonic() - checked_at > TOPIC_LIMIT_TTL_S:
+            async with self._limits_lock:  # one lookup at a time, not one per answer
+                checked_at, topic_limit = self._topic_limits.get(topic, (0.0, None))
+                if time.monotonic() - checked_at > TOPIC_LIMIT_TTL_S:
+                    topic_limit = await self._describe_max_message_bytes(topic, topic_limit)
+        return min(limit, topic_limit) if topic_limit else limit
+
+    async def _describe_max_message_bytes(self, topic: str, known: int | None) -> int | None:
+        from confluent_kafka.admin import ConfigResource, ResourceType
+
+        admin = self._admin_client()
+
+        def describe() -> int:
+            (future,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)],
+                                                     request_timeout=10).values()
+            return int(future.result(timeout=10)["max.message.bytes"].value)
+        try:
+            known = await asyncio.get_running_loop().run_in_executor(None, describe)
+            self._topic_limits[topic] = (time.monotonic(), known)
+        except Exception as exc:
+            # Broker busy or down: keep what was known (or the producer's limit) and ask
+            # again in a few seconds rather than for every answer.
+            log.warning("could not read max.message.bytes of %s: %s", topic, exc)
+            self._topic_limits[topic] = (time.monotonic() - TOPIC_LIMIT_TTL_S + 5.0, known)
+        return known
+
+    async def _fit(self, message: Outbound) -> Outbound:
+        """A message the topic would refuse as too large is replaced before it is sent.
+
+        Found by the fault tests: the broker's MESSAGE_TOO_LARGE is not retriable, and with
+        the idempotent producer it also burns the batch's sequence numbers, so every later
+        produce to that partition fails with OUT_OF_ORDER_SEQUENCE_NUMBER and the worker
+        stops; the request, redelivered, then stops the next replica too. Instead an
+        oversized answer becomes a too_large error answer, and an oversized dead letter
+        keeps its headers but not its body.
+        """
+        limit = await self._max_message_bytes(message.topic)
+        size = message.size()
+        if size <= limit:
+            return message
+        metrics.ERRORS.labels(ErrorCode.TOO_LARGE.value).inc()
+        if message.request_id is None:
+            log.warning("dead letter of %d bytes exceeds %d (max.message.bytes of %s): sent without its body",
+                        size, limit, message.topic)
+            return Outbound(message.topic, message.key, b"", [
+                *(message.headers or []), ("original-bytes", str(len(message.value)).encode())])
+        log.warning("answer to %s is %d bytes, more than %s takes (%d): answering too_large instead",
+                    message.request_id, size, message.topic, limit)
+        err = RequestError(
+            ErrorCode.TOO_LARGE,
+            f"the answer is {size} bytes, more than topic {message.topic!r} accepts ({limit} bytes, "
+            "max.message.bytes); ask for fewer results (top_n) or without return_documents",
+            message.request_id)
+        return Outbound(message.topic, message.key, encode(err.to_response()), request_id=message.request_id,
+                        fallback=message.fallback)
 
     async def _produce(self, message: Outbound) -> None:
         producer = self.app.producer
@@ -310,6 +391,7 @@ class RerankService:
             try:
                 if message.fallback is not None and not await self._topic_exists(message.topic):
                     raise LookupError(f"topic {message.topic!r} does not exist")
+                message = await self._fit(message)
                 future = await asyncio.wait_for(
                     producer.send(message.topic, message.key, message.value, None, None, message.headers),
                     DELIVERY_TIMEOUT_S)

@@ -50,7 +50,8 @@ def setup(secure, tmp_path_factory):
     s = SimpleNamespace(
         tag=tag, request=f"req-{tag}", response=f"resp-{tag}", dlq=f"dlq-{tag}", group=f"workers-{tag}",
         prefix=f"replies-{tag}.", outside=f"outside-{tag}", elsewhere=f"elsewhere-{tag}",
-        users={role: (f"{role}-{tag}", f"{role}-pw-{secrets.token_urlsafe(12)}") for role in ("worker", "client", "reader", "readonly", "stranger", "nogroup", "nowrite", "hidden")},
+        users={role: (f"{role}-{tag}", f"{role}-pw-{secrets.token_urlsafe(12)}")
+               for role in ("worker", "client", "reader", "readonly", "stranger", "nogroup", "nowrite", "hidden")},
     )
     s.reply_ok, s.reply_denied = s.prefix + "ok", s.prefix + "denied"
     for name, password in s.users.values():
