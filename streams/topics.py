@@ -1,6 +1,7 @@
 """Creating the worker's topics before it consumes (faust creates only its own)."""
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 
@@ -115,11 +116,20 @@ def check_access(client_config: dict[str, str], group_id: str, read_topics: list
     # The group: describing it needs the DESCRIBE that its READ implies, and says what is allowed.
     deadline = time.monotonic() + timeout_s
     while True:
+        # A few seconds per try: on a fresh cluster, after COORDINATOR_LOAD_IN_PROGRESS, a
+        # retried describe can stay unanswered (found by tests/test_soak.py: worker start-up
+        # died with a bare TimeoutError after startup_timeout_s).
         future = admin.describe_consumer_groups([group_id], include_authorized_operations=True,
-                                                request_timeout=timeout_s)[group_id]
+                                                request_timeout=5)[group_id]
         try:
-            allowed = future.result(timeout=timeout_s).authorized_operations
+            allowed = future.result(timeout=6).authorized_operations
             break
+        except concurrent.futures.TimeoutError:
+            if time.monotonic() > deadline:
+                log.warning("could not check access to consumer group %s: no answer within %.0f s",
+                            group_id, timeout_s)
+                return
+            continue
         except KafkaException as exc:
             err = exc.args[0]
             if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
