@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -140,8 +139,7 @@ def _build(source: Path, out: Path, marker: dict) -> None:
 
     model.save_pretrained(out, safe_serialization=True)
 
-    for name in _TOKENIZER_FILES:
-        shutil.copy2(source / name, out / name)
+    copy_tokenizer_files(source, out)
     # The packaged tokenizer.json pins truncation and padding to 128 (a bi-encoder training setting);
     # a cross-encoder pads per batch and truncates at 512, which callers set per call anyway.
     tokenizer = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
@@ -162,6 +160,12 @@ def _build(source: Path, out: Path, marker: dict) -> None:
             weights_sha=marker["source_weights_sha256"], seed=HEAD_SEED, recipe=RECIPE_VERSION, marker=MARKER_KEY
         )
     )
+
+
+def copy_tokenizer_files(source: Path, out: Path) -> None:
+    """Copy the tokenizer's files from one model folder to another."""
+    for name in _TOKENIZER_FILES:
+        shutil.copy2(source / name, out / name)
 
 
 def ensure_test_model(path: str | os.PathLike | None = None) -> Path:
@@ -198,11 +202,23 @@ def ensure_test_model(path: str | os.PathLike | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) > 1 or (args and args[0] in ("-h", "--help")):
-        print("usage: python -m engines.testmodel [OUT_DIR]", file=sys.stderr)
-        return 2
-    print(ensure_test_model(args[0] if args else None))
+    """``python -m engines.testmodel [--trained] [OUT_DIR]``: build (or reuse) a model, print its folder."""
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(prog="python -m engines.testmodel", description=main.__doc__)
+    parser.add_argument("out_dir", nargs="?", help="target folder (default: under $RERANK_CACHE_DIR/models)")
+    parser.add_argument("--trained", action="store_true",
+                        help="the demo cross-encoder fine-tuned on stdlib docstrings (engines.training; "
+                             "a few minutes on 2 cores, cached) instead of the untrained-head test model")
+    args = parser.parse_args(argv)
+    if args.trained:
+        from engines.training import ensure_trained_model
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        print(ensure_trained_model(args.out_dir))
+    else:
+        print(ensure_test_model(args.out_dir))
     return 0
 
 
