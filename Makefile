@@ -5,7 +5,7 @@ RUN := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY)
 KAFKA := deploy/kafka/kafka.sh
 OUT := out
 
-.PHONY: help venv kafka-jars kafka-up kafka-down test test-faults soak test-fast demo worker bench loadtest model clean
+.PHONY: help venv kafka-jars kafka-up kafka-down test test-faults soak test-fast demo worker bench loadtest model model-trained eval eval-quick clean
 
 help:
 	@echo "make demo        run the service end to end on a local Kafka and print the results"
@@ -14,6 +14,8 @@ help:
 	@echo "make test-faults fault tests under load: broker restart, SIGKILLs, rebalance, produce failures"
 	@echo "make soak        steady load for SOAK_MINUTES (10): throughput drift and worker RSS growth"
 	@echo "make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
+	@echo "make eval        relevance of every strategy (NDCG@10, retention of int8/prefilter) -> $(OUT)/eval"
+	@echo "make eval-quick  the same on 20 queries (a few minutes)"
 	@echo "make kafka-up    start the local Apache Kafka (KAFKA_PORT, default 9092)"
 	@echo "make kafka-down  stop it and remove its data"
 	@echo "make kafka-up-secure  the same with SASL_SSL (SCRAM-SHA-512), a CA made per run and ACLs"
@@ -46,6 +48,10 @@ test-security: venv kafka-jars
 model: venv
 	@$(RUN) -m engines.testmodel
 
+# The demo cross-encoder fine-tuned here on stdlib docstrings (cached; minutes on 2 cores).
+model-trained: venv
+	@$(RUN) -m engines.testmodel --trained
+
 # The fault tests (~10 min on 2 shared cores) run with make test-faults, not here;
 # PYTEST_ARGS='-m ""' runs everything.
 test: venv kafka-jars
@@ -75,6 +81,13 @@ bench: venv
 loadtest: venv kafka-jars
 	@mkdir -p $(OUT)
 	$(RUN) -m loadgen.loadtest --json $(OUT)/loadtest.json --markdown $(OUT)/loadtest.md $(LOADTEST_ARGS)
+
+# Relevance of each strategy on the stdlib docstring set (docs/evaluation.md); trains the demo model first if needed.
+eval: venv
+	$(RUN) -m loadgen.eval --out $(OUT)/eval $(EVAL_ARGS)
+
+eval-quick: venv
+	$(RUN) -m loadgen.eval --quick --out $(OUT)/eval-quick $(EVAL_ARGS)
 
 clean: kafka-down
 	rm -rf $(OUT) .pytest_cache
