@@ -9,13 +9,15 @@ OUT := out
 
 help:
 	@echo "make demo        run the service end to end on a local Kafka and print the results"
-	@echo "make test        install what is missing into .venv, then run the whole test suite"
+	@echo "make test        install what is missing into .venv, then run the test suite (all but the fault tests)"
 	@echo "make worker      run one worker in the foreground (KAFKA_BOOTSTRAP_SERVERS, RERANK_*)"
 	@echo "make test-faults fault tests under load: broker restart, SIGKILLs, rebalance, produce failures"
 	@echo "make soak        steady load for SOAK_MINUTES (10): throughput drift and worker RSS growth"
 	@echo "make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
 	@echo "make eval        relevance of every strategy (NDCG@10, retention of int8/prefilter) -> $(OUT)/eval"
 	@echo "make eval-quick  the same on 20 queries (a few minutes)"
+	@echo "make loadtest    planning table through Kafka: sustained docs/s and p99 per size and strategy"
+	@echo "make model-trained  the demo cross-encoder fine-tuned on stdlib docstrings (cached)"
 	@echo "make kafka-up    start the local Apache Kafka (KAFKA_PORT, default 9092)"
 	@echo "make kafka-down  stop it and remove its data"
 	@echo "make kafka-up-secure  the same with SASL_SSL (SCRAM-SHA-512), a CA made per run and ACLs"
