@@ -53,7 +53,9 @@ def test_sigkill_of_one_of_two_workers_under_load_loses_no_request(kafka_bootstr
                 time.sleep(0.05)
             a.kill()  # mid-load, mid-window: no goodbye, no commit
             sender.join()
-            assert client.wait(ids, timeout_s=120), \
+            # Generous: on a shared 2-core machine the survivor scores ~15 pairs/s. A lost request
+            # never comes, so a longer wait does not hide one.
+            assert client.wait(ids, timeout_s=300), \
                 f"{sum(1 for i in ids if not client.answers(i))} of {len(ids)} requests never answered"
             answers = {i: client.answers(i) for i in ids}
             duplicated = sum(1 for v in answers.values() if len(v) > 1)
