@@ -7,7 +7,9 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,33 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_folder(out: Path, build: Callable[[Path], None]) -> None:
+    """Run ``build`` on an empty staging folder beside ``out``, then swap it in for ``out``, so that
+    a reader never sees half a folder and a failed build leaves nothing behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        build(staging)
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; cached artefacts are meant to be shared
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_folder(out: Path, is_current: Callable[[], bool], build: Callable[[Path], None]) -> Path:
+    """``out``, built with :func:`build_folder` unless ``is_current()``; a file lock beside it makes
+    processes sharing a cache build it once."""
+    if is_current():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(out.parent / f".{out.name}.lock"):
+        if not is_current():
+            build_folder(out, build)
+    return out
 
 
 def packaged_minilm_path() -> Path:

@@ -25,11 +25,10 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from engines.config import default_cache_dir
-from engines.models import file_lock, packaged_minilm_path
+from engines.models import ensure_folder, packaged_minilm_path
 
 #: Bumped whenever the recipe below changes, so an old build is rebuilt rather than reused.
 RECIPE_VERSION = 1
@@ -183,22 +182,7 @@ def ensure_test_model(path: str | os.PathLike | None = None) -> Path:
     out = Path(path).expanduser().resolve() if path is not None else default_test_model_path()
     source = packaged_minilm_path()
     marker = _expected_marker(source)
-    if _is_current(out, marker):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(out.parent / f".{out.name}.lock"):
-        if _is_current(out, marker):
-            return out
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            _build(source, staging, marker)
-            os.chmod(staging, 0o755)  # mkdtemp makes it private; the model is meant to be shared
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return ensure_folder(out, lambda: _is_current(out, marker), lambda staging: _build(source, staging, marker))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,15 +42,13 @@ import json
 import logging
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from engines.config import default_cache_dir, default_threads
-from engines.models import file_lock, packaged_minilm_path
+from engines.models import ensure_folder, packaged_minilm_path
 from engines.testmodel import copy_tokenizer_files, ensure_test_model
 
 log = logging.getLogger("engines.training")
@@ -373,19 +371,5 @@ def ensure_trained_model(path: str | os.PathLike | None = None, *, threads: int 
     base = ensure_test_model()
     base_marker = json.loads((base / "config.json").read_text())["kafka_rerank_test_model"]
     marker = _expected_marker(RECIPE, _split_fingerprint(build_dataset()["train"]), base_marker)
-    if _is_current(out, marker):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(out.parent / f".{out.name}.lock"):
-        if _is_current(out, marker):
-            return out
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            _train(base, staging, RECIPE, marker, threads or default_threads())
-            os.chmod(staging, 0o755)  # mkdtemp makes it private; the model is meant to be shared
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return ensure_folder(out, lambda: _is_current(out, marker),
+                         lambda staging: _train(base, staging, RECIPE, marker, threads or default_threads()))

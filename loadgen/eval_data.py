@@ -34,9 +34,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -350,16 +348,9 @@ def ensure_dataset(out: str | os.PathLike | None = None) -> Path:
             return out
     except (OSError, ValueError, KeyError):
         pass
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write_dataset(build_dataset(), staging)
-        os.chmod(staging, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    from engines.models import build_folder
+
+    build_folder(out, lambda staging: write_dataset(build_dataset(), staging))
     return out
 
 
