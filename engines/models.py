@@ -47,6 +47,16 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def read_marker(path: str | os.PathLike, key: str) -> dict | None:
+    """The dict a model folder's ``config.json`` holds under ``key`` (how we built it), else None."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    marker = config.get(key)
+    return marker if isinstance(marker, dict) else None
+
+
 def build_folder(out: Path, build: Callable[[Path], None]) -> None:
     """Run ``build`` on an empty staging folder beside ``out``, then swap it in for ``out``, so that
     a reader never sees half a folder and a failed build leaves nothing behind."""

@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 
 from engines.config import default_cache_dir
-from engines.models import ensure_folder, packaged_minilm_path
+from engines.models import ensure_folder, packaged_minilm_path, read_marker
 
 #: Bumped whenever the recipe below changes, so an old build is rebuilt rather than reused.
 RECIPE_VERSION = 1
@@ -94,20 +94,12 @@ def _expected_marker(source: Path) -> dict:
 
 def is_test_model(path: str | os.PathLike) -> bool:
     """True when ``path`` is a folder written by this module (its config carries the marker)."""
-    try:
-        config = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config.get(MARKER_KEY), dict)
+    return read_marker(path, MARKER_KEY) is not None
 
 
 def _is_current(path: Path, marker: dict) -> bool:
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
     required = ("model.safetensors", "README.md", *_TOKENIZER_FILES)
-    return config.get(MARKER_KEY) == marker and all((path / name).is_file() for name in required)
+    return read_marker(path, MARKER_KEY) == marker and all((path / name).is_file() for name in required)
 
 
 def _build(source: Path, out: Path, marker: dict) -> None:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.config import default_cache_dir, default_threads
-from engines.models import ensure_folder, packaged_minilm_path
+from engines.models import ensure_folder, packaged_minilm_path, read_marker
 from engines.testmodel import copy_tokenizer_files, ensure_test_model
 
 log = logging.getLogger("engines.training")
@@ -123,15 +123,6 @@ def default_trained_model_path() -> Path:
     return default_cache_dir() / "models" / TRAINED_MODEL_DIRNAME
 
 
-def is_trained_model(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a folder written by this module."""
-    try:
-        config = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config.get(MARKER_KEY), dict)
-
-
 def _split_fingerprint(split) -> str:
     digest = hashlib.sha256()
     for mapping in (split.corpus, split.queries):
@@ -155,12 +146,8 @@ def _expected_marker(recipe: TrainingRecipe, train_sha: str, base_marker: dict) 
 
 
 def _is_current(path: Path, marker: dict) -> bool:
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    stored = config.get(MARKER_KEY)
-    if not isinstance(stored, dict):
+    stored = read_marker(path, MARKER_KEY)
+    if stored is None:
         return False
     # The marker also records how the build went (time, loss); only the inputs decide reuse.
     inputs = {key: stored.get(key) for key in marker}
