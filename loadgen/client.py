@@ -67,8 +67,12 @@ class RerankClient:
         # (request_id, error) of every request the cluster did not take
         self.delivery_errors: list[tuple[str, KafkaError]] = []
         self._refused_reported = 0
+        # the producer's fatal error as librdkafka reported it: produce() and flush() only
+        # say "_FATAL" afterwards, which names no cause
+        self._fatal: KafkaError | None = None
         self._stop = threading.Event()
         self.producer = Producer({**base, "linger.ms": 2, "enable.idempotence": True,
+                                  "error_cb": self._producer_error,
                                   "message.max.bytes": 10_000_000})
         self.consumer = Consumer({**base, "group.id": f"rerank-client-{uuid.uuid4().hex[:8]}",
                                   "enable.auto.commit": False, "auto.offset.reset": "latest",
@@ -165,9 +169,19 @@ class RerankClient:
             with self._lock:
                 self.delivery_errors.append((request_id, err))
 
+    def _producer_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+
     def _refused(self, err: KafkaError) -> ClientError:
         # e.g. CLUSTER_AUTHORIZATION_FAILED: a principal that may write no topic at all gets
         # no idempotent producer id; the producer is then unusable
+        if err.code() == KafkaError._FATAL:
+            try:  # serves the error callback, which records the cause
+                self.producer.poll(0)
+            except KafkaException as exc:
+                self._fatal = self._fatal or exc.args[0]
+            err = self._fatal or err
         return ClientError(f"Kafka refused requests to {self.request_topic}: {err.name()}: {err.str()}")
 
     def flush(self, timeout_s: float = 30.0) -> None:
