@@ -226,3 +226,24 @@ def test_test_model_is_marked_deterministic_and_idempotent(test_model_path, tmp_
     assert digest(fresh) == digest(Path(test_model_path))  # same seed, same bytes
     stamp = (fresh / "model.safetensors").stat().st_mtime_ns
     assert ensure_test_model(fresh) == fresh and (fresh / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_openvino_is_given_only_bucketed_shapes(engines):
+    """OpenVINO's CPU plugin keeps generated code for every input shape it meets; fed free-form
+    micro-batch shapes, a worker's memory grew without end (a soak found it: +130 MiB/min).
+    Its micro-batches are bucketed (engines.batching), so the shapes it meets are bounded."""
+    from engines.batching import SIZE_BUCKETS, bucket_width
+
+    reranker = engines("openvino", "int8")
+    backend = reranker._cross.backend
+    seen = []
+    run = backend.run
+    backend.run = lambda ids, mask, types: seen.append(ids.shape) or run(ids, mask, types)
+    try:
+        for seed in range(6):
+            reranker.rerank(_fresh_window(seed, n_jobs=3))
+    finally:
+        del backend.run  # the class's method again
+    max_length = reranker._cross.max_length
+    assert len(seen) > 5
+    assert all(size in SIZE_BUCKETS and width == bucket_width(width, max_length) for size, width in seen), seen

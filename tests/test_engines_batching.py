@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest_engines import NON_ASCII, edge_documents, fresh_seed, random_text, test_model_path, vocabulary  # noqa: F401
 
-from engines.batching import BatchRunner, plan_micro_batches
+from engines.batching import SIZE_BUCKETS, BatchRunner, bucket_width, plan_micro_batches
 from engines.models import ModelFolder, load_fast_tokenizer
 from loadgen.corpus import load_passages
 
@@ -113,16 +113,51 @@ def test_micro_batch_plan_respects_budget_and_covers_every_sequence():
     rng = np.random.default_rng(fresh_seed("plan"))
     lengths = rng.integers(3, 512, size=777)
     for budget, cap in [(2048, 64), (512, 8), (100, 1000), (65536, 512)]:
-        batches = plan_micro_batches(lengths, budget, cap)
-        seen = np.sort(np.concatenate(batches))
-        assert np.array_equal(seen, np.arange(len(lengths)))
-        for rows in batches:
-            width = lengths[rows].max()
-            assert len(rows) <= cap
-            assert len(rows) == 1 or len(rows) * width <= budget
-            assert lengths[rows[0]] == width  # longest first, so the first row sets the width
-        widths = [lengths[rows[0]] for rows in batches]
-        assert widths == sorted(widths, reverse=True)
+        for buckets in (False, True):
+            batches = plan_micro_batches(lengths, budget, cap, shape_buckets=buckets, max_length=512)
+            seen = np.sort(np.concatenate([rows for rows, _ in batches]))
+            assert np.array_equal(seen, np.arange(len(lengths)))
+            for rows, width in batches:
+                assert len(rows) <= cap
+                assert len(rows) == 1 or len(rows) * width <= budget
+                assert lengths[rows[0]] == lengths[rows].max()  # longest first
+                if buckets:
+                    assert width == bucket_width(int(lengths[rows[0]]), 512) and len(rows) in SIZE_BUCKETS
+                else:
+                    assert width == lengths[rows[0]]
+            widths = [width for _, width in batches]
+            assert widths == sorted(widths, reverse=True)
+            if buckets:  # what bounds the memory of a backend that compiles code per shape
+                assert len(set(widths)) <= 32 and len({len(rows) for rows, _ in batches}) <= 15
+
+
+def test_bucketed_widths_add_little_padding_and_respect_max_length():
+    widths = {bucket_width(n, 512) for n in range(1, 513)}
+    assert len(widths) == 32 and max(widths) == 512
+    for n in range(64, 513):
+        assert n <= bucket_width(n, 512) <= n * 9 / 8
+    assert bucket_width(300, 300) == 300 and bucket_width(290, 300) == 300
+    assert bucket_width(600, 1024) == 640  # past 512: 64-token steps
+
+
+def test_bucketed_batches_give_the_same_scores(tokenizer):
+    """Bucketing only adds masked padding and splits batches: each pair keeps its own result."""
+    tok, pad = tokenizer
+    rng = random.Random(fresh_seed("buckets"))
+    words = vocabulary()
+    queries = [random_text(rng, words, 1, 12) for _ in range(5)]
+    docs = [random_text(rng, words, 0, 150) for _ in range(200)]
+    pair_q = np.array([rng.randrange(len(queries)) for _ in range(400)])
+    pair_d = np.array([rng.randrange(len(docs)) for _ in range(400)])
+    plain, bucketed = RowFingerprint(), RowFingerprint()
+    bucketed.shape_buckets = True
+    together = BatchRunner(tok, plain, 128, pad, max_batch_tokens=700, max_batch_pairs=9).score_pairs(
+        queries, docs, pair_q, pair_d)
+    shaped = BatchRunner(tok, bucketed, 128, pad, max_batch_tokens=700, max_batch_pairs=9).score_pairs(
+        queries, docs, pair_q, pair_d)
+    assert np.array_equal(together, shaped)
+    assert len(set(bucketed.calls)) < len(set(plain.calls))
+    assert all(width == bucket_width(width, 128) and size in SIZE_BUCKETS for size, width in bucketed.calls)
 
 
 def test_scatter_returns_each_pair_its_own_result_whatever_the_mix(tokenizer):
