@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest_workers import running_worker, unique_topics
 from engines.testmodel import ensure_test_model
 from loadgen.client import RerankClient
 from loadgen.harness import WorkerProcess
@@ -150,10 +151,7 @@ RSS_GROWTH_BOUND_MIB = 600  # generous: ~1 MB messages are parsed and scored sev
 
 @pytest.fixture(scope="module")
 def topics() -> dict[str, str]:
-    tag = uuid.uuid4().hex[:8]
-    return {"RERANK_REQUEST_TOPIC": f"req-{tag}", "RERANK_RESPONSE_TOPIC": f"resp-{tag}",
-            "RERANK_DEAD_LETTER_TOPIC": f"dlq-{tag}", "RERANK_REPLY_TO_PREFIX": f"replies-{tag}.",
-            "RERANK_GROUP_ID": f"workers-{tag}"}
+    return unique_topics()
 
 
 @pytest.fixture(scope="module")
@@ -161,14 +159,8 @@ def worker(kafka_bootstrap, topics, tmp_path_factory):
     env = {**topics, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "RERANK_MODEL": str(ensure_test_model()),
            "RERANK_ENGINE": "onnx", "RERANK_PRECISION": "fp32", "RERANK_REQUEST_PARTITIONS": "1",
            "RERANK_RESPONSE_PARTITIONS": "1", "RERANK_WINDOW_MS": "30", "RERANK_SUMMARY_EVERY_S": "2"}
-    proc = WorkerProcess(env, tmp_path_factory.mktemp("hostile") / "worker.log", "worker-h").start()
-    try:
-        proc.wait_ready()
+    with running_worker(env, tmp_path_factory.mktemp("hostile") / "worker.log", "worker-h") as proc:
         yield proc
-    finally:
-        code = proc.stop()
-        print(proc.tail(10))
-        assert code == 0, f"worker did not exit cleanly on SIGTERM (exit {code})"
 
 
 def topic_max_message_bytes(bootstrap: str, topic: str) -> int:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from conftest_workers import running_worker, unique_topics
 from engines import RerankJob, build_reranker
 from engines.testmodel import ensure_test_model
 from loadgen.client import RerankClient
 from loadgen.corpus import load_passages
-from loadgen.harness import WorkerProcess
 from streams.replies import relevance
 from streams.settings import WorkerSettings
 
@@ -30,14 +30,7 @@ def test_model() -> str:
 
 @pytest.fixture(scope="module")
 def topics() -> dict[str, str]:
-    tag = uuid.uuid4().hex[:8]
-    return {
-        "RERANK_REQUEST_TOPIC": f"req-{tag}",
-        "RERANK_RESPONSE_TOPIC": f"resp-{tag}",
-        "RERANK_DEAD_LETTER_TOPIC": f"dlq-{tag}",
-        "RERANK_REPLY_TO_PREFIX": f"replies-{tag}.",
-        "RERANK_GROUP_ID": f"workers-{tag}",
-    }
+    return unique_topics()
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +38,8 @@ def worker(kafka_bootstrap, test_model, topics, tmp_path_factory):
     env = {**topics, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "RERANK_MODEL": test_model,
            "RERANK_ENGINE": ENGINE, "RERANK_PRECISION": PRECISION, "RERANK_REQUEST_PARTITIONS": "2",
            "RERANK_WINDOW_MS": "30", "RERANK_MAX_DOCUMENTS": "500", "RERANK_SUMMARY_EVERY_S": "2"}
-    proc = WorkerProcess(env, tmp_path_factory.mktemp("worker") / "worker.log").start()
-    try:
-        proc.wait_ready()
+    with running_worker(env, tmp_path_factory.mktemp("worker") / "worker.log") as proc:
         yield proc
-    finally:
-        code = proc.stop()
-        print(proc.tail(15))
-        assert code == 0, f"worker did not exit cleanly on SIGTERM (exit {code})"
 
 
 @pytest.fixture
