@@ -18,8 +18,11 @@ Recipe (:class:`TrainingRecipe`):
   their output for every training pair is computed once and kept in memory; each epoch then runs
   forward and backward through the top layers only. On 2 CPU cores a full forward and backward
   pass costs ~3x a forward one, so this buys several epochs for the price of one.
-* Loss: softmax cross-entropy over each group (listwise: the relevant passage must outscore its
-  negatives), AdamW with a higher rate for the head, linear warm-up and decay.
+* Loss: softmax cross-entropy over each group (listwise) towards a target that mixes the label
+  (the relevant passage first) with the bi-encoder's own preference among the group's passages
+  (distillation: the student starts from the teacher's ranking and learns from the labels where
+  to depart from it; with labels alone it stayed below the bi-encoder). AdamW with a higher rate
+  for the head, linear warm-up and decay.
 * Fixed seeds and a fixed number of steps, so a build is reproducible up to floating-point
   reduction order.
 
@@ -61,21 +64,29 @@ MARKER_KEY = "kafka_rerank_trained_model"
 class TrainingRecipe:
     """Everything that decides the trained weights; its hash is part of the cache key."""
 
-    version: int = 4
+    version: int = 7
     seed: int = 20240612
     max_queries: int = 2000  # training queries used (all of them: the split has ~1700)
-    epochs: int = 3
+    epochs: int = 2
     queries_per_step: int = 8
-    mined_negatives: int = 3  # per query, from the bi-encoder's top mine_depth
+    mined_negatives: int = 5  # per query, from the bi-encoder's top mine_depth
     module_negatives: int = 1  # per query, from the same module
     random_negatives: int = 1  # per query, from anywhere in the training corpus
     mine_depth: int = 30
     max_length: int = 64  # tokens per pair: the start of a passage carries most of its match
+    # What the saved model reads (its tokenizer's model_max_length). Trained on 64-token pairs, it
+    # ranks better reading 128 than 256 or 512 (docs/evaluation.md), and costs less.
+    serve_max_length: int = 128
     frozen_layers: int = 3  # bottom transformer layers (and the embeddings) left as they are
     encoder_lr: float = 1e-4
     head_lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
+    # Distillation from the bi-encoder: the loss's target over each group mixes the label with the
+    # bi-encoder's own preference among the passages (softmax of its cosines at this temperature).
+    # 0 = labels only.
+    distill_weight: float = 0.75
+    teacher_temperature: float = 0.05
 
 
 RECIPE = TrainingRecipe()
@@ -104,10 +115,11 @@ reach a model hub. It is **not a substitute for `cross-encoder/ms-marco-MiniLM-L
   from the test split's.
 * Initialisation: the BERT pooler (left near zero by all-MiniLM-L6-v2's mean-pooling training) set to
   the identity, a small random head. The embeddings and the bottom {frozen} layers are kept as they are.
-* Objective: listwise softmax cross-entropy over (1 relevant + {group_negatives} negatives),
+* Objective: listwise softmax cross-entropy over (1 relevant + {group_negatives} negatives) towards
+  {label_weight:g} x the label + {distill_weight:g} x the bi-encoder's softmax (temperature {temperature:g}),
   {epochs} epochs, {steps} AdamW steps of {queries_per_step} queries, encoder lr {encoder_lr:g},
   head lr {head_lr:g}, max {max_length} tokens per pair. Trained for {train_s:.0f} s on {threads} CPU
-  threads.
+  threads. It reads {serve_max_length} tokens per pair (`model_max_length`).
 * Recipe version {version} (`engines/training.py`); final training loss {final_loss:.3f}.
 
 What it has learned is to match short English summaries of Python APIs to their docstrings; its
@@ -159,6 +171,7 @@ class _Group:
     query: str
     positive: str
     negatives: list[str]
+    teacher_scores: list[float]  # the bi-encoder's cosine of the query with the positive, then each negative
 
 
 def _mine_groups(split, recipe: TrainingRecipe, rng: random.Random) -> list[_Group]:
@@ -175,6 +188,7 @@ def _mine_groups(split, recipe: TrainingRecipe, rng: random.Random) -> list[_Gro
     query_vectors = encoder.encode([split.queries[q] for q in query_ids], batch_size=64, normalize_embeddings=True)
     ranked = np.argsort(-(query_vectors @ doc_vectors.T), axis=1, kind="stable")[:, : recipe.mine_depth + 10]
 
+    position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
     by_module: dict[str, list[str]] = {}
     for doc_id in doc_ids:
         by_module.setdefault(split.doc_module[doc_id], []).append(doc_id)
@@ -194,7 +208,9 @@ def _mine_groups(split, recipe: TrainingRecipe, rng: random.Random) -> list[_Gro
             pick = doc_ids[rng.randrange(len(doc_ids))]
             if pick not in relevant and pick not in negatives:
                 negatives.append(pick)
-        groups.append(_Group(split.queries[query_id], split.corpus[positive], [split.corpus[d] for d in negatives]))
+        teacher = [float(query_vectors[row] @ doc_vectors[position[d]]) for d in (positive, *negatives)]
+        groups.append(_Group(split.queries[query_id], split.corpus[positive], [split.corpus[d] for d in negatives],
+                             teacher))
     return groups
 
 
@@ -221,7 +237,8 @@ def _bottom_outputs(model, tokenizer, steps: list[list[_Group]], recipe: Trainin
             mask = _attention_mask(model, hidden, encoded["attention_mask"])
             for layer in layers:
                 hidden = layer(hidden, mask)
-            outputs.append((hidden, encoded["attention_mask"], len(batch)))
+            teacher = torch.tensor([g.teacher_scores for g in batch])
+            outputs.append((hidden, encoded["attention_mask"], teacher))
     return outputs
 
 
@@ -231,6 +248,18 @@ def _top_logits(model, hidden, attention_mask, recipe: TrainingRecipe):
     for layer in model.bert.encoder.layer[recipe.frozen_layers :]:
         hidden = layer(hidden, mask)
     return model.classifier(model.dropout(model.bert.pooler(hidden))).view(-1)
+
+
+def _target(teacher, recipe: TrainingRecipe):
+    """Per group, the distribution its logits are trained towards: column 0 is the relevant passage."""
+    import torch
+
+    label = torch.zeros_like(teacher)
+    label[:, 0] = 1.0
+    if not recipe.distill_weight:
+        return label
+    soft = torch.softmax(teacher / recipe.teacher_temperature, dim=1)
+    return (1 - recipe.distill_weight) * label + recipe.distill_weight * soft
 
 
 def _attention_mask(model, hidden, attention_mask):
@@ -294,14 +323,12 @@ def _train(base: Path, out: Path, recipe: TrainingRecipe, marker: dict, threads:
     losses: list[float] = []
     step = 0
     order = list(range(len(steps)))
-    target_cache: dict[int, torch.Tensor] = {}
     for _ in range(recipe.epochs):
         rng.shuffle(order)
         for index in order:
-            hidden, attention_mask, n_groups = bottoms[index]
-            logits = _top_logits(model, hidden, attention_mask, recipe).view(n_groups, group_size)
-            target = target_cache.setdefault(n_groups, torch.zeros(n_groups, dtype=torch.long))  # column 0: relevant
-            loss = torch.nn.functional.cross_entropy(logits, target)
+            hidden, attention_mask, teacher = bottoms[index]
+            logits = _top_logits(model, hidden, attention_mask, recipe).view(teacher.shape)
+            loss = torch.nn.functional.cross_entropy(logits, _target(teacher, recipe))
             loss.backward()
             torch.nn.utils.clip_grad_norm_([*encoder, *head], 1.0)
             optimizer.step()
@@ -318,6 +345,9 @@ def _train(base: Path, out: Path, recipe: TrainingRecipe, marker: dict, threads:
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     copy_tokenizer_files(base, out)
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    tokenizer_config["model_max_length"] = recipe.serve_max_length
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     config = json.loads((out / "config.json").read_text())
     config.pop("kafka_rerank_test_model", None)  # the head is trained now: no longer the test model
     config.pop("transformers_version", None)
@@ -333,7 +363,8 @@ def _train(base: Path, out: Path, recipe: TrainingRecipe, marker: dict, threads:
             steps=step, epochs=recipe.epochs, frozen=recipe.frozen_layers,
             queries_per_step=recipe.queries_per_step, encoder_lr=recipe.encoder_lr, head_lr=recipe.head_lr,
             max_length=recipe.max_length, train_s=train_s, threads=threads, version=recipe.version,
-            final_loss=final_loss,
+            final_loss=final_loss, label_weight=1 - recipe.distill_weight, distill_weight=recipe.distill_weight,
+            temperature=recipe.teacher_temperature, serve_max_length=recipe.serve_max_length,
         )
     )
     log.info("training: done, %d steps in %.0f s, final loss %.3f", step, train_s, final_loss)

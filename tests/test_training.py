@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engines.testmodel import ensure_test_model
-from engines.training import RECIPE, _bottom_outputs, _Group, _group_batches, _top_logits
+from engines.training import RECIPE, _bottom_outputs, _Group, _group_batches, _target, _top_logits
 
 
 @pytest.mark.parametrize("frozen_layers", [0, 3, 6])
@@ -27,14 +27,28 @@ def test_frozen_bottom_then_top_equals_the_models_forward_pass(frozen_layers):
     # Passages of very different lengths, so padding and its attention mask matter.
     groups = [
         _Group("Return the number of items.", "Counts every element, including duplicates.",
-               ["Close the file.", "Open a connection to the server and wait for its greeting " * 4]),
+               ["Close the file.", "Open a connection to the server and wait for its greeting " * 4], [0.6, 0.1, 0.2]),
         _Group("Parse a date string.", "Accepts ISO 8601 with an optional time zone offset.",
-               ["x", "Write the buffer to disk and flush the operating system's cache of it."]),
+               ["x", "Write the buffer to disk and flush the operating system's cache of it."], [0.5, 0.0, 0.3]),
     ]
-    (hidden, attention_mask, n_groups), = _bottom_outputs(model, tokenizer, [groups], recipe)
-    assert n_groups == 2 and attention_mask.min() == 0  # some pairs are padded
+    (hidden, attention_mask, teacher), = _bottom_outputs(model, tokenizer, [groups], recipe)
+    assert teacher.shape == (2, 3) and attention_mask.min() == 0  # some pairs are padded
     with torch.no_grad():
         split = _top_logits(model, hidden, attention_mask, recipe)
         whole = model(**_group_batches(tokenizer, groups, recipe.max_length)).logits.view(-1)
     assert split.shape == (6,)
     torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-4)
+
+
+def test_the_target_mixes_the_label_with_the_bi_encoders_preference():
+    teacher = torch.tensor([[0.60, 0.10, 0.20], [0.30, 0.50, 0.30]])  # cosines; column 0 is relevant
+    labels_only = _target(teacher, dataclasses.replace(RECIPE, distill_weight=0.0))
+    torch.testing.assert_close(labels_only, torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]))
+    recipe = dataclasses.replace(RECIPE, distill_weight=0.75, teacher_temperature=0.05)
+    mixed = _target(teacher, recipe)
+    torch.testing.assert_close(mixed.sum(dim=1), torch.ones(2))
+    soft = torch.softmax(teacher / 0.05, dim=1)
+    torch.testing.assert_close(mixed, 0.25 * labels_only + 0.75 * soft)
+    # where the bi-encoder prefers a negative, the target keeps that preference among the negatives
+    # and lifts the relevant passage above the negatives the bi-encoder ties it with
+    assert mixed[1, 1] > mixed[1, 2] and mixed[1, 0] > mixed[1, 2] + 0.2
