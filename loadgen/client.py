@@ -181,6 +181,8 @@ class RerankClient:
                 self.producer.poll(0)
             except KafkaException as exc:
                 self._fatal = self._fatal or exc.args[0]
+            except SystemError:  # a delivery callback ran with the fatal error pending (see _producer_call)
+                pass
             err = self._fatal or err
         return ClientError(f"Kafka refused requests to {self.request_topic}: {err.name()}: {err.str()}")
 
