@@ -106,7 +106,7 @@ class OpenVinoBackend:
     # The CPU plugin generates and keeps code for every new input shape (~2 MiB each for this
     # model; CPU_RUNTIME_CACHE_CAPACITY=0 does not stop it, it only changes what is kept), so a
     # worker fed free-form shapes grew without end (+130 MiB/min in a soak). With bucketed shapes
-    # it meets a few hundred at most, and memory levels off (BENCHMARKS.md, "Memory").
+    # it meets a few hundred at most, and memory levels off (BENCHMARKS.md, "Soak").
     shape_buckets = True
 
     def __init__(self, cache: ExportCache, tokenizer, max_length: int, pad_id: int, device: str, precision: str, threads: int | None):

@@ -186,7 +186,8 @@ def _mine_groups(split, recipe: TrainingRecipe, rng: random.Random) -> list[_Gro
     encoder = SentenceTransformer(str(packaged_minilm_path()), device="cpu")
     doc_vectors = encoder.encode([split.corpus[d] for d in doc_ids], batch_size=64, normalize_embeddings=True)
     query_vectors = encoder.encode([split.queries[q] for q in query_ids], batch_size=64, normalize_embeddings=True)
-    ranked = np.argsort(-(query_vectors @ doc_vectors.T), axis=1, kind="stable")[:, : recipe.mine_depth + 10]
+    cosines = query_vectors @ doc_vectors.T
+    ranked = np.argsort(-cosines, axis=1, kind="stable")[:, : recipe.mine_depth + 10]
 
     position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
     by_module: dict[str, list[str]] = {}
@@ -208,7 +209,7 @@ def _mine_groups(split, recipe: TrainingRecipe, rng: random.Random) -> list[_Gro
             pick = doc_ids[rng.randrange(len(doc_ids))]
             if pick not in relevant and pick not in negatives:
                 negatives.append(pick)
-        teacher = [float(query_vectors[row] @ doc_vectors[position[d]]) for d in (positive, *negatives)]
+        teacher = [float(cosines[row, position[d]]) for d in (positive, *negatives)]
         groups.append(_Group(split.queries[query_id], split.corpus[positive], [split.corpus[d] for d in negatives],
                              teacher))
     return groups
