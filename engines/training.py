@@ -87,10 +87,6 @@ class TrainingRecipe:
     # 0 = labels only.
     distill_weight: float = 0.75
     teacher_temperature: float = 0.05
-    # The teacher adds BM25 to the bi-encoder's cosine, this much of it in units of the cosine's
-    # spread over the query's mined candidates (both scaled by their standard deviation there).
-    # 0 = the bi-encoder alone.
-    lexical_weight: float = 0.0
 
 
 RECIPE = TrainingRecipe()
@@ -120,8 +116,7 @@ reach a model hub. It is **not a substitute for `cross-encoder/ms-marco-MiniLM-L
 * Initialisation: the BERT pooler (left near zero by all-MiniLM-L6-v2's mean-pooling training) set to
   the identity, a small random head. The embeddings and the bottom {frozen} layers are kept as they are.
 * Objective: listwise softmax cross-entropy over (1 relevant + {group_negatives} negatives) towards
-  {label_weight:g} x the label + {distill_weight:g} x the teacher's softmax (temperature {temperature:g}; the teacher:
-  {teacher}),
+  {label_weight:g} x the label + {distill_weight:g} x the bi-encoder's softmax (temperature {temperature:g}),
   {epochs} epochs, {steps} AdamW steps of {queries_per_step} queries, encoder lr {encoder_lr:g},
   head lr {head_lr:g}, max {max_length} tokens per pair. Trained for {train_s:.0f} s on {threads} CPU
   threads. It reads {serve_max_length} tokens per pair (`model_max_length`).
@@ -133,26 +128,6 @@ CPU minutes are far from a converged cross-encoder: measure it before relying on
 (`python -m loadgen.eval`; docs/evaluation.md has the figures, including how it compares with the
 bi-encoder it was initialised from).
 """
-
-
-def _model_card(recipe: TrainingRecipe, marker: dict, queries: int) -> str:
-    """The README.md of a trained folder; ``marker`` is its config's marker, with how the build went."""
-    teacher = "all-MiniLM-L6-v2's cosine"
-    if recipe.lexical_weight:
-        teacher += (f" plus {recipe.lexical_weight:g} x BM25, rescaled per query to the cosine's spread"
-                    f" over the top {recipe.mine_depth}")
-    return _MODEL_CARD.format(
-        weights_sha=marker["base_source_weights_sha256"], queries=queries, python=sys.version.split()[0],
-        mined=recipe.mined_negatives, module=recipe.module_negatives, random=recipe.random_negatives,
-        train_sha=marker["train_split_sha256"],
-        group_negatives=recipe.mined_negatives + recipe.module_negatives + recipe.random_negatives,
-        steps=marker["steps"], epochs=recipe.epochs, frozen=recipe.frozen_layers,
-        queries_per_step=recipe.queries_per_step, encoder_lr=recipe.encoder_lr, head_lr=recipe.head_lr,
-        max_length=recipe.max_length, train_s=marker["train_seconds"], threads=marker["threads"],
-        version=recipe.version, final_loss=marker["final_loss"], label_weight=1 - recipe.distill_weight,
-        distill_weight=recipe.distill_weight, temperature=recipe.teacher_temperature, teacher=teacher,
-        serve_max_length=recipe.serve_max_length,
-    )
 
 
 def default_trained_model_path() -> Path:
@@ -212,12 +187,7 @@ def _mine_groups(split, recipe: TrainingRecipe, rng: random.Random) -> list[_Gro
     doc_vectors = encoder.encode([split.corpus[d] for d in doc_ids], batch_size=64, normalize_embeddings=True)
     query_vectors = encoder.encode([split.queries[q] for q in query_ids], batch_size=64, normalize_embeddings=True)
     cosines = query_vectors @ doc_vectors.T
-    teacher_scores = cosines
     ranked = np.argsort(-cosines, axis=1, kind="stable")[:, : recipe.mine_depth + 10]
-    if recipe.lexical_weight:
-        teacher_scores = _lexical_teacher(cosines, ranked[:, : recipe.mine_depth],
-                                          [split.corpus[d] for d in doc_ids],
-                                          [split.queries[q] for q in query_ids], recipe.lexical_weight)
 
     position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
     by_module: dict[str, list[str]] = {}
@@ -239,29 +209,10 @@ def _mine_groups(split, recipe: TrainingRecipe, rng: random.Random) -> list[_Gro
             pick = doc_ids[rng.randrange(len(doc_ids))]
             if pick not in relevant and pick not in negatives:
                 negatives.append(pick)
-        teacher = [float(teacher_scores[row, position[d]]) for d in (positive, *negatives)]
+        teacher = [float(cosines[row, position[d]]) for d in (positive, *negatives)]
         groups.append(_Group(split.queries[query_id], split.corpus[positive], [split.corpus[d] for d in negatives],
                              teacher))
     return groups
-
-
-def _lexical_teacher(cosines, top, passages: list[str], queries: list[str], weight: float):
-    """The cosines plus ``weight`` x BM25, BM25 rescaled per query to the cosines' spread over ``top``.
-
-    The bi-encoder alone is a teacher the student can at best equal; exact words (API names,
-    parameters) are what it misses and what a cross-encoder sees, so the teacher adds them.
-    """
-    import bm25s
-    import numpy as np
-
-    index = bm25s.BM25()
-    index.index(bm25s.tokenize(passages, show_progress=False), show_progress=False)
-    lexical = np.stack([index.get_scores(tokens)
-                        for tokens in bm25s.tokenize(queries, return_ids=False, show_progress=False)])
-    rows = np.arange(len(queries))[:, None]
-    spread_cos = cosines[rows, top].std(axis=1, keepdims=True)
-    spread_lex = lexical[rows, top].std(axis=1, keepdims=True)
-    return cosines + weight * lexical * spread_cos / np.maximum(spread_lex, 1e-6)
 
 
 def _group_batches(tokenizer, groups: list[_Group], max_length: int):
@@ -405,7 +356,18 @@ def _train(base: Path, out: Path, recipe: TrainingRecipe, marker: dict, threads:
     config[MARKER_KEY] = {**marker, "steps": step, "train_seconds": round(train_s, 1), "final_loss": round(final_loss, 4),
                           "threads": threads}
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (out / "README.md").write_text(_model_card(recipe, config[MARKER_KEY], len(groups)))
+    (out / "README.md").write_text(
+        _MODEL_CARD.format(
+            weights_sha=marker["base_source_weights_sha256"], queries=len(groups),
+            python=sys.version.split()[0], mined=recipe.mined_negatives, module=recipe.module_negatives,
+            train_sha=marker["train_split_sha256"], group_negatives=group_size - 1, random=recipe.random_negatives,
+            steps=step, epochs=recipe.epochs, frozen=recipe.frozen_layers,
+            queries_per_step=recipe.queries_per_step, encoder_lr=recipe.encoder_lr, head_lr=recipe.head_lr,
+            max_length=recipe.max_length, train_s=train_s, threads=threads, version=recipe.version,
+            final_loss=final_loss, label_weight=1 - recipe.distill_weight, distill_weight=recipe.distill_weight,
+            temperature=recipe.teacher_temperature, serve_max_length=recipe.serve_max_length,
+        )
+    )
     log.info("training: done, %d steps in %.0f s, final loss %.3f", step, train_s, final_loss)
 
 
