@@ -48,6 +48,15 @@ def _quiet_logger() -> logging.Logger:
     return quiet
 
 
+def _kafka_cause(exc: BaseException) -> KafkaException | None:
+    """The KafkaException behind ``exc`` (confluent-kafka chains it under a SystemError when a
+    callback runs with a fatal error pending), or None."""
+    cause = exc.__cause__
+    while cause is not None and not isinstance(cause, KafkaException):
+        cause = cause.__cause__
+    return cause
+
+
 class RerankClient:
     """Publishes to the request topic and reads every answer from the response topics.
 
@@ -157,9 +166,7 @@ class RerankClient:
         except KafkaException as exc:
             raise self._refused(exc.args[0]) from None
         except SystemError as exc:
-            cause = exc.__cause__
-            while cause is not None and not isinstance(cause, KafkaException):
-                cause = cause.__cause__
+            cause = _kafka_cause(exc)
             if cause is None:
                 raise
             raise self._refused(cause.args[0]) from None
@@ -181,8 +188,10 @@ class RerankClient:
                 self.producer.poll(0)
             except KafkaException as exc:
                 self._fatal = self._fatal or exc.args[0]
-            except SystemError:  # a delivery callback ran with the fatal error pending (see _producer_call)
-                pass
+            except SystemError as exc:  # a delivery callback ran with the fatal error pending (see _producer_call)
+                cause = _kafka_cause(exc)
+                if cause is not None:
+                    self._fatal = self._fatal or cause.args[0]
             err = self._fatal or err
         return ClientError(f"Kafka refused requests to {self.request_topic}: {err.name()}: {err.str()}")
 
