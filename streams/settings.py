@@ -50,11 +50,12 @@ class WorkerSettings(BaseSettings):
     reply_to_prefix: str = "rerank-replies."
 
     # --- Engine ----------------------------------------------------------------------
-    # OpenVINO with static (NNCF) int8: fast on CPU, and its scores do not depend on which
-    # requests share a batch, so a redelivered request gets the same ranking.
+    # OpenVINO: fast on CPU, and its scores do not depend on which requests share a batch, so a
+    # redelivered request gets the same ranking. Precision "auto" is its static int8 on CPUs with
+    # VNNI/AMX and fp32 on the others, where int8 is the slower (engines.config.resolve_precision).
     engine: Literal["onnx", "openvino", "torch", "bi-encoder"] = "openvino"
     model: str = "cross-encoder/ms-marco-MiniLM-L-6-v2"
-    precision: Literal["fp32", "int8", "fp16", "bf16"] = "int8"
+    precision: Literal["auto", "fp32", "int8", "fp16", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     prefilter_model: str | None = None
     prefilter_threshold: int = Field(100, ge=1)

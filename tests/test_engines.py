@@ -192,6 +192,35 @@ def test_engine_names(engines):
     assert engines("bi-encoder", "fp32", prefilter_runtime="onnx").engine_name == "bi-encoder-onnx-fp32"
 
 
+def test_auto_precision_follows_the_cpu_flags(engines, monkeypatch, tmp_path):
+    import engines.config as config
+
+    cpuinfo = {}
+    for name, flags in {"vnni": "fpu sse2 avx2 avx512f avx512_vnni", "avx2": "fpu sse2 avx2 fma",
+                        "arm": None}.items():
+        cpuinfo[name] = tmp_path / name
+        cpuinfo[name].write_text("processor\t: 0\n" + (f"flags\t\t: {flags}\n" if flags else "Features\t: fp asimd\n"))
+    assert config.cpu_has_int8_dot_product(str(cpuinfo["vnni"])) is True
+    assert config.cpu_has_int8_dot_product(str(cpuinfo["avx2"])) is False
+    assert config.cpu_has_int8_dot_product(str(cpuinfo["arm"])) is None
+    assert config.cpu_has_int8_dot_product(str(tmp_path / "missing")) is None
+
+    for has_vnni, openvino in ((True, "int8"), (False, "fp32"), (None, "int8")):
+        monkeypatch.setattr(config, "cpu_has_int8_dot_product", lambda has=has_vnni: has)
+        assert config.resolve_precision("auto", "openvino", "cpu") == openvino
+        assert config.resolve_precision("auto", "openvino", "cuda") == openvino  # OpenVINO runs on CPU only
+        assert config.resolve_precision("auto", "onnx", "cpu") == "int8"
+        assert config.resolve_precision("auto", "torch", "cpu") == "fp32"
+        assert config.resolve_precision("auto", "torch", "cuda") == "fp16"
+        assert config.resolve_precision("bf16", "openvino", "cpu") == "bf16"  # an explicit choice stands
+    monkeypatch.undo()
+
+    # The engine is built with what "auto" resolved to on this machine, and its name says so.
+    expected = config.resolve_precision("auto", "openvino", "cpu")
+    assert engines("openvino", "auto").engine_name == f"openvino-{expected}"
+    assert engines("onnx", "auto").engine_name == "onnx-int8"
+
+
 @pytest.mark.parametrize("model", ["/nonexistent/cross-encoder", "no-such-org/no-such-model-xyz"])
 def test_unloadable_model_is_a_clear_error(model, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
