@@ -34,6 +34,7 @@ from engines.config import (
     GPU_MAX_BATCH_PAIRS,
     GPU_MAX_BATCH_TOKENS,
     EngineConfig,
+    cpu_has_int8_dot_product,
     default_threads,
     resolve_cache_dir,
     resolve_device,
@@ -299,6 +300,9 @@ def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: 
     threads = config.threads or (default_threads() if device == "cpu" else None)
     cache_root = resolve_cache_dir(config)
     precision = resolve_precision(config.precision, runtime, device)
+    if config.precision == "auto":
+        log.info("precision auto: %s for %s on %s (CPU has VNNI/AMX int8: %s)",
+                 precision, runtime, device, cpu_has_int8_dot_product())
     if runtime == "torch":
         from engines.torch_engine import TorchBackend
 
