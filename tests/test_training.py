@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engines.testmodel import ensure_test_model
-from engines.training import RECIPE, _bottom_outputs, _Group, _group_batches, _target, _top_logits
+from engines.training import RECIPE, _bottom_outputs, _Group, _group_batches, _lexical_teacher, _target, _top_logits
 
 
 @pytest.mark.parametrize("frozen_layers", [0, 3, 6])
@@ -52,3 +52,24 @@ def test_the_target_mixes_the_label_with_the_bi_encoders_preference():
     # where the bi-encoder prefers a negative, the target keeps that preference among the negatives
     # and lifts the relevant passage above the negatives the bi-encoder ties it with
     assert mixed[1, 1] > mixed[1, 2] and mixed[1, 0] > mixed[1, 2] + 0.2
+
+
+def test_the_lexical_teacher_lifts_passages_that_share_the_querys_words():
+    import numpy as np
+
+    passages = ["Compute the checksum of a zipfile member with crc32.",
+                "Return a copy of the string with its first character capitalized.",
+                "Open a socket and wait for a connection.",
+                "Flush the write buffer of the stream to disk."]
+    queries = ["Compute the crc32 checksum of a zipfile member.", "Capitalize the string."]
+    # The bi-encoder ties every passage for both queries: only the words can tell them apart.
+    cosines = np.full((2, 4), 0.5) + np.array([[0.0, 0.01, -0.01, 0.02], [0.02, 0.0, 0.01, -0.01]])
+    top = np.tile(np.arange(4), (2, 1))
+    assert np.array_equal(_lexical_teacher(cosines, top, passages, queries, 0.0), cosines)
+    assert cosines[0].argmax() != 0 and cosines[1].argmax() != 1
+    teacher = _lexical_teacher(cosines, top, passages, queries, 2.0)
+    assert teacher[0].argmax() == 0 and teacher[1].argmax() == 1
+    # BM25 is rescaled to the cosines' spread over the candidates, then weighted
+    added = _lexical_teacher(cosines, top, passages, queries, 0.75) - cosines
+    np.testing.assert_allclose(added.std(axis=1), 0.75 * cosines.std(axis=1), rtol=1e-5)
+    assert added[0, 0] > 0 and added[0, 2] == 0  # a passage without the query's words gains nothing
