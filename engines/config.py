@@ -140,13 +140,14 @@ def cpu_has_int8_dot_product(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
 
 
 def resolve_precision(precision: str, runtime: str, device: str) -> str:
-    """Map ``"auto"`` to the fastest precision that costs no measured relevance on this machine.
+    """Map ``"auto"`` to the precision each runtime is fastest at on this machine.
 
     * OpenVINO (CPU only, whatever the device): int8 with VNNI or AMX, fp32 without. Its static
-      int8 is 2.6x its fp32 on a VNNI CPU but 0.74x on an AVX2-only one (BENCHMARKS.md); int8
-      when the flags cannot be read.
+      int8 is 2.6x its fp32 on a VNNI CPU but 0.74x on an AVX2-only one, and costs no measured
+      relevance (BENCHMARKS.md); int8 when the flags cannot be read.
     * CUDA: fp16.
-    * ONNX Runtime on CPU: int8 (dynamic int8 is the faster on both CPUs measured).
+    * ONNX Runtime on CPU: int8, the faster on both CPUs measured (its dynamic int8 costs some
+      relevance, BENCHMARKS.md; ask for fp32 to avoid that).
     * PyTorch on CPU: fp32 (it has no int8 or fp16 path there).
 
     Any other value is returned as it is.

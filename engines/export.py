@@ -41,7 +41,7 @@ log = logging.getLogger("engines.export")
 
 OPSET = 17
 #: Bumped when the export or derivation code changes in a way that changes the files.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -176,9 +176,21 @@ def onnx_fp32(cache: ExportCache) -> Path:
     return cache.get_or_make("model.fp32.onnx", lambda out: _export_fp32(cache, out), "exported")
 
 
+def ffn_output_matmuls(model) -> list[str]:
+    """Names of the MatMuls that project each layer's feed-forward (GELU) output back down."""
+    return [node.name for node in model.graph.node
+            if node.op_type == "MatMul" and node.name.endswith("output/dense/MatMul") and "attention" not in node.name]
+
+
 def onnx_int8_dynamic(cache: ExportCache) -> Path:
     """Dynamic int8: weights quantized per output channel ahead of time, activations per batch at
-    run time. Needs no calibration data; runs the int8 GEMMs with VNNI where the CPU has it."""
+    run time. Needs no calibration data; runs the int8 GEMMs with VNNI where the CPU has it.
+
+    The feed-forward output projections stay fp32. Their input, the GELU output, is quantized
+    per batch as one tensor with one scale, and that is where int8 lost the ranking: with them
+    in fp32, rank agreement with fp32 rose from 0.976 to 0.986 and NDCG@10 retention from 0.987
+    to 0.999 on the demo cross-encoder, at 0.8x the all-int8 speed (docs/evaluation.md).
+    """
     source = onnx_fp32(cache)
 
     def make(out: Path) -> None:
@@ -190,6 +202,7 @@ def onnx_int8_dynamic(cache: ExportCache) -> Path:
             str(out),
             weight_type=QuantType.QInt8,
             per_channel=True,  # rank agreement with fp32 0.987 vs 0.957 per-tensor, at the same speed
+            nodes_to_exclude=ffn_output_matmuls(onnx.load(str(source), load_external_data=False)),
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # for tensors shape inference leaves untyped
         )
 

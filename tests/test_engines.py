@@ -103,6 +103,20 @@ def test_int8_ranks_like_fp32(engines, engine):
     assert np.mean(per_query) > 0.7
 
 
+def test_onnx_int8_keeps_the_feed_forward_output_projections_in_fp32(engines):
+    import onnx
+
+    from engines.export import ffn_output_matmuls
+
+    path = engines("onnx", "int8")._cross.backend.path
+    graph = onnx.load(str(path), load_external_data=False).graph
+    kept = {node.name for node in graph.node if node.op_type == "MatMul"}
+    fp32_projections = ffn_output_matmuls(onnx.load(str(path).replace("int8", "fp32"), load_external_data=False))
+    assert len(fp32_projections) == 6  # one per MiniLM-L6 layer
+    assert set(fp32_projections) <= kept
+    assert sum(node.op_type == "MatMulInteger" for node in graph.node) >= 6 * 5  # the rest is int8
+
+
 def test_each_request_gets_its_own_scores_in_its_own_order(engines):
     """Requests of 1 to 1000 documents in one window score as they do alone."""
     rng = random.Random(fresh_seed("scatter with a real engine"))
