@@ -146,8 +146,8 @@ def resolve_precision(precision: str, runtime: str, device: str) -> str:
       int8 is 2.6x its fp32 on a VNNI CPU but 0.74x on an AVX2-only one, and costs no measured
       relevance (BENCHMARKS.md); int8 when the flags cannot be read.
     * CUDA: fp16.
-    * ONNX Runtime on CPU: int8, the faster on both CPUs measured (its dynamic int8 costs some
-      relevance, BENCHMARKS.md; ask for fp32 to avoid that).
+    * ONNX Runtime on CPU: int8, the faster on both CPUs measured (its feed-forward output
+      projections stay fp32, which keeps its relevance; BENCHMARKS.md).
     * PyTorch on CPU: fp32 (it has no int8 or fp16 path there).
 
     Any other value is returned as it is.

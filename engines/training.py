@@ -16,7 +16,7 @@ Recipe (:class:`TrainingRecipe`):
 * Start: :mod:`engines.testmodel`'s model, its pooler set to the identity (see :func:`_train`).
 * Compute: the embeddings and the bottom ``frozen_layers`` transformer layers are frozen, and
   their output for every training pair is computed once and kept in memory; each epoch then runs
-  forward and backward through the layers above. Recipe 8 trains all six layers (only the
+  forward and backward through the layers above. Recipe 13 trains all six layers (only the
   embeddings are frozen): with the bottom three frozen the student never overtook the bi-encoder
   (docs/evaluation.md), which suggests the cross-segment matching it must learn needs the lower
   layers to change too.
