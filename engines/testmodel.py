@@ -21,10 +21,12 @@ and every engine in this package.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from engines.config import default_cache_dir
@@ -178,23 +180,20 @@ def ensure_test_model(path: str | os.PathLike | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engines.testmodel [--trained] [OUT_DIR]``: build (or reuse) a model, print its folder."""
-    import argparse
-    import logging
-
-    parser = argparse.ArgumentParser(prog="python -m engines.testmodel", description=main.__doc__)
+    """``python -m engines.testmodel [OUT_DIR]``: build (or reuse) the test model, print its folder."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--trained" in argv:
+        # Deprecated alias (removed in 0.3): training the demo model is the evaluation package's job,
+        # above this layer, so its command runs in place of this process rather than being imported.
+        print("`python -m engines.testmodel --trained` moved to `python -m evaluation.training` "
+              "(make model-trained); this alias goes in 0.3", file=sys.stderr)
+        rest = [arg for arg in argv if arg != "--trained"]
+        os.execv(sys.executable, [sys.executable, "-m", "evaluation.training", *rest])
+    parser = argparse.ArgumentParser(prog="python -m engines.testmodel", description=main.__doc__,
+                                     epilog="--trained: moved to `python -m evaluation.training`")
     parser.add_argument("out_dir", nargs="?", help="target folder (default: under $RERANK_CACHE_DIR/models)")
-    parser.add_argument("--trained", action="store_true",
-                        help="the demo cross-encoder fine-tuned on stdlib docstrings (engines.training; "
-                             "a few minutes on 2 cores, cached) instead of the untrained-head test model")
     args = parser.parse_args(argv)
-    if args.trained:
-        from engines.training import ensure_trained_model
-
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        print(ensure_trained_model(args.out_dir))
-    else:
-        print(ensure_test_model(args.out_dir))
+    print(ensure_test_model(args.out_dir))
     return 0
 
 

@@ -20,8 +20,8 @@ from rich.table import Table
 from engines.testmodel import ensure_test_model
 from loadgen.__main__ import print_result
 from loadgen.client import RerankClient
-from loadgen.harness import WorkerProcess
-from loadgen.local_kafka import kafka_cluster
+from loadgen.cluster.local_kafka import kafka_cluster
+from loadgen.cluster.workers import WorkerProcess
 from loadgen.run import RequestFactory, parse_distribution, run_load
 
 

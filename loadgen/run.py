@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from engines.corpus import load_passages, queries
 from loadgen.client import RerankClient
-from loadgen.corpus import load_passages, queries
 
 #: Named document-count distributions: a uniform range, or a mix of ranges with weights.
 DISTRIBUTIONS: dict[str, list[tuple[float, int, int]]] = {

@@ -1,5 +1,5 @@
 """Kafka wiring: the Faust worker that turns rerank requests into ranked responses.
 
-``streams`` owns windows, replies and errors; scoring is ``engines``' job and the wire
-contract is ``schemas``'.
+One job: ``streams`` owns windows, replies, errors and delivery; scoring is ``engines``' job and
+the wire contract is ``schemas``'. It imports those two and nothing else of this repository.
 """

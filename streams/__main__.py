@@ -6,10 +6,16 @@ the offsets committed before the process exits.
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import urllib.request
 
 import click
+
+from engines import build_reranker
+from streams.settings import load_settings
+from streams.topics import check_access, ensure_topics
 
 
 @click.group()
@@ -18,8 +24,6 @@ def cli() -> None:
 
 
 def _init_topics(settings) -> None:
-    from streams.topics import ensure_topics
-
     ensure_topics(settings.confluent_config(), {
         settings.request_topic: settings.request_partitions,
         settings.response_topic: settings.response_partitions,
@@ -28,8 +32,6 @@ def _init_topics(settings) -> None:
 
 
 def _settings_and_logging():
-    from streams.settings import load_settings
-
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
@@ -49,11 +51,6 @@ def init_topics() -> None:
 @click.option("--path", default="/ready", show_default=True, type=click.Choice(["/ready", "/healthz"]))
 def health(path: str) -> None:
     """Exit 0 when the local worker's endpoint says so (a container healthcheck)."""
-    import json
-    import urllib.request
-
-    from streams.settings import load_settings
-
     settings = load_settings()
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
     try:
@@ -69,12 +66,8 @@ def worker() -> None:
     settings = _settings_and_logging()
     log = logging.getLogger("rerank.worker")
     _init_topics(settings)
-    from streams.topics import check_access
-
     check_access(settings.confluent_config(), settings.group_id, [settings.request_topic],
                  [settings.response_topic, settings.dead_letter_topic], timeout_s=settings.startup_timeout_s)
-
-    from engines import build_reranker
 
     try:
         reranker = build_reranker(settings.engine_config())
@@ -83,6 +76,8 @@ def worker() -> None:
     reranker.warmup()
     log.info("engine %s ready with model %s", reranker.engine_name, reranker.model_name)
 
+    # Deferred: the worker's Faust app costs a second to import, and `health` runs every 10 s as
+    # a container healthcheck, which needs none of it.
     import faust
 
     from streams.worker import create_app

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engines.config import EngineConfig
+
 KAFKA_TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -127,10 +129,8 @@ class WorkerSettings(BaseSettings):
             return self.sasl_password_file.read_text().strip()
         return None
 
-    def engine_config(self):
+    def engine_config(self) -> EngineConfig:
         """The engine part of the settings, as engines.EngineConfig."""
-        from engines.config import EngineConfig
-
         return EngineConfig(
             engine=self.engine, model=self.model, precision=self.precision, device=self.device,
             prefilter_model=self.prefilter_model, prefilter_threshold=self.prefilter_threshold,

@@ -6,7 +6,7 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from loadgen.local_kafka import kafka_cluster
+from loadgen.cluster.local_kafka import kafka_cluster
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ Nothing here mocks Kafka: the broker is the Maven-resolved Apache Kafka that
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -23,9 +24,9 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
+from engines.corpus import load_passages, queries
 from loadgen.client import RerankClient
-from loadgen.corpus import load_passages, queries
-from loadgen.local_kafka import KAFKA_SH, REPO, free_port
+from loadgen.cluster.local_kafka import KAFKA_SH, REPO, free_port
 
 READY_PY = REPO / "deploy" / "kafka" / "ready.py"
 
@@ -168,8 +169,6 @@ class AckCutter:
         self._started = threading.Event()
 
     def _run(self) -> None:
-        import asyncio
-
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
 
@@ -180,8 +179,6 @@ class AckCutter:
         self._loop.run_forever()
 
     async def _handle(self, reader, writer) -> None:
-        import asyncio
-
         self.connections += 1
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)

@@ -25,8 +25,8 @@ from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, 
 
 from engines.testmodel import ensure_test_model
 from loadgen.client import ClientError, RerankClient
-from loadgen.harness import WorkerProcess
-from loadgen.local_kafka import REPO, secure_local_broker
+from loadgen.cluster.workers import WorkerProcess
+from loadgen.cluster.local_kafka import REPO, secure_local_broker
 
 pytestmark = pytest.mark.kafka
 

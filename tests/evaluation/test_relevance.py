@@ -1,4 +1,4 @@
-"""loadgen.eval: the metrics against hand-computed values, candidates files, strategies, and one
+"""evaluation.relevance: the metrics against hand-computed values, candidates files, strategies, and one
 small end-to-end run through the real engines (untrained test model, no training)."""
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import click
 import numpy as np
 import pytest
 
-from loadgen.eval import (
+from engines.testmodel import ensure_test_model
+from evaluation.relevance import (
     bootstrap_ratio_ci,
+    evaluate,
     make_strategies,
     mean_metrics,
     per_query_metrics,
@@ -125,9 +127,6 @@ def _tiny_beir(folder):
 def test_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     """Real engines (PyTorch, so nothing is exported) on the untrained test model."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from engines.testmodel import ensure_test_model
-    from loadgen.eval import evaluate
-
     _tiny_beir(tmp_path / "data")
     report = evaluate(
         dataset=tmp_path / "data", split="test", candidates_file=None, depth=5, max_queries=None,

@@ -1,5 +1,9 @@
-"""A corpus of real English passages that every machine already has: the running interpreter's
-standard-library docstrings.
+"""The engine layer's own text: real English passages that every machine already has, the running
+interpreter's standard-library docstrings.
+
+It lives in ``engines`` because int8 calibration (:mod:`engines.openvino_engine`) draws its
+(query, passage) pairs from it, and the engine layer takes nothing from the packages above it. The
+engine benchmark, the load generator, the tests and the evaluation dataset read it too.
 
 Passages are docstring paragraphs of 40 to 80 words (short neighbours joined, long ones cut at
 sentence ends), read with :mod:`ast` (no stdlib module is
@@ -7,9 +11,9 @@ imported or run), in sorted file order, whitespace-normalised and de-duplicated,
 interpreter always yields the same passages in the same order. Queries are short keyword phrases
 drawn from passages with a fixed seed, so each query has a passage it comes from.
 
-Used by the engine benchmark, int8 calibration, the load generator and the tests::
+Usage::
 
-    from loadgen.corpus import load_passages, queries
+    from engines.corpus import load_passages, queries
     docs = load_passages(2000)
     qs = queries(50)
 """
@@ -28,6 +32,8 @@ import sysconfig
 import tempfile
 import warnings
 from pathlib import Path
+
+from engines.config import default_cache_dir
 
 MIN_WORDS = 40
 MAX_WORDS = 80
@@ -143,7 +149,7 @@ def _extract(limit: int | None) -> list[str]:
 
 
 def _cache_file() -> Path:
-    base = Path(os.environ.get("RERANK_CACHE_DIR") or "~/.cache/kafka-rerank").expanduser()
+    base = default_cache_dir()
     key = hashlib.sha256(f"{CORPUS_VERSION}|{sys.version}|{stdlib_dir()}".encode()).hexdigest()[:16]
     return base / "corpus" / f"stdlib-passages-{key}.json"
 

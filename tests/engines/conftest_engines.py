@@ -1,4 +1,4 @@
-"""Helpers and fixtures for the engine tests (imported by tests/test_engines*.py; the shared
+"""Helpers and fixtures for the engine tests (imported by tests/engines/test_engines*.py; the shared
 tests/conftest.py is about Kafka and is not needed here).
 
 Inputs are drawn fresh on every run from a seed taken from the clock and printed, so a failure
@@ -16,7 +16,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach for a model hub
 
 from engines.testmodel import ensure_test_model  # noqa: E402
-from loadgen.corpus import load_passages  # noqa: E402
+from engines.corpus import load_passages  # noqa: E402
 
 NON_ASCII = [
     "Ünïcödé façade naïve café — déjà vu",

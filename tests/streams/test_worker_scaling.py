@@ -9,7 +9,7 @@ import pytest
 
 from engines.testmodel import ensure_test_model
 from loadgen.client import RerankClient
-from loadgen.harness import WorkerProcess
+from loadgen.cluster.workers import WorkerProcess
 from loadgen.run import RequestFactory, parse_distribution
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

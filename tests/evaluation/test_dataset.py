@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from loadgen import eval_data
-from loadgen.eval_data import build_dataset, extract_items, read_beir, split_of, write_dataset
+from evaluation import dataset
+from evaluation.dataset import build_dataset, extract_items, read_beir, split_of, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,8 @@ def test_size_is_a_few_thousand_queries(splits):
 
 
 def test_split_of_depends_only_on_the_package_name():
-    # Pinned: a different assignment would be a new recipe (bump eval_data.RECIPE_VERSION).
-    assert eval_data.SPLIT_SALT == "kafka-rerank-stdlib-docstrings" and eval_data.TEST_FRACTION == 0.6
+    # Pinned: a different assignment would be a new recipe (bump dataset.RECIPE_VERSION).
+    assert dataset.SPLIT_SALT == "kafka-rerank-stdlib-docstrings" and dataset.TEST_FRACTION == 0.6
     assert [split_of(p) for p in ("email", "json", "asyncio", "logging")] == [split_of(p) for p in ("email", "json", "asyncio", "logging")]
     assert split_of("email") == "test" and split_of("logging") == "test"
 
@@ -122,7 +122,7 @@ def test_extraction_rules_on_a_small_library(tmp_path):
     assert items["pkg:wake"].summary is None
     assert items["pkg:"].package == "pkg" and items["other:f"].package == "other"
 
-    split = eval_data.build_splits(list(items.values()))
+    split = dataset.build_splits(list(items.values()))
     everything = {**split["train"].corpus, **split["test"].corpus}
     assert "pkg:wake" in everything
     queries = {text: qid for s in split.values() for qid, text in s.queries.items()}

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from loadgen.local_kafka import REPO, free_port
+from loadgen.cluster.local_kafka import REPO, free_port
 
 
 class WorkerProcess:

@@ -8,7 +8,7 @@ import sys
 
 def test_gpu_bench_cpu_smoke_runs_every_path_and_writes_json(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "-m", "loadgen.gpu_bench", "--cpu-smoke", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "loadgen.bench.gpu", "--cpu-smoke", "--json", str(out)],
                           capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
                                                                             "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -13,7 +13,7 @@ from conftest_workers import running_worker, unique_topics
 from engines import RerankJob, build_reranker
 from engines.testmodel import ensure_test_model
 from loadgen.client import RerankClient
-from loadgen.corpus import load_passages
+from engines.corpus import load_passages
 from streams.replies import relevance
 from streams.settings import WorkerSettings
 

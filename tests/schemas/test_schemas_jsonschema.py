@@ -37,7 +37,7 @@ from schemas import (
 )
 from schemas.export import DEFAULT_OUT_DIR, json_schemas, render, stale_files
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILES = ["rerank-request.schema.json", "rerank-response.schema.json", "rerank-error.schema.json"]
 # Only the schema is under test here, so no size limits.
 NO_LIMITS = RequestLimits(max_documents=10**9, max_query_chars=None, max_document_chars=None)

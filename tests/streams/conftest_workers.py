@@ -5,7 +5,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from loadgen.harness import WorkerProcess
+from loadgen.cluster.workers import WorkerProcess
 
 
 def unique_topics() -> dict[str, str]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # loadgen/cluster/ -> the repository root
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 KAFKA_IMAGE = "apache/kafka:4.1.2"
 

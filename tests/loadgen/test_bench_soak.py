@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from loadgen.soak import soak_report
+from loadgen.bench.soak import soak_report
 
 
 def test_report_bins_answers_and_works_out_drift_and_rss_growth():
@@ -40,7 +40,7 @@ def test_report_of_a_steady_run_has_no_drift_and_no_growth():
 def test_a_short_soak_against_the_broker_writes_its_report(kafka_bootstrap, tmp_path):
     out_json, out_png = tmp_path / "soak.json", tmp_path / "soak.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "loadgen.soak", "--bootstrap", kafka_bootstrap, "--minutes", "0.25",
+        [sys.executable, "-m", "loadgen.bench.soak", "--bootstrap", kafka_bootstrap, "--minutes", "0.25",
          "--interval-s", "5", "--concurrency", "2", "--docs", "2-4", "--engine", "onnx", "--precision", "fp32",
          "--json", str(out_json), "--plot", str(out_png), "--log", str(tmp_path / "w.log"), "--quiet"],
         capture_output=True, text=True, timeout=220)

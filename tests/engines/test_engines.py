@@ -12,9 +12,13 @@ import torch
 from conftest_engines import NON_ASCII, edge_documents, fresh_seed, random_text, test_model_path, vocabulary  # noqa: F401
 from scipy.stats import spearmanr
 
+import engines.config as config
 from engines import EngineConfig, RerankJob, build_reranker
+from engines.batching import SIZE_BUCKETS, bucket_width
+from engines.corpus import load_passages, queries
+from engines.export import ffn_output_matmuls
 from engines.models import packaged_minilm_path
-from loadgen.corpus import load_passages, queries
+from engines.testmodel import MARKER_KEY, ensure_test_model, is_test_model
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +109,6 @@ def test_int8_ranks_like_fp32(engines, engine):
 
 def test_onnx_int8_keeps_the_feed_forward_output_projections_in_fp32(engines):
     import onnx
-
-    from engines.export import ffn_output_matmuls
 
     path = engines("onnx", "int8")._cross.backend.path
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -207,8 +209,6 @@ def test_engine_names(engines):
 
 
 def test_auto_precision_follows_the_cpu_flags(engines, monkeypatch, tmp_path):
-    import engines.config as config
-
     cpuinfo = {}
     for name, flags in {"vnni": "fpu sse2 avx2 avx512f avx512_vnni", "avx2": "fpu sse2 avx2 fma",
                         "arm": None}.items():
@@ -253,12 +253,10 @@ def test_test_model_is_marked_deterministic_and_idempotent(test_model_path, tmp_
     import json
     from pathlib import Path
 
-    from engines.testmodel import MARKER_KEY, ensure_test_model, is_test_model
-
-    config = json.loads((Path(test_model_path) / "config.json").read_text())
-    assert config[MARKER_KEY]["scores_are_relevance"] is False and config[MARKER_KEY]["untrained_head"] is True
-    assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 1
-    assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]) == (6, 384, 12)
+    model_config = json.loads((Path(test_model_path) / "config.json").read_text())
+    assert model_config[MARKER_KEY]["scores_are_relevance"] is False and model_config[MARKER_KEY]["untrained_head"] is True
+    assert model_config["architectures"] == ["BertForSequenceClassification"] and len(model_config["id2label"]) == 1
+    assert (model_config["num_hidden_layers"], model_config["hidden_size"], model_config["num_attention_heads"]) == (6, 384, 12)
     assert "not relevance" in (Path(test_model_path) / "README.md").read_text().lower()
     assert is_test_model(test_model_path) and not is_test_model(packaged_minilm_path())
 
@@ -275,8 +273,6 @@ def test_openvino_is_given_only_bucketed_shapes(engines):
     """OpenVINO's CPU plugin keeps generated code for every input shape it meets; fed free-form
     micro-batch shapes, a worker's memory grew without end (a soak found it: +130 MiB/min).
     Its micro-batches are bucketed (engines.batching), so the shapes it meets are bounded."""
-    from engines.batching import SIZE_BUCKETS, bucket_width
-
     reranker = engines("openvino", "int8")
     backend = reranker._cross.backend
     seen = []

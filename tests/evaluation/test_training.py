@@ -1,4 +1,4 @@
-"""The demo cross-encoder's training code (engines.training), without training a model.
+"""The demo cross-encoder's training code (evaluation.training), without training a model.
 
 Training itself takes minutes and is cached (``python -m engines.testmodel --trained``); what can
 silently go wrong in it is the split forward pass: the frozen bottom runs once, the top on every
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engines.testmodel import ensure_test_model
-from engines.training import RECIPE, _bottom_outputs, _Group, _group_batches, _lexical_teacher, _target, _top_logits
+from evaluation.training import RECIPE, _bottom_outputs, _Group, _group_batches, _lexical_teacher, _target, _top_logits
 
 
 @pytest.mark.parametrize("frozen_layers", [0, 3, 6])

@@ -1,0 +1,8 @@
+"""Benchmarks: how fast the engines and the service are on this machine, side by side in one run.
+
+* :mod:`loadgen.bench.engine_speed` (``make bench``): pairs/s of every engine against
+  sentence-transformers' ``CrossEncoder.predict``, in one process, no Kafka.
+* :mod:`loadgen.bench.gpu`: the one-shot CUDA benchmark (fp16/bf16 fidelity and pairs/s).
+* :mod:`loadgen.bench.loadtest` (``make loadtest``): the planning table through Kafka.
+* :mod:`loadgen.bench.soak` (``make soak``): steady load for minutes, drift and memory growth.
+"""
