@@ -332,7 +332,7 @@ def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m loadgen.bench.engine_speed", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--quick", action="store_true", help="fewer requests and engines (under a minute)")
     parser.add_argument("--engines", help="comma-separated engine:precision list, e.g. openvino:int8,onnx:fp32")
