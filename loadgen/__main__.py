@@ -21,8 +21,8 @@ from rich.table import Table
 
 from loadgen.client import ClientError, RerankClient
 from loadgen.plain_consumer import PlainConsumer
-from loadgen.run import (BREAKDOWN, DISTRIBUTIONS, UNACCOUNTED, LoadResult, RequestFactory, compare_with_plain,
-                         parse_distribution, plot, run_load)
+from loadgen.run import (BREAKDOWN, DISTRIBUTIONS, LoadResult, RequestFactory, compare_with_plain, parse_distribution,
+                         plot, run_load)
 
 
 def print_result(result: LoadResult, console: Console, title: str = "loadgen") -> None:
@@ -59,7 +59,7 @@ def print_breakdown(result: LoadResult, console: Console) -> None:
     percentiles do not."""
     if not result.breakdown:
         return
-    table = Table(title=f"latency breakdown ({result.breakdown_answers} answers; means add up, percentiles do not)")
+    table = Table(title=f"latency breakdown, {result.breakdown_answers} answers (means add up, percentiles do not)")
     for name, justify in (("part", "left"), ("p50", "right"), ("p99", "right"), ("mean", "right"),
                           ("clock", "left")):
         table.add_column(name, justify=justify, style="bold" if name == "part" else None)
@@ -68,10 +68,6 @@ def print_breakdown(result: LoadResult, console: Console) -> None:
         if figures:
             table.add_row(part.label, *(f"{figures[k]:,.1f} ms" for k in ("p50_ms", "p99_ms", "mean_ms")), part.clock,
                           end_section=part.key == "to_client_ms")
-    rest = result.breakdown.get(UNACCOUNTED)
-    if rest:
-        table.add_row("unaccounted (clocks, ms rounding)",
-                      *(f"{rest[k]:,.1f} ms" for k in ("p50_ms", "p99_ms", "mean_ms")), "")
     console.print(table)
 
 

@@ -77,7 +77,9 @@ class Part:
     key: str
     label: str
     measures: str
-    clock: str
+    clock: str  # whose clock: "worker" is the worker's monotonic clock (meta's durations),
+    # "worker + client wall" a difference of the answer record's timestamp and the client's
+    # time.time(), "client" the client's monotonic clock
 
 
 #: One answer's latency, part by part, in the order a request travels. The worker's own
@@ -90,22 +92,21 @@ class Part:
 BREAKDOWN = [
     Part("to_broker_ms", "client → broker",
          "produce() until the broker acknowledged the request (librdkafka's delivery latency; "
-         "includes the producer's linger.ms of 2)", "client (librdkafka, monotonic)"),
+         "includes the producer's linger.ms of 2)", "client (librdkafka)"),
     Part("to_worker_ms", "broker → worker",
          "the rest of the way in: waiting in Kafka for the worker's fetch, faust's buffers, "
          "parsing; also the worker handing the finished answer to its producer "
          "(= answer record timestamp - total_ms - the request's ack time)",
-         "worker wall + worker monotonic - client wall"),
+         "worker + client wall"),
     Part("window_ms", "waiting for a window",
          "meta.queue_ms: taken from the stream until its window formed (window_ms, a busy "
-         "engine, backpressure)", "worker monotonic"),
-    Part("inference_ms", "inference", "meta.inference_ms: the whole window's time in the models",
-         "worker monotonic"),
-    Part("answering_ms", "building the answer", "meta.total_ms - queue_ms - inference_ms", "worker monotonic"),
+         "engine, backpressure)", "worker"),
+    Part("inference_ms", "inference", "meta.inference_ms: the whole window's time in the models", "worker"),
+    Part("answering_ms", "building the answer", "meta.total_ms - queue_ms - inference_ms", "worker"),
     Part("to_client_ms", "worker → client",
          "answer record timestamp until the client's poll() returned it: the worker's producer, "
-         "the broker, the client's fetch", "client wall - worker wall"),
-    Part("end_to_end_ms", "end to end", "the client's send until the answer was polled", "client monotonic"),
+         "the broker, the client's fetch", "worker + client wall"),
+    Part("end_to_end_ms", "end to end", "the client's send until the answer was polled", "client"),
 ]
 #: end to end minus the sum of the other parts: about 0 when the parts account for all
 #: of it (what is left is wall vs monotonic clock and millisecond rounding)
