@@ -4,8 +4,9 @@ One job: load the service the way users do and measure what they get. Three plac
 
 * ``loadgen`` itself: the client and load generation. :mod:`loadgen.client` (``RerankClient``:
   produce requests, match answers by ``request_id``), :mod:`loadgen.run` (open- and closed-loop
-  load, latency and loss), ``python -m loadgen`` (its command line) and ``make demo``
-  (:mod:`loadgen.demo`). They speak only Kafka.
+  load, latency, its breakdown and loss), ``python -m loadgen`` (its command line), ``make demo``
+  (:mod:`loadgen.demo`) and :mod:`loadgen.plain_consumer` (a plain per-message reader in its own
+  process that checks loadgen's timing). They speak only Kafka.
 * :mod:`loadgen.bench`: benchmarks. The engine speed benchmark (in process, no Kafka), the GPU
   benchmark, the planning load test and the soak (through Kafka).
 * :mod:`loadgen.cluster`: a local cluster and its faults. The local Apache Kafka, worker processes

@@ -2,6 +2,13 @@
 
     python -m loadgen --bootstrap 127.0.0.1:9092 --rate 5 --docs 50-100 --duration 60 --json out/run.json
     python -m loadgen --concurrency 8 --docs mix --requests 500 --plot out/latency.png
+    python -m loadgen --rate 4 --docs 10 --duration 30 --check-with-plain-consumer
+
+Each answer is timed as it arrives, and its latency is split into parts (client → broker,
+broker → worker, waiting for a window, inference, building the answer, worker → client;
+see loadgen.run.BREAKDOWN). ``--check-with-plain-consumer`` also reads the answers with a
+plain per-message consumer in a process of its own and prints both latencies side by
+side: the check that loadgen measures the service and not itself.
 """
 from __future__ import annotations
 
@@ -13,7 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from loadgen.client import ClientError, RerankClient
-from loadgen.run import DISTRIBUTIONS, LoadResult, RequestFactory, parse_distribution, plot, run_load
+from loadgen.plain_consumer import PlainConsumer
+from loadgen.run import (BREAKDOWN, DISTRIBUTIONS, LoadResult, RequestFactory, compare_with_plain, parse_distribution,
+                         plot, run_load)
 
 
 def print_result(result: LoadResult, console: Console, title: str = "loadgen") -> None:
@@ -35,8 +44,46 @@ def print_result(result: LoadResult, console: Console, title: str = "loadgen") -
         ("latency p50 / p90", f"{ms(result.p50)} / {ms(result.p90)}"),
         ("latency p99 / max", f"{ms(result.p99)} / {ms(result.max)}"),
     ]
+    overhead = result.client_overhead
+    if overhead:
+        rows.append(("loadgen's own CPU", f"{overhead['process_cpu_share']:.0%} of a core (receiving thread "
+                     f"{overhead['receive_thread_cpu_share']:.1%})"))
     for name, value in rows:
         table.add_row(name, value)
+    console.print(table)
+    print_breakdown(result, console)
+
+
+def print_breakdown(result: LoadResult, console: Console) -> None:
+    """p50, p99 and mean of each part of the latency; means add up to end to end,
+    percentiles do not."""
+    if not result.breakdown:
+        return
+    table = Table(title=f"latency breakdown, {result.breakdown_answers} answers (means add up, percentiles do not)")
+    for name, justify in (("part", "left"), ("p50", "right"), ("p99", "right"), ("mean", "right"),
+                          ("clock", "left")):
+        table.add_column(name, justify=justify, style="bold" if name == "part" else None)
+    for part in BREAKDOWN:
+        figures = result.breakdown.get(part.key)
+        if figures:
+            table.add_row(part.label, *(f"{figures[k]:,.1f} ms" for k in ("p50_ms", "p99_ms", "mean_ms")), part.clock,
+                          end_section=part.key == "to_client_ms")
+    console.print(table)
+
+
+def print_check(check: dict, console: Console) -> None:
+    """loadgen's latency beside the plain per-message consumer's, for the same answers."""
+    def ms(v):
+        return "-" if v is None else f"{v:,.1f} ms"
+
+    table = Table(title=f"instrument check: loadgen vs a plain per-message consumer "
+                        f"({check['answers_compared']} answers, {check['plain_missed']} missed by the plain one)")
+    for name in ("", "p50", "p99"):
+        table.add_column(name, justify="right" if name else "left")
+    table.add_row("loadgen", ms(check["loadgen_p50_ms"]), ms(check["loadgen_p99_ms"]))
+    table.add_row("plain consumer", ms(check["plain_p50_ms"]), ms(check["plain_p99_ms"]))
+    table.add_row("difference", ms(check["p50_difference_ms"]), ms(check["p99_difference_ms"]))
+    table.add_row("arrival gap per answer", ms(check["arrival_gap_p50_ms"]), ms(check["arrival_gap_p99_ms"]))
     console.print(table)
 
 
@@ -58,8 +105,11 @@ def print_result(result: LoadResult, console: Console, title: str = "loadgen") -
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a latency plot (PNG) here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--check-with-plain-consumer", "check", is_flag=True,
+              help="Also read the answers with a plain per-message consumer in its own process and "
+                   "print both latencies side by side (checks the instrument).")
 def main(bootstrap, request_topic, response_topic, rate, concurrency, docs, duration, n_requests, timeout,
-         top_n, seed, json_path, plot_path, quiet) -> None:
+         top_n, seed, json_path, plot_path, quiet, check) -> None:
     """Send rerank requests through Kafka and report throughput, latency, errors and losses."""
     console = Console(stderr=True)
     if (rate is None) == (concurrency is None):
@@ -75,14 +125,28 @@ def main(bootstrap, request_topic, response_topic, rate, concurrency, docs, dura
     except ClientError as exc:
         console.print(f"[red]loadgen: {exc}[/red]")
         sys.exit(2)
+    plain_check = None
     with client:
-        result = run_load(client, RequestFactory(distribution, seed), rate=rate, concurrency=concurrency,
-                          requests=n_requests, duration_s=duration, timeout_s=timeout, show_progress=not quiet,
-                          extra={"top_n": top_n})
-    print_result(result, Console())
+        # started (assigned at the topic's end) before the first request goes out
+        checker = PlainConsumer(bootstrap, [response_topic]) if check else None
+        try:
+            result = run_load(client, RequestFactory(distribution, seed), rate=rate, concurrency=concurrency,
+                              requests=n_requests, duration_s=duration, timeout_s=timeout,
+                              show_progress=not quiet, extra={"top_n": top_n})
+            if checker is not None:
+                arrivals = checker.collect([row["request_id"] for row in result.per_answer])
+                plain_check = compare_with_plain(result, client.snapshot(), arrivals)
+        finally:
+            if checker is not None:
+                checker.close()
+    out = Console()
+    print_result(result, out)
+    if plain_check is not None:
+        print_check(plain_check, out)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({**result.summary(), "docs": docs, "bootstrap": bootstrap}, f, indent=2)
+            json.dump({**result.summary(), "docs": docs, "bootstrap": bootstrap, "plain_consumer_check": plain_check,
+                       "per_answer": result.per_answer}, f, indent=2)
     if plot_path:
         plot(result, plot_path)
     sys.exit(1 if result.lost else 0)

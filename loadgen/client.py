@@ -2,6 +2,13 @@
 
 This is what any application does to use the service, and what the load generator,
 the demo and the tests use; it knows nothing of the worker beyond the topics.
+
+Timing: every answer is stamped when ``Consumer.poll`` hands it over, one message per
+call, so an answer's latency is the service's and not a batch read's (``consume(500,
+0.2)`` would have added up to 200 ms to each). The stamps are ``time.monotonic()`` for
+latencies and ``time.time()`` (the clock Kafka record timestamps use) for the breakdown
+in :mod:`loadgen.run`; the librdkafka delivery latency of each request says how long the
+broker took to acknowledge it.
 """
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 
 class ClientError(RuntimeError):
@@ -24,17 +31,42 @@ class ClientError(RuntimeError):
 class Answer:
     request_id: str
     response: dict
-    latency_s: float
-    received_at: float
+    latency_s: float  # received_at - the request's sent_at (time.monotonic)
+    received_at: float  # time.monotonic() when poll() returned the answer
     topic: str
+    received_wall: float = 0.0  # time.time() at the same moment
+    # The answer record's timestamp: (confluent_kafka.TIMESTAMP_* type, ms since the epoch).
+    # CreateTime (the default) is when the worker's producer took the answer, on the
+    # worker's wall clock; LogAppendTime is when the broker wrote it.
+    record_timestamp: tuple[int, int] | None = None
 
 
 @dataclass
-class _Pending:
-    sent_at: float
+class SentRequest:
+    sent_at: float  # time.monotonic() just before produce()
     documents: int
     answers: list[Answer] = field(default_factory=list)
+    sent_wall: float = 0.0  # time.time() at the same moment
+    # librdkafka's delivery latency: produce() to the broker's acknowledgement (s), and
+    # the request record's timestamp as the delivery report gives it
+    to_broker_s: float | None = None
+    record_timestamp: tuple[int, int] | None = None
 
+
+@dataclass
+class ReceiveStats:
+    """What reading answers cost the client itself (the instrument's own overhead)."""
+
+    polls: int = 0  # poll() calls, with or without a message
+    messages: int = 0
+    cpu_s: float = 0.0  # CPU time of the receiving thread
+    handling_s: float = 0.0  # total time from poll() returning a message to it being recorded
+    handling_max_s: float = 0.0
+
+
+# How long one poll() waits when no answer is there: only bounds how soon close() is
+# noticed; an answer that arrives ends the wait at once.
+POLL_TIMEOUT_S = 0.1
 
 # Delivery errors that mean "this principal may not write here": no retry will help, so
 # flush() raises them instead of letting the requests vanish (on a secured cluster).
@@ -71,7 +103,11 @@ class RerankClient:
         self.request_topic = request_topic
         self.response_topics = list(response_topics)
         self._lock = threading.Lock()
-        self._pending: dict[str, _Pending] = {}
+        # notified whenever a request gets its first answer (closed-loop senders wait on it)
+        self._first_answer = threading.Condition(self._lock)
+        self._pending: dict[str, SentRequest] = {}
+        self._answered = 0  # requests with at least one answer
+        self.receive_stats = ReceiveStats()
         self.unmatched: list[dict] = []
         # (request_id, error) of every request the cluster did not take
         self.delivery_errors: list[tuple[str, KafkaError]] = []
@@ -89,6 +125,9 @@ class RerankClient:
         self._assign(bootstrap, timeout_s)
         self._thread = threading.Thread(target=self._poll, name="rerank-client", daemon=True)
         self._thread.start()
+        self._deliveries = threading.Thread(target=self._serve_deliveries, name="rerank-client-deliveries",
+                                            daemon=True)
+        self._deliveries.start()
 
     def _assign(self, bootstrap: str, timeout_s: float) -> None:
         try:
@@ -113,23 +152,58 @@ class RerankClient:
         self.consumer.assign(partitions)
 
     def _poll(self) -> None:
+        # One message per poll(): it returns as soon as librdkafka has one, and blocks (without
+        # the GIL, without spinning) up to POLL_TIMEOUT_S when there is none. The stamp is taken
+        # before anything else is done with the message.
+        stats = self.receive_stats
         while not self._stop.is_set():
-            for msg in self.consumer.consume(500, 0.2):
-                if msg.error():
-                    continue
-                now = time.monotonic()
-                try:
-                    response = json.loads(msg.value())
-                except (TypeError, ValueError):
-                    continue
-                request_id = response.get("request_id") if isinstance(response, dict) else None
-                with self._lock:
-                    pending = self._pending.get(request_id) if request_id else None
-                    if pending is None:
-                        self.unmatched.append(response)
-                        continue
-                    pending.answers.append(Answer(request_id, response, now - pending.sent_at, now,
-                                                  msg.topic()))
+            msg = self.consumer.poll(POLL_TIMEOUT_S)
+            stats.polls += 1
+            if msg is None:
+                stats.cpu_s = time.thread_time()
+                continue
+            now, now_wall = time.monotonic(), time.time()
+            if not msg.error():
+                self._record(msg, now, now_wall)
+            handled = time.monotonic() - now
+            stats.messages += 1
+            stats.handling_s += handled
+            stats.handling_max_s = max(stats.handling_max_s, handled)
+            stats.cpu_s = time.thread_time()
+
+    def _serve_deliveries(self) -> None:
+        """Runs the delivery callbacks as the acks come (poll() returns at each one), so that
+        a request's delivery latency, which librdkafka reads when its callback runs, is the
+        ack's and not that of the next send() or flush()."""
+        while not self._stop.is_set():
+            try:
+                self.producer.poll(POLL_TIMEOUT_S)
+            except KafkaException as exc:  # a fatal producer error: send() and flush() raise it
+                self._fatal = self._fatal or exc.args[0]
+            except SystemError as exc:  # the same, raised while a callback ran (see _producer_call)
+                cause = _kafka_cause(exc)
+                if cause is None:
+                    raise
+                self._fatal = self._fatal or cause.args[0]
+
+    def _record(self, msg, now: float, now_wall: float) -> None:
+        try:
+            response = json.loads(msg.value())
+        except (TypeError, ValueError):
+            return
+        request_id = response.get("request_id") if isinstance(response, dict) else None
+        ts_type, ts_ms = msg.timestamp()
+        record_timestamp = (ts_type, ts_ms) if ts_type != TIMESTAMP_NOT_AVAILABLE else None
+        with self._lock:
+            pending = self._pending.get(request_id) if request_id else None
+            if pending is None:
+                self.unmatched.append(response)
+                return
+            if not pending.answers:
+                self._answered += 1
+                self._first_answer.notify_all()
+            pending.answers.append(Answer(request_id, response, now - pending.sent_at, now, msg.topic(),
+                                          now_wall, record_timestamp))
 
     def send(self, request: dict, key: str | None = None) -> str:
         """Publishes one request (a dict in the wire contract), keyed by its request_id."""
@@ -143,11 +217,15 @@ class RerankClient:
         """Publishes arbitrary bytes (tests of bad input use this)."""
         request_id = request_id or (key.decode() if isinstance(key, bytes) else key) or uuid.uuid4().hex
         with self._lock:
-            self._pending[request_id] = _Pending(time.monotonic(), documents)
+            replaced = self._pending.get(request_id)
+            if replaced is not None and replaced.answers:
+                self._answered -= 1
+            pending = self._pending[request_id] = SentRequest(time.monotonic(), documents, sent_wall=time.time())
         while True:
             try:
                 self.producer.produce(self.request_topic, value=value, key=key,
-                                      on_delivery=lambda err, msg, rid=request_id: self._delivered(rid, err))
+                                      on_delivery=lambda err, msg, p=pending, rid=request_id:
+                                      self._delivered(rid, err, msg, p))
                 break
             except BufferError:  # local queue full: let it drain
                 self._producer_call(self.producer.poll, 0.05)
@@ -171,10 +249,17 @@ class RerankClient:
                 raise
             raise self._refused(cause.args[0]) from None
 
-    def _delivered(self, request_id: str, err: KafkaError | None) -> None:
+    def _delivered(self, request_id: str, err: KafkaError | None, msg=None, pending: SentRequest | None = None) -> None:
         if err is not None:
             with self._lock:
                 self.delivery_errors.append((request_id, err))
+            return
+        if pending is not None and msg is not None:
+            ts_type, ts_ms = msg.timestamp()
+            with self._lock:
+                # measured by librdkafka when the ack arrived, not when this callback runs
+                pending.to_broker_s = msg.latency()
+                pending.record_timestamp = (ts_type, ts_ms) if ts_type != TIMESTAMP_NOT_AVAILABLE else None
 
     def _producer_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -192,12 +277,20 @@ class RerankClient:
                 cause = _kafka_cause(exc)
                 if cause is not None:
                     self._fatal = self._fatal or cause.args[0]
+            # the delivery thread may be serving the error callback this very moment
+            deadline = time.monotonic() + 1.0
+            while self._fatal is None and time.monotonic() < deadline:
+                time.sleep(0.01)
             err = self._fatal or err
         return ClientError(f"Kafka refused requests to {self.request_topic}: {err.name()}: {err.str()}")
 
     def flush(self, timeout_s: float = 30.0) -> None:
         if self._producer_call(self.producer.flush, timeout_s) != 0:
             raise ClientError(f"requests still undelivered to {self.request_topic} after {timeout_s}s")
+        with self._lock:
+            fatal = any(err.fatal() or err.code() == KafkaError._FATAL for _, err in self.delivery_errors)
+        if self._fatal is not None or fatal:  # the delivery thread met it: nothing is delivered since
+            raise self._refused(self._fatal or KafkaError(KafkaError._FATAL))
         with self._lock:
             refused = [(rid, err) for rid, err in self.delivery_errors if err.code() in REFUSED]
             new, self._refused_reported = refused[self._refused_reported:], len(refused)
@@ -212,11 +305,17 @@ class RerankClient:
 
     def answered(self) -> int:
         with self._lock:
-            return sum(1 for p in self._pending.values() if p.answers)
+            return self._answered
 
     def outstanding(self) -> int:
         with self._lock:
-            return sum(1 for p in self._pending.values() if not p.answers)
+            return len(self._pending) - self._answered
+
+    def wait_outstanding_below(self, limit: int, timeout_s: float) -> bool:
+        """Blocks until fewer than `limit` requests await their first answer (True), or
+        `timeout_s` passes (False). Wakes at the answer, not on a polling tick."""
+        with self._first_answer:
+            return self._first_answer.wait_for(lambda: len(self._pending) - self._answered < limit, timeout_s)
 
     def wait(self, request_ids: Iterable[str] | None = None, timeout_s: float = 60.0) -> bool:
         """Waits until every given (default: every sent) request has an answer."""
@@ -230,13 +329,15 @@ class RerankClient:
             time.sleep(0.05)
         return False
 
-    def snapshot(self) -> dict[str, _Pending]:
+    def snapshot(self) -> dict[str, SentRequest]:
         with self._lock:
-            return {k: _Pending(v.sent_at, v.documents, list(v.answers)) for k, v in self._pending.items()}
+            return {k: SentRequest(v.sent_at, v.documents, list(v.answers), v.sent_wall, v.to_broker_s,
+                                v.record_timestamp) for k, v in self._pending.items()}
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        self._deliveries.join(5)
         try:
             self.producer.flush(5)
         except (KafkaException, SystemError):  # a fatal producer error, reported by flush()

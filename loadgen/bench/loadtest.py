@@ -94,6 +94,9 @@ def measure_bucket(client: RerankClient, bucket: str, bound_s: float, run_s: flo
         "sustained_rate": best and float(tried[-1]["rate"]),
         "sustained_docs_per_s": best and best.docs_per_s,
         "sustained_p99": best and best.p99,
+        # where the latency went (loadgen.run.BREAKDOWN), at the sustained rate and saturated
+        "sustained_breakdown": best and best.breakdown,
+        "saturated_breakdown": saturated.breakdown,
         "lost": saturated.lost + sum(t["lost"] for t in tried),
         "tried": tried,
     }
