@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 
-pytestmark = pytest.mark.kafka
+from loadgen.cluster.local_kafka import free_port
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,7 @@ def run(args: list[str], bootstrap: str, stdin: str | None = None, **env: str) -
     return done.stdout
 
 
+@pytest.mark.kafka
 def test_make_topics_and_make_lag_show_a_topic_and_a_group_with_its_lag(kafka_bootstrap, new_topic) -> None:
     topic = new_topic("tools", partitions=2)
     group = f"tools-group-{uuid.uuid4().hex[:8]}"
@@ -55,6 +57,7 @@ def test_make_topics_and_make_lag_show_a_topic_and_a_group_with_its_lag(kafka_bo
     assert (mine[0]["CURRENT-OFFSET"], mine[0]["LOG-END-OFFSET"], mine[0]["LAG"]) == ("2", "5", "3"), lag
 
 
+@pytest.mark.kafka
 def test_console_producer_and_consumer_run_from_the_same_jars(kafka_bootstrap, new_topic) -> None:
     topic = new_topic("console")
     tool = ["bash", "deploy/kafka/kafka.sh", "tool"]
@@ -70,3 +73,11 @@ def test_an_unknown_tool_is_refused_with_the_list() -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "kafka-consumer-groups" in done.stderr
+
+
+def test_no_local_broker_is_said_at_once() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    done = subprocess.run(["make", "-s", "lag", f"KAFKA_PORT={free_port()}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=30, env=env)
+    assert done.returncode != 0
+    assert "no broker listens on 127.0.0.1:" in done.stderr

@@ -186,6 +186,11 @@ tool() {  # Apache Kafka's CLI tools: the main classes bin/kafka-*.sh run, on th
                 "kafka-console-producer, kafka-get-offsets (got '$name')" >&2; exit 2 ;;
     esac
     shift
+    if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] && port_free "$port"; then
+        # the tools themselves would retry for a minute before they say so
+        echo "kafka: no broker listens on 127.0.0.1:$port (make kafka-up, or set KAFKA_PORT or KAFKA_BOOTSTRAP_SERVERS)" >&2
+        exit 1
+    fi
     jars
     local args=(--bootstrap-server "${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$port}")
     if [ -n "${KAFKA_TOOLS_CONFIG:-}" ]; then args+=("$config_flag" "$KAFKA_TOOLS_CONFIG"); fi
