@@ -4,28 +4,46 @@ PY := .venv/bin/python
 RUN := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY)
 KAFKA := deploy/kafka/kafka.sh
 OUT := out
+# The consumer group `make lag` describes: the workers' (the worker reads RERANK_GROUP_ID too).
+RERANK_GROUP_ID ?= rerank-workers
 
-.PHONY: help venv kafka-jars kafka-up kafka-down test test-faults soak test-fast demo worker bench loadtest model model-trained eval eval-quick clean
+.PHONY: help venv kafka-jars kafka-up kafka-up-secure kafka-down topics lag model model-trained \
+	demo worker test test-faults test-security soak bench loadtest eval eval-quick clean
 
+# Every target is listed here (tests/test_makefile.py checks it).
 help:
-	@echo "make demo        run the service end to end on a local Kafka and print the results"
-	@echo "make test        install what is missing into .venv, then run the test suite (all but the fault tests)"
-	@echo "make worker      run one worker in the foreground (KAFKA_BOOTSTRAP_SERVERS, RERANK_*)"
-	@echo "make test-faults fault tests under load: broker restart, SIGKILLs, rebalance, produce failures"
-	@echo "make soak        steady load for SOAK_MINUTES (10): throughput drift and worker RSS growth"
-	@echo "make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
-	@echo "make eval        relevance of every strategy (NDCG@10, retention of int8/prefilter) -> $(OUT)/eval"
-	@echo "make eval-quick  the same on 20 queries (a few minutes)"
-	@echo "make loadtest    planning table through Kafka: sustained docs/s and p99 per size and strategy"
-	@echo "make model-trained  the demo cross-encoder fine-tuned on stdlib docstrings (cached)"
-	@echo "make kafka-up    start the local Apache Kafka (KAFKA_PORT, default 9092)"
-	@echo "make kafka-down  stop it and remove its data"
-	@echo "make kafka-up-secure  the same with SASL_SSL (SCRAM-SHA-512), a CA made per run and ACLs"
-	@echo "make test-security    the security tests (their own SASL_SSL broker, ~1.5 min)"
+	@echo "Start here:"
+	@echo "  make demo        run the service end to end on a local Kafka and print the results"
+	@echo "  make test        install what is missing into .venv, then run the test suite (all but the fault tests)"
+	@echo "  make worker      run one worker in the foreground (KAFKA_BOOTSTRAP_SERVERS, RERANK_*);"
+	@echo "                   offline, on the local test model: RERANK_MODEL=\$$(make -s model) make worker"
+	@echo "Set-up (the targets above do these when needed):"
+	@echo "  make venv        .venv with the pinned dependencies (a link into a cache shared by clones)"
+	@echo "  make kafka-jars  resolve Apache Kafka's broker and command-line tools from Maven Central"
+	@echo "  make model       build the local test cross-encoder (untrained head) and print its folder"
+	@echo "  make model-trained  the demo cross-encoder fine-tuned on stdlib docstrings (cached; ~27 min on 2 cores)"
+	@echo "Local Kafka (KAFKA_PORT, default 9092):"
+	@echo "  make kafka-up    start the local Apache Kafka"
+	@echo "  make kafka-up-secure  the same with SASL_SSL (SCRAM-SHA-512), a CA made per run and ACLs"
+	@echo "  make kafka-down  stop it and remove its data"
+	@echo "  make topics      Kafka's kafka-topics --describe: every topic, its partitions and leaders"
+	@echo "  make lag         Kafka's kafka-consumer-groups --describe of RERANK_GROUP_ID (rerank-workers): lag per partition"
+	@echo "Tests and measurements:"
+	@echo "  make test-faults fault tests under load: broker restart, SIGKILLs, rebalance, produce failures (~8.5 min)"
+	@echo "  make test-security    the security tests (their own SASL_SSL broker, ~1.5 min)"
+	@echo "  make soak        steady load for SOAK_MINUTES (10): throughput drift and worker RSS growth"
+	@echo "  make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
+	@echo "  make loadtest    planning table through Kafka: sustained docs/s and p99 per size and strategy (~20 min)"
+	@echo "  make eval        relevance of every strategy (NDCG@10, retention of int8/prefilter) -> $(OUT)/eval"
+	@echo "  make eval-quick  the same on 20 queries: a few minutes, but the first run on a machine"
+	@echo "                   trains the demo model first (~27 min on 2 cores, progress shown)"
+	@echo "  make clean       stop the local Kafka, remove $(OUT)/ and .pytest_cache"
+	@echo "  make help        this list"
 
 # .venv is a link into a cache keyed by the pinned dependency list (see deploy/venv.sh).
+# Its messages go to stderr, so that `make -s model` prints only the model's folder.
 venv:
-	@bash deploy/venv.sh
+	@bash deploy/venv.sh >&2
 
 kafka-jars:
 	@bash $(KAFKA) jars
@@ -36,7 +54,14 @@ kafka-up: venv
 kafka-down:
 	@bash $(KAFKA) down
 
-.PHONY: kafka-up-secure test-security
+# Apache Kafka's own tools on the broker's jars (deploy/kafka/kafka.sh tool NAME runs any of
+# them); KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:KAFKA_PORT.
+topics: kafka-jars
+	@bash $(KAFKA) tool kafka-topics --describe --exclude-internal
+
+lag: kafka-jars
+	@bash $(KAFKA) tool kafka-consumer-groups --describe --group $(RERANK_GROUP_ID)
+
 # SASL_SSL listener (SCRAM-SHA-512), CA and broker certificate made with keytool, ACLs
 # (StandardAuthorizer), super user admin; `make kafka-down` stops it like the plaintext one.
 kafka-up-secure: venv kafka-jars
@@ -50,16 +75,16 @@ test-security: venv kafka-jars
 model: venv
 	@$(RUN) -m engines.testmodel
 
-# The demo cross-encoder fine-tuned here on stdlib docstrings (cached; minutes on 2 cores).
+# The demo cross-encoder fine-tuned here on stdlib docstrings (cached; ~27 min on 2 cores).
 model-trained: venv
 	@$(RUN) -m evaluation.training
 
-# The fault tests (~10 min on 2 shared cores) run with make test-faults, not here;
+# The fault tests (~8.5 min on 2 shared cores) run with make test-faults, not here;
 # PYTEST_ARGS='-m ""' runs everything.
 test: venv kafka-jars
 	$(RUN) -m pytest -m "not faults" $(PYTEST_ARGS)
 
-# Fault injection under load (broker restart, SIGKILLs, rebalance, produce failures): ~10 min.
+# Fault injection under load (broker restart, SIGKILLs, rebalance, produce failures): ~8.5 min.
 test-faults: venv kafka-jars
 	$(RUN) -m pytest -m faults $(PYTEST_ARGS)
 
@@ -84,7 +109,8 @@ loadtest: venv kafka-jars
 	@mkdir -p $(OUT)
 	$(RUN) -m loadgen.bench.loadtest --json $(OUT)/loadtest.json --markdown $(OUT)/loadtest.md $(LOADTEST_ARGS)
 
-# Relevance of each strategy on the stdlib docstring set (docs/evaluation.md); trains the demo model first if needed.
+# Relevance of each strategy on the stdlib docstring set (docs/evaluation.md); the first run on a
+# machine trains the demo model first (~27 min on 2 cores; training logs its progress).
 eval: venv
 	$(RUN) -m evaluation --out $(OUT)/eval $(EVAL_ARGS)
 

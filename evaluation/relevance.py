@@ -23,6 +23,7 @@ fresh engine whose embedding cache fills as candidates recur). Output in ``--out
 ``eval.json``, ``eval.md`` and ``eval.png`` (NDCG@10 against pairs/s).
 
     python -m evaluation --quick                       # < 3 minutes once the demo model is trained
+                                                       # (the first run trains it: ~27 min on 2 cores)
     python -m evaluation --max-queries 60 --depth 300 --out out/eval   # ~20 minutes on 2 cores
     python -m evaluation --dataset DIR --candidates run.trec --model cross-encoder/ms-marco-MiniLM-L-6-v2
 """
@@ -366,7 +367,8 @@ def evaluate(*, dataset: Path | None, split: str, candidates_file: Path | None, 
     if not query_ids:
         raise click.UsageError(f"{folder} has no query with a relevant document in qrels/{split}.tsv")
     if model is None:
-        progress("model: the demo cross-encoder (evaluation.training; trains it first if it is not cached)")
+        progress("model: the demo cross-encoder (evaluation.training). If it is not cached yet it is trained "
+                 "first: ~27 min on 2 cores, with its progress below")
         model = str(ensure_trained_model())
     strategies = make_strategies(strategy_names, keeps, prefilter_engine, depth)
 
@@ -464,6 +466,13 @@ def _int_list(value: str) -> tuple[int, ...]:
     return numbers
 
 
+def configure_logging(verbose: bool) -> None:
+    """Warnings only, unless ``verbose``; but always the demo model's training progress, which
+    can take half an hour on a first run and would otherwise look like a hang."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("evaluation.training").setLevel(logging.INFO)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dataset", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="BEIR folder (or an `evaluation.dataset` OUT_DIR with test/). Default: the stdlib docstring set, built in the cache.")
@@ -493,13 +502,13 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the query sample and the bootstrap.")
 @click.option("--quick", is_flag=True,
               help=f"{QUICK['max_queries']} queries, depth {QUICK['depth']}, prefilter keep {QUICK['keeps'][0]}: "
-                   "a few minutes on 2 cores (overrides those three options).")
+                   "a few minutes on 2 cores once the demo model is trained (overrides those three options).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/eval"), show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log the engines' messages.")
 def main(dataset, split, candidates_file, depth, max_queries, model, strategies, keeps, prefilter_engine, batch_queries,
          threads, embedding_cache, max_length, seed, quick, out, verbose) -> None:
     """Relevance (NDCG@10, MRR@10, Recall@100) and speed of every reranking strategy, in one run."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if quick:
         max_queries, depth, keeps = QUICK["max_queries"], QUICK["depth"], QUICK["keeps"]

@@ -7,10 +7,10 @@ The files are generated from the models and kept in the repository so that clien
 reviewers of a contract change) can read them without running Python; a test fails when
 they differ from what the models generate.
 
-The request schema describes what the models accept, with two differences that JSON
-Schema cannot express: it accepts an integer written with a decimal point (``2.0``) and
-strings holding an unpaired UTF-16 surrogate (``"\\ud800"``), both of which the service
-rejects. Size limits (max_documents and the like) are configuration, so they appear only
+The request schema describes what the models accept, with one difference that JSON Schema
+cannot express: it accepts strings holding an unpaired UTF-16 surrogate (``"\\ud800"``), which
+the service rejects (they cannot be written back out as UTF-8). Integers written with a
+fraction of zero (``2.0``) are integers to both. Size limits (max_documents and the like) are configuration, so they appear only
 in the descriptions. The response schemas describe messages as ``encode`` writes them.
 """
 

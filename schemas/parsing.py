@@ -279,10 +279,7 @@ def _describe_one(error: Mapping[str, Any]) -> str:
         items = "item" if limit == 1 else "items"
         message = f"should have {bound} {limit} {items}, got {error['ctx']['actual_length']}"
     value = error.get("input")
-    if kind == "int_type" and isinstance(value, float) and value.is_integer():
-        # JSON Schema calls 2.0 an integer; we do not, so say why.
-        message += f" (got {value!r}; write integers without a decimal point)"
-    elif kind.endswith("_type"):
+    if kind.endswith("_type"):
         message += f" (got {_json_type_name(value)})"
     return f"{_path(loc)}: {message}" if loc else message
 

@@ -1,8 +1,11 @@
 """The rerank request: what a client puts on the request topic.
 
 The models are *strict*: JSON types must match exactly (no ``5`` where a string belongs, no
-``"true"`` or ``1`` where a boolean belongs, no ``2.0`` where an integer belongs) and unknown
-fields are rejected. Size limits that an operator configures (how many documents, how long
+``"true"`` or ``1`` where a boolean belongs, no ``2.5`` or ``"2"`` where an integer belongs) and
+unknown fields are rejected. One exception keeps the models and the exported JSON Schema in
+agreement: JSON Schema's ``integer`` includes numbers written with a fraction of zero
+(``2.0``, ``1e3``), and no standard validator can tell ``2.0`` from ``2``, so an integer field
+accepts them too (as the integer they equal). Size limits that an operator configures (how many documents, how long
 a text may be) are not part of the models; ``schemas.parsing.parse_request`` enforces them
 so that they come back as ``too_large`` rather than ``invalid_request``.
 """
@@ -15,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -68,6 +72,22 @@ NonEmptyUnicodeText = Annotated[str, StringConstraints(min_length=1), _VALID_UNI
 RequestId = Annotated[
     str, StringConstraints(min_length=1, max_length=REQUEST_ID_MAX_CHARS), _VALID_UNICODE
 ]
+
+def _integral_float_as_int(value: Any) -> Any:
+    # JSON Schema (and so every client validating with our schema) counts 2.0 as an integer;
+    # refusing what the published contract allows would fail such clients at run time. Only
+    # integral floats change: 2.5, true, "2" still reach the strict int check and fail there.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Integers as JSON Schema defines them: 2 or 2.0, not 2.5 (the JSON Schema stays "integer").
+# The bound sits inside, on the int: on the outer field pydantic could not place it in the
+# JSON Schema (it would write "ge" instead of "minimum").
+_INTEGRAL_FLOAT_AS_INT = BeforeValidator(_integral_float_as_int)
+PositiveJsonInteger = Annotated[int, Field(ge=1), _INTEGRAL_FLOAT_AS_INT]
+NonNegativeJsonInteger = Annotated[int, Field(ge=0), _INTEGRAL_FLOAT_AS_INT]
 
 _ILLEGAL_TOPIC_CHAR = "[^a-zA-Z0-9._-]"
 _ILLEGAL_TOPIC_CHAR_RE = re.compile(_ILLEGAL_TOPIC_CHAR)
@@ -156,9 +176,8 @@ class PrefilterOptions(BaseModel):
         description="true: always prefilter; false: never; null or absent: the worker "
         "decides from the request size.",
     )
-    keep: int | None = Field(
+    keep: PositiveJsonInteger | None = Field(
         default=None,
-        ge=1,
         description="How many documents the prefilter passes to the cross-encoder; "
         "absent: the worker's default.",
     )
@@ -186,9 +205,8 @@ class RerankRequest(BaseModel):
         description="The documents to rank, each a string or an object {id, text}. More "
         f"than max_documents (default {DEFAULT_MAX_DOCUMENTS}) is rejected with too_large.",
     )
-    top_n: int | None = Field(
+    top_n: PositiveJsonInteger | None = Field(
         default=None,
-        ge=1,
         description="Return only the best top_n results; absent: all. May exceed the number "
         "of documents.",
     )
@@ -208,9 +226,8 @@ class RerankRequest(BaseModel):
     prefilter: PrefilterOptions | None = Field(
         default=None, description="Bi-encoder prefilter options; absent: the worker decides."
     )
-    deadline_ms: int | None = Field(
+    deadline_ms: NonNegativeJsonInteger | None = Field(
         default=None,
-        ge=0,
         description="Unix epoch milliseconds after which no answer is useful; the worker "
         "answers deadline_exceeded instead of scoring after it.",
     )

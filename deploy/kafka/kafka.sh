@@ -5,6 +5,14 @@
 #   kafka.sh up     start (idempotent); prints the bootstrap address once metadata answers
 #   kafka.sh down   SIGTERM, wait for exit, remove the data
 #   kafka.sh jars   only resolve the jars (make test does this up front)
+#   kafka.sh tool NAME [ARGS...]
+#                   one of Apache Kafka's command-line tools against the broker, from the same
+#                   jars: kafka-topics, kafka-consumer-groups, kafka-console-consumer,
+#                   kafka-console-producer, kafka-get-offsets (what bin/NAME.sh runs).
+#                   --bootstrap-server is KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:KAFKA_PORT;
+#                   KAFKA_TOOLS_CONFIG names a Java client properties file for a secured
+#                   cluster (passed as --command-config, or the console tools' --consumer.config
+#                   / --producer.config).
 #
 # KAFKA_PORT (default 9092) picks the broker port; state lives in .kafka/<port>/ (ignored).
 #
@@ -166,9 +174,36 @@ down() {
     rm -rf "$state"
 }
 
+tool() {  # Apache Kafka's CLI tools: the main classes bin/kafka-*.sh run, on the broker's jars
+    local name="${1:-}" main config_flag=--command-config
+    case "$name" in
+        kafka-topics) main=org.apache.kafka.tools.TopicCommand ;;
+        kafka-consumer-groups) main=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
+        kafka-console-consumer) main=org.apache.kafka.tools.consumer.ConsoleConsumer; config_flag=--consumer.config ;;
+        kafka-console-producer) main=org.apache.kafka.tools.ConsoleProducer; config_flag=--producer.config ;;
+        kafka-get-offsets) main=org.apache.kafka.tools.GetOffsetShell ;;
+        *) echo "kafka: tool must be one of kafka-topics, kafka-consumer-groups, kafka-console-consumer," \
+                "kafka-console-producer, kafka-get-offsets (got '$name')" >&2; exit 2 ;;
+    esac
+    shift
+    if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] && port_free "$port"; then
+        # the tools themselves would retry for a minute before they say so
+        echo "kafka: no broker listens on 127.0.0.1:$port (make kafka-up, or set KAFKA_PORT or KAFKA_BOOTSTRAP_SERVERS)" >&2
+        exit 1
+    fi
+    jars
+    local args=(--bootstrap-server "${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$port}")
+    if [ -n "${KAFKA_TOOLS_CONFIG:-}" ]; then args+=("$config_flag" "$KAFKA_TOOLS_CONFIG"); fi
+    # A short-lived JVM: quick start-up matters more than peak speed.
+    exec java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xmx512m -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$here/tools-log4j2.properties" \
+        -cp "$libs/*" "$main" "${args[@]}" "$@"
+}
+
 case "${1:-}" in
     jars) jars ;;
     up) up ;;
     down) down ;;
-    *) echo "usage: $0 up|down" >&2; exit 2 ;;
+    tool) shift; tool "$@" ;;
+    *) echo "usage: $0 up|down|jars|tool NAME [ARGS...]" >&2; exit 2 ;;
 esac

@@ -70,6 +70,20 @@ def test_minimal_request_gets_the_documented_defaults() -> None:
     assert request.reply_to is None
 
 
+@pytest.mark.parametrize("written", ["2.0", "2e0", "0.2e1", "2.000"])
+def test_integers_written_with_a_zero_fraction_are_integers_as_json_schema_says(written: str) -> None:
+    # JSON Schema's "integer" includes 2.0, so a client that validates with our schema may
+    # send it; the worker takes it as the integer 2 and writes it back as 2.
+    raw = (
+        '{"request_id": "r", "query": "q", "documents": ["d"], "top_n": %s, '
+        '"deadline_ms": %s, "prefilter": {"keep": %s}}' % (written, written, written)
+    ).encode()
+    request = parse_request(raw)
+    assert (request.top_n, request.deadline_ms, request.prefilter.keep) == (2, 2, 2)
+    assert all(type(v) is int for v in (request.top_n, request.deadline_ms, request.prefilter.keep))
+    assert b'"top_n":2,' in encode(request)
+
+
 def test_texts_and_ids_follow_request_order_for_both_document_forms() -> None:
     request = parse_request(
         as_bytes(request_dict(documents=["plain", {"id": "x", "text": "with id"}, {"text": "no id"}]))
@@ -321,7 +335,9 @@ def test_limits_must_be_positive(kwargs: dict[str, int]) -> None:
         ({"top_n": "3"}, "top_n: Input should be a valid integer (got string)"),
         ({"top_n": True}, "top_n: Input should be a valid integer (got boolean)"),
         ({"top_n": 2.5}, "top_n: Input should be a valid integer (got number)"),
-        ({"top_n": 2.0}, "top_n: Input should be a valid integer (got 2.0; write integers without"),
+        ({"top_n": 0.0}, "top_n: Input should be greater than or equal to 1"),
+        ({"prefilter": {"keep": 1.5}}, "prefilter.keep: Input should be a valid integer (got number)"),
+        ({"deadline_ms": -1.0}, "deadline_ms: Input should be greater than or equal to 0"),
         ({"return_documents": 1}, "return_documents: Input should be a valid boolean (got number)"),
         ({"return_documents": "true"}, "return_documents: Input should be a valid boolean (got string)"),
         ({"raw_scores": None}, "raw_scores: Input should be a valid boolean (got null)"),
