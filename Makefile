@@ -5,7 +5,7 @@ RUN := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY)
 KAFKA := deploy/kafka/kafka.sh
 OUT := out
 
-.PHONY: help venv kafka-jars kafka-up kafka-down test test-faults soak test-fast demo worker bench loadtest model model-trained eval eval-quick clean
+.PHONY: help venv kafka-jars kafka-up kafka-down test test-faults soak test-fast demo worker bench bench-replicas loadtest model model-trained eval eval-quick clean
 
 help:
 	@echo "make demo        run the service end to end on a local Kafka and print the results"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-faults fault tests under load: broker restart, SIGKILLs, rebalance, produce failures"
 	@echo "make soak        steady load for SOAK_MINUTES (10): throughput drift and worker RSS growth"
 	@echo "make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
+	@echo "make bench-replicas  2 engine processes x 1 thread against 1, per engine ($(OUT)/replicas.json)"
 	@echo "make eval        relevance of every strategy (NDCG@10, retention of int8/prefilter) -> $(OUT)/eval"
 	@echo "make eval-quick  the same on 20 queries (a few minutes)"
 	@echo "make loadtest    planning table through Kafka: sustained docs/s and p99 per size and strategy"
@@ -78,6 +79,12 @@ worker: venv
 bench: venv
 	@mkdir -p $(OUT)
 	$(RUN) -m loadgen.bench.engine_speed --json $(OUT)/bench.json $(BENCH_ARGS)
+
+# Do replicas on one host add up? One 1-thread engine process against two at once, per engine
+# (~10 min; REPLICAS_ARGS="--pinning both" adds the pinned contrast). Exits 1 below 1.6x.
+bench-replicas: venv
+	@mkdir -p $(OUT)
+	$(RUN) -m loadgen.bench.replicas --json $(OUT)/replicas.json --markdown --require 1.6 $(REPLICAS_ARGS)
 
 # Planning table through Kafka: sustained docs/s and p99 per bucket and strategy (~20 min).
 loadtest: venv kafka-jars
