@@ -8,7 +8,7 @@ OUT := out
 RERANK_GROUP_ID ?= rerank-workers
 
 .PHONY: help venv kafka-jars kafka-up kafka-up-secure kafka-down topics lag model model-trained \
-	demo worker test test-faults test-security soak bench loadtest eval eval-quick clean
+	demo worker test test-faults test-security soak bench bench-replicas loadtest eval eval-quick clean
 
 # Every target is listed here (tests/test_makefile.py checks it).
 help:
@@ -33,6 +33,7 @@ help:
 	@echo "  make test-security    the security tests (their own SASL_SSL broker, ~1.5 min)"
 	@echo "  make soak        steady load for SOAK_MINUTES (10): throughput drift and worker RSS growth"
 	@echo "  make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
+	@echo "  make bench-replicas  2 engine processes x 1 thread against 1, per engine ($(OUT)/replicas.json)"
 	@echo "  make loadtest    planning table through Kafka: sustained docs/s and p99 per size and strategy (~20 min)"
 	@echo "  make eval        relevance of every strategy (NDCG@10, retention of int8/prefilter) -> $(OUT)/eval"
 	@echo "  make eval-quick  the same on 20 queries: a few minutes, but the first run on a machine"
@@ -103,6 +104,12 @@ worker: venv
 bench: venv
 	@mkdir -p $(OUT)
 	$(RUN) -m loadgen.bench.engine_speed --json $(OUT)/bench.json $(BENCH_ARGS)
+
+# Do replicas on one host add up? One 1-thread engine process against two at once, per engine
+# (~10 min; REPLICAS_ARGS="--pinning both" adds the pinned contrast). Exits 1 below 1.6x.
+bench-replicas: venv
+	@mkdir -p $(OUT)
+	$(RUN) -m loadgen.bench.replicas --json $(OUT)/replicas.json --markdown --require 1.6 $(REPLICAS_ARGS)
 
 # Planning table through Kafka: sustained docs/s and p99 per bucket and strategy (~20 min).
 loadtest: venv kafka-jars

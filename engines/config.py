@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import platform
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("engines")
 
 ENGINES = ("onnx", "openvino", "torch", "bi-encoder")
 PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
@@ -43,7 +47,15 @@ class EngineConfig:
         max_batch_tokens: Micro-batch budget, batch size x padded length; ``None`` = device default.
         max_batch_pairs: Cap on sequences per micro-batch; ``None`` = device default.
         max_length: Truncation length in tokens; ``None`` = the model's own maximum.
-        threads: Intra-op threads for the runtime; ``None`` = all cores of this process.
+        threads: Intra-op threads for the runtime; ``None`` = the CPUs this process may use: the
+            smaller of its CPU affinity and its cgroup CPU quota (:func:`cpu_budget`).
+        cpu_pinning: Let the runtimes pin their threads to cores (OpenVINO) and spin-wait between
+            parallel sections (ONNX Runtime, PyTorch's OpenMP). Only for a process that owns its cores (a dedicated cpuset, e.g. a
+            Kubernetes pod with integer CPUs under the static CPU manager): OpenVINO pins every
+            process of a host to the same cores, so co-located replicas would share them and add
+            nothing (237 pairs/s for one 1-thread process, 117 + 120 for two), and spinning
+            threads burn CPU that another replica, or the CPU quota, needs. ``False`` (default):
+            no pinning, no spinning, in every runtime (see :func:`openmp_wait_policy`).
         cache_dir: Where exported/quantized models go; ``None`` = ``$RERANK_CACHE_DIR`` or
             ``~/.cache/kafka-rerank``.
         embedding_cache_size: How many document embeddings the bi-encoder keeps (LRU); 0 disables.
@@ -66,6 +78,7 @@ class EngineConfig:
     cache_dir: str | None = None
     embedding_cache_size: int = 20_000
     prefilter_runtime: str | None = None
+    cpu_pinning: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field that is out of range."""
@@ -115,12 +128,213 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def default_threads() -> int:
-    """Cores this process may run on (affinity-aware), at least 1."""
+# -- how many threads: CPU affinity and cgroup CPU quota ------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuQuota:
+    """A cgroup CPU bandwidth limit: ``quota_us`` of CPU time every ``period_us``, read from ``path``."""
+
+    quota_us: int
+    period_us: int
+    path: str
+
+    @property
+    def cpus(self) -> float:
+        return self.quota_us / self.period_us
+
+
+@dataclass(frozen=True)
+class CpuBudget:
+    """How many threads this process should run, and why.
+
+    Attributes:
+        threads: ``min(affinity, floor(quota))``, at least 1.
+        affinity: CPUs in this process's affinity mask.
+        quota: the tightest cgroup CPU quota on the way from this process's cgroup to the root of
+            its hierarchy; ``None`` when there is none (or none can be read).
+    """
+
+    threads: int
+    affinity: int
+    quota: CpuQuota | None
+
+    def describe(self) -> str:
+        quota = f"cgroup quota {self.quota.cpus:g} CPUs in {self.quota.path}" if self.quota else "no cgroup CPU quota"
+        return f"{self.threads} thread{'s' if self.threads != 1 else ''} (CPU affinity {self.affinity}, {quota})"
+
+
+def affinity_cpus() -> int:
+    """CPUs in this process's affinity mask (``os.cpu_count()`` where there is none), at least 1."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as octal escapes (``\\040``)."""
+    for escaped, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(escaped, char)
+    return field
+
+
+def _read_lines(path: str | Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def _cgroup_mounts(mountinfo: str | Path) -> list[tuple[str, Path, str, set[str]]]:
+    """``(root, mount point, fstype, super options)`` of every cgroup and cgroup2 mount."""
+    mounts = []
+    for line in _read_lines(mountinfo):
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        after = line.split(" - ", 1)[1].split()
+        if len(after) >= 3 and after[0] in ("cgroup", "cgroup2"):
+            mounts.append((_unescape(fields[3]), Path(_unescape(fields[4])), after[0], set(after[2].split(","))))
+    return mounts
+
+
+def _cgroup_dir(mount_root: str, mount_point: Path, cgroup_path: str) -> Path:
+    """Where ``cgroup_path`` (from /proc/self/cgroup) lies under a mount of its hierarchy.
+
+    A container with its own cgroup namespace sees itself at "/" and has its cgroup mounted at the
+    mount point; one without sees the host's path, and the mount's root says which part of it the
+    mount shows. A path the mount does not show falls back to the mount point itself.
+    """
+    root = mount_root.rstrip("/")
+    if cgroup_path == root or cgroup_path.startswith(root + "/"):
+        candidate = mount_point / cgroup_path[len(root):].lstrip("/")
+        if candidate.is_dir():
+            return candidate
+    return mount_point
+
+
+def _walk_up(start: Path, top: Path):
+    """``start`` and its parents up to and including ``top``: a quota set on an ancestor (a
+    Kubernetes pod, a systemd slice) binds the process as much as its own."""
+    current = start
+    while True:
+        yield current
+        if current == top or top not in current.parents:
+            return
+        current = current.parent
+
+
+def _v2_quota(folder: Path) -> CpuQuota | None:
+    """``cpu.max``: "max 100000" (no limit) or "200000 100000" (2 CPUs)."""
+    path = folder / "cpu.max"
+    lines = _read_lines(path)
+    parts = lines[0].split() if lines else []
+    if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit() and int(parts[0]) > 0 and int(parts[1]) > 0:
+        return CpuQuota(int(parts[0]), int(parts[1]), str(path))
+    return None
+
+
+def _v1_quota(folder: Path) -> CpuQuota | None:
+    """``cpu.cfs_quota_us`` (-1: no limit) over ``cpu.cfs_period_us``."""
+    quota, period = _read_lines(folder / "cpu.cfs_quota_us"), _read_lines(folder / "cpu.cfs_period_us")
+    try:
+        quota_us, period_us = int(quota[0]), int(period[0])
+    except (IndexError, ValueError):
+        return None
+    if quota_us > 0 and period_us > 0:
+        return CpuQuota(quota_us, period_us, str(folder / "cpu.cfs_quota_us"))
+    return None
+
+
+def cgroup_cpu_quota(
+    proc_cgroup: str | Path = "/proc/self/cgroup",
+    mountinfo: str | Path = "/proc/self/mountinfo",
+    cgroup_root: str | Path = "/sys/fs/cgroup",
+) -> CpuQuota | None:
+    """The tightest CPU quota of this process's cgroups (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``).
+
+    The process's cgroup comes from ``proc_cgroup`` and the hierarchies' mount points from
+    ``mountinfo``; where mountinfo cannot be read, the usual places under ``cgroup_root`` are tried
+    (``cgroup_root`` itself for v2, ``cpu,cpuacct`` and ``cpu`` for v1). Both hierarchies are read,
+    so a hybrid host (v1 cpu controller, an empty v2 tree beside it) works too. ``None`` when no
+    quota is set or nothing can be read (not Linux).
+    """
+    v2_path, v1_path = None, None
+    for line in _read_lines(proc_cgroup):
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and controllers == "":
+            v2_path = path
+        elif "cpu" in controllers.split(","):
+            v1_path = path
+    mounts = _cgroup_mounts(mountinfo)
+    root = Path(cgroup_root)
+    folders: list[tuple[Path, Path, bool]] = []  # (cgroup folder, top of its hierarchy, is v2)
+    if v2_path is not None:
+        v2_mounts = [(r, m) for r, m, fstype, _ in mounts if fstype == "cgroup2"]
+        if not mounts and (root / "cgroup.controllers").exists():
+            v2_mounts = [("/", root)]
+        folders += [(_cgroup_dir(r, m, v2_path), m, True) for r, m in v2_mounts]
+    if v1_path is not None:
+        v1_mounts = [(r, m) for r, m, fstype, options in mounts if fstype == "cgroup" and "cpu" in options]
+        if not mounts:
+            v1_mounts = [("/", root / name) for name in ("cpu,cpuacct", "cpu") if (root / name).is_dir()][:1]
+        folders += [(_cgroup_dir(r, m, v1_path), m, False) for r, m in v1_mounts]
+    found = [
+        quota
+        for folder, top, v2 in folders
+        for level in _walk_up(folder, top)
+        if (quota := (_v2_quota(level) if v2 else _v1_quota(level))) is not None
+    ]
+    return min(found, key=lambda q: q.cpus, default=None)
+
+
+def cpu_budget(
+    proc_cgroup: str | Path = "/proc/self/cgroup",
+    mountinfo: str | Path = "/proc/self/mountinfo",
+    cgroup_root: str | Path = "/sys/fs/cgroup",
+    affinity: int | None = None,
+) -> CpuBudget:
+    """Threads for this process: the smaller of its CPU affinity and its cgroup CPU quota.
+
+    A container limited to 2 CPUs on a 64-core host still has all 64 in its affinity; sizing
+    from the affinity alone gave every replica 64 threads, throttled to 2 CPUs' worth of time.
+
+    The quota is rounded **down** (at least 1): threads beyond it spend the period's quota early
+    and then the whole parallel section stalls until the next period (CFS throttling: 2 threads
+    on a 1.5-CPU quota stand still 25 ms of every 100 ms), which lands on the latency of every
+    window. The fraction left over is not idle: the worker's event loop, Kafka client threads
+    and tokenizer run beside the inference threads. (Go's automaxprocs rounds down too.)
+    """
+    cpus = affinity_cpus() if affinity is None else affinity
+    quota = cgroup_cpu_quota(proc_cgroup, mountinfo, cgroup_root)
+    threads = cpus if quota is None else min(cpus, max(1, quota.quota_us // quota.period_us))
+    return CpuBudget(threads=max(1, threads), affinity=cpus, quota=quota)
+
+
+def default_threads() -> int:
+    """Threads for this process's CPU work (:func:`cpu_budget`), at least 1."""
+    return cpu_budget().threads
+
+
+def openmp_wait_policy(cpu_pinning: bool) -> None:
+    """Tell OpenMP (PyTorch's CPU thread pool, GNU libgomp in the PyPI wheels) not to spin.
+
+    After each parallel section libgomp's threads spin-wait (up to 300,000 pause loops: from a
+    fraction of a millisecond to several, by CPU) before they sleep: fast for a process that owns its cores, CPU time taken from
+    co-located replicas (and from a cgroup quota) otherwise. ``OMP_WAIT_POLICY=PASSIVE`` makes them
+    sleep at once. libgomp reads it when it is loaded, so this has effect only before the first
+    ``import torch`` of the process; a value already in the environment is kept. PyTorch does not
+    pin its threads unless ``OMP_PROC_BIND``/``OMP_PLACES`` are set, so nothing else is needed.
+    """
+    if cpu_pinning or "OMP_WAIT_POLICY" in os.environ:
+        return
+    if "torch" in sys.modules:
+        log.debug("OMP_WAIT_POLICY not set: torch is already loaded, OpenMP threads may spin")
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 #: CPU flags (Linux ``/proc/cpuinfo``) of int8 dot-product instructions: AVX-512 VNNI, AVX-VNNI, AMX.

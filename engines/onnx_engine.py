@@ -25,7 +25,7 @@ class OnnxBackend:
 
     runtime = "onnx"
 
-    def __init__(self, cache: ExportCache, device: str, precision: str, threads: int | None):
+    def __init__(self, cache: ExportCache, device: str, precision: str, threads: int | None, cpu_pinning: bool = False):
         import onnxruntime as ort
 
         self.names = input_names(cache.folder)
@@ -38,7 +38,7 @@ class OnnxBackend:
                 gpu_precision = "fp32" if precision == "fp32" else "fp16"  # no int8/bf16 CUDA kernels here
                 path = onnx_fp32(cache) if gpu_precision == "fp32" else onnx_fp16(cache)
                 try:
-                    session = _session(ort, path, [CUDA_PROVIDER, CPU_PROVIDER], threads)
+                    session = _session(ort, path, [CUDA_PROVIDER, CPU_PROVIDER], threads, cpu_pinning)
                 except Exception as exc:  # noqa: BLE001 - a broken CUDA install must not take the worker down
                     reason = f"{CUDA_PROVIDER} failed to start ({exc.__class__.__name__}: {exc})"
                 else:
@@ -50,7 +50,7 @@ class OnnxBackend:
         if session is None:
             self.precision = "int8" if precision == "int8" else "fp32"
             self.path = onnx_int8_dynamic(cache) if self.precision == "int8" else onnx_fp32(cache)
-            session = _session(ort, self.path, [CPU_PROVIDER], threads)
+            session = _session(ort, self.path, [CPU_PROVIDER], threads, cpu_pinning)
         self.session = session
         provider = session.get_providers()[0]
         self.device = "cuda" if provider == CUDA_PROVIDER else "cpu"
@@ -65,12 +65,24 @@ class OnnxBackend:
         return self.session.run(None, {name: feeds[name] for name in self.names})[0]
 
 
-def _session(ort, path, providers: list[str], threads: int | None):
+def session_options(ort, threads: int | None, cpu_pinning: bool = False):
+    """``SessionOptions`` of every session: the graph fused, ``threads`` intra-op threads, no spinning
+    unless the process owns its cores."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
+        # A thread count set here also keeps ORT from pinning its threads (it pins them only when
+        # it picks the count itself), so co-located replicas do not share cores.
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1  # one graph at a time; parallelism is inside the ops
+    # ORT's intra-op threads spin-wait between parallel sections by default: CPU time that
+    # co-located replicas (and a cgroup quota) lose. Sections here are whole matmuls of a batch,
+    # so waking a sleeping thread costs little beside them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if cpu_pinning else "0")
     options.log_severity_level = 3  # the CUDA provider warns about optional libraries it does not need
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    return options
+
+
+def _session(ort, path, providers: list[str], threads: int | None, cpu_pinning: bool = False):
+    return ort.InferenceSession(str(path), sess_options=session_options(ort, threads, cpu_pinning), providers=providers)

@@ -34,8 +34,9 @@ from engines.config import (
     GPU_MAX_BATCH_PAIRS,
     GPU_MAX_BATCH_TOKENS,
     EngineConfig,
+    cpu_budget,
     cpu_has_int8_dot_product,
-    default_threads,
+    openmp_wait_policy,
     resolve_cache_dir,
     resolve_device,
     resolve_precision,
@@ -297,23 +298,42 @@ class Reranker:
 
 
 # -- construction ---------------------------------------------------------------------------------
+def _threads(config: EngineConfig, runtime: str, task: str, device: str) -> int | None:
+    """Intra-op threads on CPU (``None`` on a GPU: the runtime's own default), said in the log with
+    where the figure came from: the one line that explains a worker's CPU use."""
+    if device != "cpu":
+        return None
+    budget = cpu_budget()
+    pinning = "pinned to cores" if config.cpu_pinning else "not pinned"
+    if config.threads:
+        log.info("%s %s: threads %d as configured, %s; this process may use %s",
+                 runtime, task, config.threads, pinning, budget.describe())
+        if config.threads > budget.threads:
+            log.warning("%s %s: %d threads but only %d CPUs' worth to run them on: expect CPU throttling",
+                        runtime, task, config.threads, budget.threads)
+        return config.threads
+    log.info("%s %s: %s, %s", runtime, task, budget.describe(), pinning)
+    return budget.threads
+
+
 def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: str, device: str, max_length: int | None) -> BatchRunner:
     tokenizer, tokenizer_max, pad_id = load_fast_tokenizer(folder)
     length = effective_max_length(folder, tokenizer_max, max_length)
-    threads = config.threads or (default_threads() if device == "cpu" else None)
+    threads = _threads(config, runtime, task, device)
     cache_root = resolve_cache_dir(config)
     precision = resolve_precision(config.precision, runtime, device)
     if config.precision == "auto":
         log.info("precision auto: %s for %s on %s (CPU has VNNI/AMX int8: %s)",
                  precision, runtime, device, cpu_has_int8_dot_product())
+    pinning = config.cpu_pinning
     if runtime == "torch":
         backend = TorchBackend(folder, task, device, precision, threads)
     else:
         cache = ExportCache(folder, task, cache_root)
         if runtime == "onnx":
-            backend = OnnxBackend(cache, device, precision, threads)
+            backend = OnnxBackend(cache, device, precision, threads, cpu_pinning=pinning)
         else:
-            backend = OpenVinoBackend(cache, tokenizer, length, pad_id, device, precision, threads)
+            backend = OpenVinoBackend(cache, tokenizer, length, pad_id, device, precision, threads, cpu_pinning=pinning)
     on_gpu = backend.device == "cuda"
     return BatchRunner(
         tokenizer,
@@ -347,6 +367,7 @@ def build_reranker(config: EngineConfig) -> Reranker:
         OSError: the model (or the prefilter model) cannot be found or loaded; the message names it.
     """
     config.validate()
+    openmp_wait_policy(config.cpu_pinning)  # before resolve_device, whose CUDA check loads torch
     device = resolve_device(config.device)
     if config.engine == "bi-encoder":
         bi_encoder = _build_bi_encoder(config, device, runtime_hint=None)

@@ -65,6 +65,9 @@ class WorkerSettings(BaseSettings):
     max_batch_tokens: int | None = Field(None, ge=64)
     max_batch_pairs: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)
+    # Only for a worker that owns its cores (a dedicated cpuset): replicas sharing a host would
+    # otherwise be pinned to the same cores (engines.EngineConfig.cpu_pinning).
+    cpu_pinning: bool = False
     # Names a request's "model" field may use besides the model id itself.
     model_aliases: list[str] = []
 
@@ -135,7 +138,7 @@ class WorkerSettings(BaseSettings):
             engine=self.engine, model=self.model, precision=self.precision, device=self.device,
             prefilter_model=self.prefilter_model, prefilter_threshold=self.prefilter_threshold,
             prefilter_keep=self.prefilter_keep, max_batch_tokens=self.max_batch_tokens,
-            max_batch_pairs=self.max_batch_pairs, threads=self.threads,
+            max_batch_pairs=self.max_batch_pairs, threads=self.threads, cpu_pinning=self.cpu_pinning,
         )
 
     def confluent_config(self) -> dict[str, str]:

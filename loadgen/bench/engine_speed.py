@@ -122,11 +122,12 @@ class NaiveContender:
 
 
 class EngineContender:
-    """An engine through ``Reranker.rerank``, fed windows of up to 512 pairs."""
+    """An engine through ``Reranker.rerank``, fed windows of up to 512 pairs. ``options`` are more
+    :class:`engines.EngineConfig` fields (``threads``, ``cpu_pinning``)."""
 
-    def __init__(self, engine: str, precision: str, model_path: str, warm):
+    def __init__(self, engine: str, precision: str, model_path: str, warm, **options):
         started = time.perf_counter()
-        self.reranker = build_reranker(EngineConfig(engine=engine, model=model_path, precision=precision, device="cpu"))
+        self.reranker = build_reranker(EngineConfig(engine=engine, model=model_path, precision=precision, device="cpu", **options))
         self.reranker.warmup()
         self.build_s = time.perf_counter() - started
         self.name = self.reranker.engine_name
