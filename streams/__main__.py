@@ -1,8 +1,10 @@
 """``python -m streams worker``: run one rerank worker in the foreground.
 
 Configuration comes from the environment (see streams/settings.py and the README).
-SIGTERM or Ctrl-C: the current window is finished and answered, the producer flushed and
-the offsets committed before the process exits.
+SIGTERM or Ctrl-C: no more requests are fetched, the ones taken are answered while
+RERANK_SHUTDOWN_GRACE_S allows (the rest are left to be redelivered), the offsets of the
+answered ones committed, and the process exits within RERANK_SHUTDOWN_GRACE_S, broker or
+no broker (streams/shutdown.py). A second signal exits at once.
 """
 from __future__ import annotations
 
@@ -78,12 +80,12 @@ def worker() -> None:
 
     # Deferred: the worker's Faust app costs a second to import, and `health` runs every 10 s as
     # a container healthcheck, which needs none of it.
-    import faust
-
+    from streams.shutdown import RerankWorker
     from streams.worker import create_app
 
     app = create_app(settings, reranker)
-    faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    RerankWorker(app, grace_s=settings.shutdown_grace_s, log_repeat_s=settings.log_repeat_s,
+                 loglevel=settings.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
 if __name__ == "__main__":

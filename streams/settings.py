@@ -73,7 +73,11 @@ class WorkerSettings(BaseSettings):
 
     # --- Windows and limits ----------------------------------------------------------
     window_max_pairs: int = Field(512, ge=1)
+    # With the engine free, a window closes once no request has arrived for window_gather_ms
+    # (requests fetched together are parsed one by one), and never later than window_ms after
+    # its first request; see streams/windows.py.
     window_ms: float = Field(20.0, ge=0)
+    window_gather_ms: float = Field(1.0, ge=0)
     # Bound on pairs taken from Kafka but not yet answered: backpressure beyond it.
     max_inflight_pairs: int = Field(4096, ge=1)
     max_documents: int = Field(2000, ge=1)
@@ -90,6 +94,11 @@ class WorkerSettings(BaseSettings):
     worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     summary_every_s: float = Field(5.0, gt=0)
+    # SIGTERM to exit, at most (Kubernetes sends SIGKILL 30 s after SIGTERM by default).
+    shutdown_grace_s: float = Field(20.0, ge=1.0)
+    # A repeated aiokafka/faust log line (same message, other values) is let through once
+    # per this many seconds, with a count of those held back; 0 lets every one through.
+    log_repeat_s: float = Field(10.0, ge=0)
     data_dir: Path = Path(os.environ.get("TMPDIR", "/tmp")) / "rerank-worker"
 
     @field_validator("request_topic", "response_topic", "dead_letter_topic", "reply_to_prefix")

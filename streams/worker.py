@@ -11,6 +11,11 @@ Data flow (one process; scale out with more processes in the same consumer group
 At-least-once: the agent's stream does not ack on its own (``noack``). A request is acked
 once its answer is delivered, and faust commits only the contiguous acked prefix of each
 partition, so a worker that dies mid-window leaves its requests to be redelivered.
+
+Stopping (``drain``, run by streams.shutdown on SIGTERM): take no more requests and stop
+fetching, answer what was taken while the grace period allows, abandon the rest unacked
+(redelivered), commit what was answered. Requests are counted in the metrics when the
+message that settles them is delivered, as what was delivered.
 """
 from __future__ import annotations
 
@@ -59,6 +64,9 @@ DELIVERY_TIMEOUT_S = 30.0
 TOPIC_LIST_TTL_S = 5.0
 # How long a topic's max.message.bytes is trusted before asking the broker again.
 TOPIC_LIMIT_TTL_S = 60.0
+# Of the shutdown grace period, the last this many seconds (at most half of it) are kept for
+# committing offsets and faust's own stop; answering stops before them.
+DRAIN_RESERVE_S = 8.0
 
 
 @dataclass
@@ -80,6 +88,11 @@ class Outbound:
     headers: list[tuple[str, bytes]] | None = None
     fallback: Outbound | None = None  # sent instead when this one cannot be delivered
     request_id: str | None = None  # set on answers: an oversized one is replaced by an error
+    # What delivering this message settles, for rerank_requests_total / rerank_errors_total:
+    # "ok" or "error" (with the error code) for an answer, None for a dead letter that
+    # goes with an answer.
+    status: str | None = None
+    code: str | None = None
 
     def size(self) -> int:
         """Upper bound of the record's size on the wire (what the broker compares with
@@ -108,7 +121,8 @@ class RerankService:
         self.limits = RequestLimits(max_documents=settings.max_documents)
         self.served_models = {settings.model, reranker.model_name, *settings.model_aliases}
         self.buffer: WindowBuffer[Inbound] = WindowBuffer(
-            settings.window_max_pairs, settings.window_ms, settings.max_inflight_pairs)
+            settings.window_max_pairs, settings.window_ms, settings.max_inflight_pairs,
+            gather_ms=settings.window_gather_ms)
         # One scoring thread: the engine is not re-entrant, and two windows at once would
         # only split the same cores.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
@@ -116,6 +130,8 @@ class RerankService:
         self._deliveries: set[asyncio.Task] = set()
         self.partitions_held = 0
         self.joined = asyncio.Event()
+        self.stopping = False
+        self._window_task: asyncio.Task | None = None
         # Producing to a missing topic makes aiokafka wait for its metadata indefinitely,
         # so reply_to topics are looked up first (with confluent-kafka, off the loop).
         self._admin = None
@@ -135,7 +151,8 @@ class RerankService:
         except RequestError as err:
             self._spawn(self._deliver(self._rejection(err, raw, event.key), [event]))
             return
-        await self.buffer.put(Inbound(request, event), self._pairs(request))
+        if not await self.buffer.put(Inbound(request, event), self._pairs(request)):
+            return  # stopping: left unacked, so it is redelivered
         metrics.INFLIGHT_PAIRS.set(self.buffer.inflight_pairs)
 
     def _check_reply_to(self, request: RerankRequest) -> None:
@@ -163,8 +180,6 @@ class RerankService:
         return n
 
     def _rejection(self, err: RequestError, raw: bytes, key: bytes | None) -> list[Outbound]:
-        metrics.ERRORS.labels(err.code.value).inc()
-        metrics.REQUESTS.labels("error").inc()
         out: list[Outbound] = []
         request_id = err.request_id
         if request_id is None:
@@ -179,6 +194,7 @@ class RerankService:
             request_id = _key_as_request_id(key)
             if request_id is None:
                 log.warning("dead-lettered an unreadable request with no usable key: %s", err.message)
+                out[0].status, out[0].code = "error", err.code.value  # the dead letter settles it
                 return out
             err = RequestError(err.code, err.message, request_id)
         out.append(self._answer(request_id, err.to_response()))
@@ -186,22 +202,30 @@ class RerankService:
 
     def _answer(self, request_id: str, response: Any, reply_to: str | None = None) -> Outbound:
         key = request_id.encode("utf-8")
-        default = Outbound(self.settings.response_topic, key, encode(response), request_id=request_id)
+        status = response.status
+        code = response.error.code.value if status == "error" else None
         if reply_to is None:
-            return default
+            return Outbound(self.settings.response_topic, key, encode(response), request_id=request_id,
+                            status=status, code=code)
         # If the reply topic cannot take it (missing, no ACL), the client still gets an answer.
         fallback = RequestError(ErrorCode.INVALID_REQUEST,
                                 f"reply_to topic {reply_to!r} does not exist or refused the answer", request_id)
-        return Outbound(reply_to, key, encode(response), request_id=request_id,
+        return Outbound(reply_to, key, encode(response), request_id=request_id, status=status, code=code,
                         fallback=Outbound(self.settings.response_topic, key, encode(fallback.to_response()),
-                                          request_id=request_id))
+                                          request_id=request_id, status="error",
+                                          code=ErrorCode.INVALID_REQUEST.value))
 
     # --- windows -------------------------------------------------------------------------
     async def run_windows(self) -> None:
-        """Forever: take a window, score it off the event loop, hand the replies to delivery."""
+        """Until the buffer is closed and empty: take a window (only when the engine is free:
+        this loop scores one at a time), score it off the event loop, hand the replies to
+        delivery."""
+        self._window_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         while True:
             window = await self.buffer.next_window()
+            if not window:
+                return  # closed and drained: the worker is stopping
             formed = time.monotonic()
             now_ms = time.time() * 1000
             live: list[Pending[Inbound]] = []
@@ -213,8 +237,6 @@ class RerankService:
                         ErrorCode.DEADLINE_EXCEEDED,
                         f"deadline_ms {request.deadline_ms} passed {now_ms - request.deadline_ms:.0f} ms "
                         "before the request's window formed; it was not scored", request.request_id)
-                    metrics.ERRORS.labels(err.code.value).inc()
-                    metrics.REQUESTS.labels("error").inc()
                     replies.append((pending, [self._answer(request.request_id, err.to_response(),
                                                            request.reply_to)]))
                 else:
@@ -258,8 +280,6 @@ class RerankService:
                 err = RequestError(ErrorCode.INTERNAL,
                                    f"the worker failed while scoring this request's window: "
                                    f"{type(failure).__name__}: {failure}", req.request_id)
-                metrics.ERRORS.labels(err.code.value).inc()
-                metrics.REQUESTS.labels("error").inc()
                 response = err.to_response()
             else:
                 response = ranked_response(
@@ -267,7 +287,6 @@ class RerankService:
                     engine=self.reranker.engine_name, worker=self.settings.worker_name,
                     queue_ms=queue_ms, inference_ms=inference_ms,
                     total_ms=(time.monotonic() - pending.item.received) * 1000)
-                metrics.REQUESTS.labels("ok").inc()
                 metrics.DOCUMENTS.inc(len(req.documents))
                 metrics.PAIRS.inc(int(outcome.cross_encoded.sum()))
             replies.append((pending, [self._answer(req.request_id, response, req.reply_to)]))
@@ -283,17 +302,24 @@ class RerankService:
                        received: float | None = None) -> None:
         """Produces the answers, then acks the requests they answer (never before)."""
         try:
-            for message in outbound:
-                await self._produce(message)
+            delivered = [await self._produce(message) for message in outbound]
             if received is not None:
                 metrics.TOTAL_SECONDS.observe(time.monotonic() - received)
+            for message in delivered:
+                if message.status is not None:
+                    metrics.REQUESTS.labels(message.status).inc()
+                if message.code is not None:
+                    metrics.ERRORS.labels(message.code).inc()
             for event in events:
                 await self._ack(event)
         except Exception as exc:
             # Unacked, the request will be redelivered to whoever holds its partition next.
-            log.critical("could not deliver an answer after %d attempts (%s); stopping so that "
-                         "another replica answers it", DELIVERY_ATTEMPTS, exc)
-            await self.app.crash(exc)
+            if self.stopping:
+                log.warning("could not deliver an answer while stopping (%s): left to be redelivered", exc)
+            else:
+                log.critical("could not deliver an answer after %d attempts (%s); stopping so that "
+                             "another replica answers it", DELIVERY_ATTEMPTS, exc)
+                await self.app.crash(exc)
         finally:
             if pairs:
                 await self.buffer.release(pairs)
@@ -369,12 +395,13 @@ class RerankService:
         size = message.size()
         if size <= limit:
             return message
-        metrics.ERRORS.labels(ErrorCode.TOO_LARGE.value).inc()
         if message.request_id is None:
+            metrics.ERRORS.labels(ErrorCode.TOO_LARGE.value).inc()
             log.warning("dead letter of %d bytes exceeds %d (max.message.bytes of %s): sent without its body",
                         size, limit, message.topic)
             return Outbound(message.topic, message.key, b"", [
-                *(message.headers or []), ("original-bytes", str(len(message.value)).encode())])
+                *(message.headers or []), ("original-bytes", str(len(message.value)).encode())],
+                status=message.status, code=message.code)
         log.warning("answer to %s is %d bytes, more than %s takes (%d): answering too_large instead",
                     message.request_id, size, message.topic, limit)
         err = RequestError(
@@ -383,9 +410,11 @@ class RerankService:
             "max.message.bytes); ask for fewer results (top_n) or without return_documents",
             message.request_id)
         return Outbound(message.topic, message.key, encode(err.to_response()), request_id=message.request_id,
-                        fallback=message.fallback)
+                        fallback=message.fallback, status="error", code=ErrorCode.TOO_LARGE.value)
 
-    async def _produce(self, message: Outbound) -> None:
+    async def _produce(self, message: Outbound) -> Outbound:
+        """Sends `message` (or what replaced it: its fallback, a too_large answer) and returns
+        what was sent."""
         producer = self.app.producer
         for attempt in range(1, DELIVERY_ATTEMPTS + 1):
             try:
@@ -396,7 +425,7 @@ class RerankService:
                     producer.send(message.topic, message.key, message.value, None, None, message.headers),
                     DELIVERY_TIMEOUT_S)
                 await asyncio.wait_for(future, DELIVERY_TIMEOUT_S)
-                return
+                return message
             except Exception as exc:
                 if message.fallback is not None:
                     log.warning("could not write to reply topic %s (%s); answering on %s instead",
@@ -408,6 +437,7 @@ class RerankService:
                 log.warning("produce to %s failed (attempt %d/%d): %s", message.topic, attempt,
                             DELIVERY_ATTEMPTS, exc)
                 await asyncio.sleep(0.2 * 2 ** attempt)
+        raise RuntimeError(f"no attempt left for the answer on {message.topic} after its reply topic failed")
 
     async def _ack(self, event: Any) -> None:
         if self.stream is not None:
@@ -415,10 +445,72 @@ class RerankService:
         else:
             event.ack()
 
+    # --- stopping --------------------------------------------------------------------------
+    async def drain(self, grace_s: float) -> None:
+        """Stops taking requests, answers the ones taken for as long as `grace_s` allows
+        (keeping time to commit and for faust to stop), abandons the rest unacked, and commits
+        the offsets of what was answered. Never raises; never waits past its share of grace_s."""
+        started = time.monotonic()
+        self.stopping = True
+        reserve = min(DRAIN_RESERVE_S, grace_s / 2)  # for the commit and faust's own stop
+        await self.buffer.close()
+        self._stop_fetching()
+        queued, inflight = self.buffer.queued, self.buffer.inflight_pairs
+        log.info("stopping: taking no more requests; answering the %d pairs taken (%d requests not yet "
+                 "in a window) within %.0f s", inflight, queued, grace_s - reserve)
+        try:
+            await asyncio.wait_for(self._all_answered(), max(0.0, grace_s - reserve))
+            log.info("stopping: every request taken is answered (%.1f s)", time.monotonic() - started)
+        except TimeoutError:
+            await self._abandon()
+        try:
+            if await asyncio.wait_for(self.app.consumer.commit(), reserve / 2):
+                log.info("stopping: committed the offsets of the answered requests")
+            else:  # faust commits every second: usually nothing is left
+                log.info("stopping: no offsets left to commit (or the commit failed: see above)")
+        except Exception as exc:  # TimeoutError included: the broker is away
+            log.warning("stopping: could not commit (%s); requests answered since the last commit "
+                        "will be answered again (at least once)", exc or type(exc).__name__)
+        # faust would otherwise wait, without end, for the abandoned requests to be acked.
+        self.app.conf.stream_wait_empty = False
+
+    def _stop_fetching(self) -> None:
+        """What faust does first when it stops, done now: no more records are fetched, and
+        the ones buffered for the agent are dropped (unacked, so redelivered)."""
+        try:
+            consumer = self.app.consumer
+            consumer.stop_flow()
+            self.app.flow_control.suspend()
+            consumer.pause_partitions(consumer.assignment())
+            self.app.flow_control.clear()
+        except Exception as exc:  # not started yet, or already stopped
+            log.warning("stopping: could not pause fetching: %r", exc)
+
+    async def _all_answered(self) -> None:
+        if self._window_task is not None:  # it returns once the closed buffer is drained
+            await asyncio.wait([self._window_task])
+        while self._deliveries:
+            await asyncio.wait(list(self._deliveries))
+
+    async def _abandon(self) -> None:
+        dropped = await self.buffer.drop_queued()
+        scoring = self._window_task is not None and not self._window_task.done()
+        undelivered = len(self._deliveries)
+        if scoring:
+            self._window_task.cancel()
+        for task in list(self._deliveries):
+            task.cancel()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
+        log.warning("stopping: grace period over; abandoned %d queued requests, %s and %d answers "
+                    "not yet delivered: they stay unacked and are redelivered", len(dropped),
+                    "the window being scored" if scoring else "no window", undelivered)
+        metrics.INFLIGHT_PAIRS.set(self.buffer.inflight_pairs)
+
     # --- state ---------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         return {
             "worker": self.settings.worker_name,
+            "stopping": self.stopping,
             "engine": self.reranker.engine_name,
             "model": self.reranker.model_name,
             "joined_group": self.joined.is_set(),
@@ -510,7 +602,7 @@ def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
 
     @app.page("/ready")
     async def readiness(web, request):
-        ready = service.joined.is_set() and not window_task_failed(app)
+        ready = service.joined.is_set() and not service.stopping and not window_task_failed(app)
         return web.json({"ready": ready, **service.health()}, status=200 if ready else 503)
 
     return app

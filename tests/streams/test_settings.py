@@ -23,6 +23,9 @@ def clean_env(monkeypatch):
     ("KAFKA_BOOTSTRAP_SERVERS", "no-port-here"),
     ("KAFKA_SECURITY_PROTOCOL", "SASL_TLS"),
     ("RERANK_WINDOW_MS", "soon"),
+    ("RERANK_WINDOW_GATHER_MS", "-1"),
+    ("RERANK_SHUTDOWN_GRACE_S", "0.5"),
+    ("RERANK_LOG_REPEAT_S", "-3"),
 ])
 def test_an_unusable_setting_names_its_variable(monkeypatch, var, value):
     monkeypatch.setenv(var, value)

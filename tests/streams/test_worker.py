@@ -8,6 +8,7 @@ import uuid
 import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest_workers import running_worker, unique_topics
 from engines import RerankJob, build_reranker
@@ -33,11 +34,16 @@ def topics() -> dict[str, str]:
     return unique_topics()
 
 
+# Long on purpose: a free engine must not hold a request for window_ms
+# (test_a_lone_request_is_not_held_for_window_ms).
+WINDOW_MS = 3000
+
+
 @pytest.fixture(scope="module")
 def worker(kafka_bootstrap, test_model, topics, tmp_path_factory):
     env = {**topics, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "RERANK_MODEL": test_model,
            "RERANK_ENGINE": ENGINE, "RERANK_PRECISION": PRECISION, "RERANK_REQUEST_PARTITIONS": "2",
-           "RERANK_WINDOW_MS": "30", "RERANK_MAX_DOCUMENTS": "500", "RERANK_SUMMARY_EVERY_S": "2"}
+           "RERANK_WINDOW_MS": str(WINDOW_MS), "RERANK_MAX_DOCUMENTS": "500", "RERANK_SUMMARY_EVERY_S": "2"}
     with running_worker(env, tmp_path_factory.mktemp("worker") / "worker.log") as proc:
         yield proc
 
@@ -170,11 +176,33 @@ def test_every_bad_input_is_answered_and_a_good_request_still_is(client, kafka_b
         assert headers["error-message"]
 
 
+def counter(metrics_text: str, name: str, **labels: str) -> float:
+    """One sample of the worker's /metrics text (0 when it has not been counted yet)."""
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def test_a_lone_request_is_not_held_for_window_ms(client):
+    """Nothing else is queued and the engine is free: the window closes at once, not
+    window_ms (3 s here) after the request arrived."""
+    docs = [f"passage {i} about how Kafka consumer groups share partitions" for i in range(10)]
+    rid = client.send({"request_id": f"lone-{uuid.uuid4().hex[:6]}", "query": "consumer groups", "documents": docs})
+    client.flush()
+    assert client.wait([rid], 60)
+    meta = only_answer(client, rid)["meta"]
+    assert meta["queue_ms"] < WINDOW_MS / 3, f"held {meta['queue_ms']} ms for a window: {meta}"
+    assert meta["total_ms"] < meta["queue_ms"] + meta["inference_ms"] + 1000, meta
+
+
 def test_reply_to_with_the_allowed_prefix_is_honoured(kafka_bootstrap, topics, worker, new_topic):
     reply_topic = topics["RERANK_REPLY_TO_PREFIX"] + uuid.uuid4().hex[:6]
     from confluent_kafka.admin import AdminClient, NewTopic
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     admin.create_topics([NewTopic(reply_topic, 1, 1)])[reply_topic].result(30)
+    before = worker.metrics()
     with RerankClient(kafka_bootstrap, topics["RERANK_REQUEST_TOPIC"],
                       [topics["RERANK_RESPONSE_TOPIC"], reply_topic]) as c:
         rid = c.send({"request_id": f"rt-{uuid.uuid4().hex[:6]}", "query": "q", "documents": ["a", "b"],
@@ -188,6 +216,20 @@ def test_reply_to_with_the_allowed_prefix_is_honoured(kafka_bootstrap, topics, w
         (fallback,) = c.answers(missing)
         assert fallback.topic == topics["RERANK_RESPONSE_TOPIC"]
         assert fallback.response["error"]["code"] == "invalid_request"
+
+    # The rerouted answer is counted as the invalid_request error it is, not as ok.
+    def delta(text, name, **labels):
+        return counter(text, name, **labels) - counter(before, name, **labels)
+    deadline = time.monotonic() + 10  # counted once the broker acknowledged the answer
+    while True:
+        after = worker.metrics()
+        counted = [delta(after, "rerank_requests_total", status=status) for status in ("ok", "error")]
+        if min(counted) >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert delta(after, "rerank_requests_total", status="ok") == 1
+    assert delta(after, "rerank_requests_total", status="error") == 1
+    assert delta(after, "rerank_errors_total", code="invalid_request") == 1
 
 
 def test_metrics_and_health_endpoints(worker, client):

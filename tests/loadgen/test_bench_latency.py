@@ -1,0 +1,60 @@
+"""The latency breakdown, and a few seconds of the real latency bench against the broker."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from loadgen.bench.latency import breakdown
+from loadgen.client import Answer, _Pending
+
+
+class Answers:
+    """What breakdown() reads of a RerankClient: its snapshot of requests and answers."""
+
+    def __init__(self, pending: dict[str, _Pending]) -> None:
+        self.pending = pending
+
+    def snapshot(self) -> dict[str, _Pending]:
+        return self.pending
+
+
+def ok(request_id: str, latency_s: float, queue_ms: float, inference_ms: float) -> Answer:
+    meta = {"queue_ms": queue_ms, "inference_ms": inference_ms, "total_ms": queue_ms + inference_ms + 1}
+    return Answer(request_id, {"status": "ok", "meta": meta}, latency_s, 0.0, "resp")
+
+
+def test_breakdown_splits_end_to_end_into_the_worker_and_the_rest():
+    pending = {f"r{i}": _Pending(0.0, 10, [ok(f"r{i}", 0.050 + i / 1000, 2.0, 20.0 + i)]) for i in range(100)}
+    pending["lost"] = _Pending(0.0, 10, [])
+    pending["err"] = _Pending(0.0, 10, [Answer("err", {"status": "error", "error": {"code": "internal"}},
+                                               0.01, 0.0, "resp")])
+    result = breakdown(Answers(pending), list(pending))
+    assert (result["sent"], result["answered"], result["lost"], result["errors"]) == (102, 101, 1, 1)
+    assert result["end_to_end_ms"]["n"] == 100
+    assert result["end_to_end_ms"]["p50"] == pytest.approx(99.5)
+    assert result["inference_ms"]["p50"] == pytest.approx(69.5)
+    # end to end (50 + i ms) minus the worker's total (23 + i ms)
+    assert result["outside_worker_ms"]["p50"] == pytest.approx(27.0)
+    assert result["end_to_end_ms"]["p50"] <= result["end_to_end_ms"]["p99"] <= result["end_to_end_ms"]["max"]
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(400)
+def test_a_tiny_latency_run_against_the_broker_writes_its_report(kafka_bootstrap, tmp_path):
+    out_json = tmp_path / "latency.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadgen.bench.latency", "--bootstrap", kafka_bootstrap, "--lone", "2",
+         "--capacity-s", "3", "--capacity-concurrency", "2", "--duration", "3", "--small-rate", "1",
+         "--background-docs", "10-20", "--engine", "onnx", "--precision", "fp32", "--json", str(out_json),
+         "--log", str(tmp_path / "w.log")], capture_output=True, text=True, timeout=380)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out_json.read_text())
+    assert report["lone"]["answered"] == 2 and report["lone"]["end_to_end_over_inference_p50"] > 0
+    assert report["capacity"]["requests_per_s"] > 0
+    for run in ("small_alone", "small_with_background", "background"):
+        assert report[run]["lost"] == 0 and report[run]["end_to_end_ms"]["p99"] is not None, run
+    assert report["worker_exit"] == 0
+    assert "small requests p99: alone" in proc.stdout
