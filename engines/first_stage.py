@@ -31,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from engines.batching import TokenCache
+from engines.batching import TextEncoder, TokenCache
 from engines.bi_encoder import BiEncoder
 from engines.config import PREFILTER_METHODS
 
@@ -40,6 +40,11 @@ METHODS = PREFILTER_METHODS
 BI_ENCODER, STATIC, BM25, CLIENT, STATIC_BM25 = METHODS
 #: What the scores of a method are (``RerankOutcome.score_kind`` when no cross-encoder scored).
 SCORE_KINDS = {BI_ENCODER: "cosine", STATIC: "cosine", BM25: "bm25", CLIENT: "client", STATIC_BM25: "rrf"}
+#: Tokens of a text that ``static`` and ``bm25`` read at most. They read them from the window's
+#: token cache when it holds no more than that per text (the cross-encoder reads 512 or fewer);
+#: behind a longer-context cross-encoder they tokenize a 512-token prefix of their own instead,
+#: rather than tokenize every candidate as far as it would read the few it keeps.
+READ_TOKENS = 512
 #: Reciprocal-rank fusion constant (Cormack et al. 2009).
 RRF_K = 60
 BM25_K1 = 1.5
@@ -121,19 +126,36 @@ def bm25_scores(query: np.ndarray, documents: Sequence[np.ndarray], k1: float = 
     return ((tf / (tf + norm[:, None])) @ (idf * weights)).astype(np.float32)
 
 
+def read_tokens(texts: Sequence[str], tokens: TokenCache, own: TextEncoder | None = None) -> list[np.ndarray]:
+    """Ids of the first :data:`READ_TOKENS` tokens of each text: from the window's cache (which
+    the cross-encoder then reuses) when it reads no further than that, else from ``own`` (an
+    encoder of the same tokenizer capped at :data:`READ_TOKENS`)."""
+    if tokens.cap <= READ_TOKENS or own is None:
+        return [ids[:READ_TOKENS] for ids in tokens.encode(texts).ids]
+    return own.encode(texts).ids
+
+
 class Bm25Stage:
-    """BM25 over each request's own documents, on the token ids of the window's cache (the
-    cross-encoder's tokenizer: the first tokens it would read of each text)."""
+    """BM25 over each request's own documents, on the cross-encoder's tokens (the window's
+    cache: the first tokens it would read of each text, at most :data:`READ_TOKENS`)."""
 
     method = BM25
+
+    def __init__(self):
+        self._own: dict[str, TextEncoder] = {}  # by tokenizer signature, for long-context cross-encoders
 
     def score(self, jobs: Sequence[StageJob], tokens: TokenCache | None) -> list[np.ndarray]:
         if tokens is None:
             raise ValueError("the bm25 first stage needs the cross-encoder's tokenizer")
+        own = None
+        if tokens.cap > READ_TOKENS:
+            if tokens.signature not in self._own:
+                self._own[tokens.signature] = TextEncoder(tokens.owner.tokenizer, READ_TOKENS)
+            own = self._own[tokens.signature]
         out = []
         for job in jobs:
-            query = tokens.encode([job.query]).ids[0]
-            out.append(bm25_scores(query, tokens.encode(job.documents).ids))
+            ids = read_tokens([job.query, *job.documents], tokens, own)
+            out.append(bm25_scores(ids[0], ids[1:]))
         return out
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from engines.batching import TextEncoder, TokenCache
 from engines.config import default_cache_dir
-from engines.first_stage import STATIC, StageJob
+from engines.first_stage import READ_TOKENS, STATIC, StageJob, read_tokens
 from engines.models import ModelFolder, ensure_folder, load_fast_tokenizer, packaged_minilm_path, read_marker
 
 log = logging.getLogger("engines")
@@ -47,8 +47,6 @@ PCA_DIMS = 256
 SIF_COEFFICIENT = 1e-4
 STATIC_DIRNAME = "static-all-minilm-l6-v2"
 MARKER_KEY = "kafka_rerank_static_model"
-#: Tokens of a text the stage reads when it tokenizes on its own (model2vec's default too).
-READ_TOKENS = 512
 _REQUIRED_FILES = ("model.safetensors", "tokenizer.json", "config.json")
 
 
@@ -140,7 +138,8 @@ class StaticEmbeddings:
         source: the model it was distilled from, whose tokenizer gives the ids.
 
     Attributes:
-        encoder: the source tokenizer, reading at most :data:`READ_TOKENS` tokens of a text.
+        encoder: the source tokenizer, reading at most :data:`~engines.first_stage.READ_TOKENS`
+            (512, model2vec's default too) tokens of a text.
         dim: embedding size.
     """
 
@@ -194,7 +193,7 @@ class StaticEmbeddings:
         return sums / np.maximum(norms, 1e-12)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit vectors of ``texts``, tokenized here (first :data:`READ_TOKENS` tokens)."""
+        """Unit vectors of ``texts``, tokenized here (their first 512 tokens)."""
         return self.embed_ids(self.encoder.encode(texts).ids)
 
 
@@ -202,9 +201,8 @@ class StaticStage:
     """The ``static`` first stage: cosine of static embeddings, all texts of a window at once.
 
     When the window's token cache speaks the static model's tokenizer (the cross-encoder is a
-    MiniLM one), texts are read from it (at most :data:`READ_TOKENS` tokens, or fewer if the
-    cross-encoder reads fewer) and the cross-encoder reuses them; otherwise the stage tokenizes
-    on its own, up to :data:`READ_TOKENS` tokens.
+    MiniLM one), texts are read from it (their first 512 tokens, or fewer if the cross-encoder
+    reads fewer) and the cross-encoder reuses them; otherwise the stage tokenizes on its own.
     """
 
     method = STATIC
@@ -221,7 +219,7 @@ class StaticStage:
             texts.append(job.query)
             texts.extend(job.documents)
         if self.shares_tokens(tokens):
-            ids = [t[:READ_TOKENS] for t in tokens.encode(texts).ids]
+            ids = read_tokens(texts, tokens, self.model.encoder)
         else:
             ids = self.model.encoder.encode(texts).ids
         vectors = self.model.embed_ids(ids)

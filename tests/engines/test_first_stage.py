@@ -18,12 +18,20 @@ from engines import EngineConfig, RerankJob, build_reranker
 from engines.batching import TextEncoder, tokenizer_signature
 from engines.config import PREFILTER_METHODS
 from engines.corpus import load_passages, queries
-from engines.first_stage import METHODS, bm25_scores, ranked, reciprocal_rank_fusion
+from engines.first_stage import (
+    METHODS,
+    READ_TOKENS,
+    Bm25Stage,
+    StageJob,
+    bm25_scores,
+    ranked,
+    reciprocal_rank_fusion,
+)
 from engines.models import ModelFolder, load_fast_tokenizer, packaged_minilm_path
 from engines.static_embeddings import (
     MARKER_KEY,
-    READ_TOKENS,
     StaticEmbeddings,
+    StaticStage,
     ensure_static_model,
     expected_marker,
     is_static_model,
@@ -293,6 +301,17 @@ def test_static_stage_tokenizes_on_its_own_when_the_cross_encoder_tokenizer_diff
     np.testing.assert_allclose(outcome.scores[tail], first[tail], atol=1e-5)
     assert set(np.flatnonzero(outcome.cross_encoded)) == set(ranked(np.arange(len(docs)), first)[:6].tolist())
     assert static.encoder.cap == READ_TOKENS
+
+
+def test_behind_a_long_context_cross_encoder_the_first_stages_read_512_tokens_of_their_own(tokenizer, reranker):
+    rng = random.Random(fresh_seed("long context"))
+    long_doc = random_text(rng, vocabulary(), 3000, 3000)
+    jobs = [StageJob("open a file", [*rng.sample(load_passages(), 20), long_doc])]
+    for stage in (Bm25Stage(), StaticStage(reranker.static_embeddings)):
+        short, long_ = TextEncoder(tokenizer, 512).new_cache(), TextEncoder(tokenizer, 4096).new_cache()
+        np.testing.assert_allclose(stage.score(jobs, long_)[0], stage.score(jobs, short)[0], rtol=1e-6)
+        assert long_.entries == {}  # nothing tokenized 4096 tokens deep for a first stage
+        assert len(short.entries[long_doc][0]) == READ_TOKENS
 
 
 def test_tokenizer_signature_ignores_padding_and_truncation_only(tokenizer):
