@@ -13,7 +13,8 @@ Public surface::
 Engines (one module each): ``openvino`` (default on CPU; NNCF static int8 where the CPU has VNNI or
 AMX, fp32 elsewhere), ``onnx`` (ONNX Runtime; CUDA execution provider when available), ``torch``
 (the CrossEncoder's transformers model; fp16 on CUDA) and ``bi-encoder`` (cosine of sentence
-embeddings). Any cross-encoder engine can prefilter long requests with the bi-encoder. Heavy
+embeddings). Any cross-encoder engine can prefilter long requests with a first stage
+(:mod:`engines.first_stage`: static embeddings, BM25, the caller's scores, the bi-encoder). Heavy
 libraries are imported only by the engine that needs them, and nothing here needs Kafka, Faust or
 pydantic.
 """

@@ -3,9 +3,11 @@
 A window of pairs (or texts) is scored in four steps:
 
 1. **Tokenize once.** Each *distinct* text of the window (a query is shared by all its documents,
-   a document may recur) is encoded once by the model's Rust tokenizer, without special tokens.
-   Very long texts are first cut at a space far beyond what the model can read, so a 100 KB
-   document costs what a 5 KB one does; the result is still exactly the tokenizer's.
+   a document may recur) is encoded once by the model's Rust tokenizer, without special tokens
+   (:class:`TextEncoder`); a first stage with the same tokenizer hands over what it already
+   encoded (:class:`TokenCache`). Very long texts are first cut at a space far beyond what the
+   model can read, so a 100 KB document costs what a 5 KB one does; the result is still exactly
+   the tokenizer's.
 2. **Assemble.** Pair sequences are built from those token ids with the tokenizer's own template
    (``[CLS] q [SEP] d [SEP]`` for BERT) and its ``longest_first`` truncation, reproduced exactly.
 3. **Plan.** Sequences are sorted by length and cut into micro-batches whose padded size
@@ -20,6 +22,8 @@ A window of pairs (or texts) is scored in four steps:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -124,6 +128,109 @@ class _Texts:
     cut: list[bool] = field(default_factory=list)  # True: the text was cut, its length is a lower bound
 
 
+def tokenizer_signature(tokenizer) -> str:
+    """A digest of what decides how ``tokenizer`` turns text into ids (vocabulary, normaliser,
+    pre-tokenizer, added tokens), leaving out what it does around them (padding, truncation,
+    special-token template, decoding). Two tokenizers with the same signature give the same ids
+    for any text, so one can reuse the other's work."""
+    spec = json.loads(tokenizer.to_str())
+    for key in ("padding", "truncation", "post_processor", "decoder", "version"):
+        spec.pop(key, None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+class TokenCache:
+    """Token ids of the texts of one window, so that stages whose tokenizers agree (same
+    :func:`tokenizer_signature`) tokenize each text once between them.
+
+    It is filled by its ``owner`` (the cross-encoder's encoder), so entries hold at most
+    ``owner.cap`` ids; an encoder reading no more than that can use them. ``seconds`` is the
+    time spent tokenizing into it.
+    """
+
+    def __init__(self, owner: TextEncoder):
+        self.owner = owner
+        self.signature = owner.signature
+        self.cap = owner.cap
+        self.entries: dict[str, tuple[np.ndarray, int, bool]] = {}
+        self.seconds = 0.0
+
+    def usable_by(self, encoder: TextEncoder) -> bool:
+        return encoder.signature == self.signature and encoder.cap <= self.cap
+
+    def encode(self, texts: Sequence[str]) -> _Texts:
+        """Ids of ``texts`` as the owner reads them; only texts not seen before are tokenized."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self.entries))
+        if todo:
+            started = time.perf_counter()
+            fresh = self.owner._encode(todo)
+            for text, ids, length, cut in zip(todo, fresh.ids, fresh.lengths, fresh.cut):
+                self.entries[text] = (ids, length, cut)
+            self.seconds += time.perf_counter() - started
+        out = _Texts()
+        for text in texts:
+            ids, length, cut = self.entries[text]
+            out.ids.append(ids)
+            out.lengths.append(length)
+            out.cut.append(cut)
+        return out
+
+
+class TextEncoder:
+    """Token ids of texts, without special tokens, at most ``cap`` ids each.
+
+    A very long text is first cut at a space far beyond what ``cap`` tokens can span, so a
+    100 KB document costs what a 5 KB one does; the ids are still exactly the tokenizer's (the
+    cut is undone when it leaves fewer than ``cap`` tokens).
+    """
+
+    def __init__(self, tokenizer, cap: int):
+        self.tokenizer = tokenizer
+        self.cap = int(cap)
+        # ~10 characters per kept token leaves a wide margin (English averages 4-5).
+        self.clip_chars = self.cap * 10
+        self.signature = tokenizer_signature(tokenizer)
+
+    def new_cache(self) -> TokenCache:
+        """An empty cache of one window, filled by this encoder."""
+        return TokenCache(self)
+
+    def encode(self, texts: Sequence[str], cache: TokenCache | None = None) -> _Texts:
+        """Ids of ``texts``, through ``cache`` when this encoder may use it (texts another stage
+        already tokenized are not tokenized again)."""
+        if cache is None or not cache.usable_by(self):
+            return self._encode(texts)
+        shared = cache.encode(texts)
+        if cache.cap > self.cap:
+            shared.ids = [ids[: self.cap] for ids in shared.ids]
+        return shared
+
+    def _encode(self, texts: Sequence[str]) -> _Texts:
+        clipped = [_clip_at_space(t, self.clip_chars) for t in texts]
+        encodings = self.tokenizer.encode_batch_fast(clipped, add_special_tokens=False)
+        out = _Texts()
+        redo = []
+        for i, (text, short, encoding) in enumerate(zip(texts, clipped, encodings)):
+            ids = encoding.ids
+            was_cut = short is not text
+            if was_cut and len(ids) < self.cap:
+                redo.append(i)  # the cut text has too few tokens to stand for the whole: encode all
+            out.ids.append(np.asarray(ids[: self.cap], dtype=np.int64))
+            out.lengths.append(len(ids))
+            out.cut.append(was_cut)
+        if redo:
+            self.encode_whole(texts, out, redo)
+        return out
+
+    def encode_whole(self, texts: Sequence[str], out: _Texts, indices: list[int]) -> None:
+        """Tokenize ``texts[i]`` for ``i`` in ``indices`` in full, to learn their real length."""
+        encodings = self.tokenizer.encode_batch_fast([texts[i] for i in indices], add_special_tokens=False)
+        for i, encoding in zip(indices, encodings):
+            out.ids[i] = np.asarray(encoding.ids[: self.cap], dtype=np.int64)
+            out.lengths[i] = len(encoding.ids)
+            out.cut[i] = False
+
+
 # Shape buckets: a width is rounded up to a multiple of 1/8 of the power of two below it (at
 # least 8), so 8 widths per doubling, at most 1/8 of padding added and ~4% on average; a batch
 # size is rounded down to 2^k or 3 x 2^k, the rest of the sequences going to the next batch.
@@ -193,38 +300,20 @@ class BatchRunner:
         self.template = _read_template(tokenizer)
         if self.max_length <= self.template.pair_added:
             raise ValueError(f"max_length {self.max_length} leaves no room for text between the special tokens")
-        # No text keeps more than max_length tokens; cutting at ~10 characters per kept token
-        # leaves a wide margin (English averages 4-5) and the cut is undone if it falls short.
-        self.cap = self.max_length
-        self.clip_chars = self.max_length * 10
+        # No text keeps more than max_length tokens.
+        self.encoder = TextEncoder(tokenizer, self.max_length)
+        self.cap = self.encoder.cap
+        self.clip_chars = self.encoder.clip_chars
         self.stats = BatchStats()
         self._lock = threading.Lock()  # stats may be read from another thread
         self._executor: ThreadPoolExecutor | None = None
 
     # -- tokenization ---------------------------------------------------------------------------
-    def _encode(self, texts: Sequence[str]) -> _Texts:
-        clipped = [_clip_at_space(t, self.clip_chars) for t in texts]
-        encodings = self.tokenizer.encode_batch_fast(clipped, add_special_tokens=False)
-        out = _Texts()
-        redo = []
-        for i, (text, short, encoding) in enumerate(zip(texts, clipped, encodings)):
-            ids = encoding.ids
-            was_cut = short is not text
-            if was_cut and len(ids) < self.cap:
-                redo.append(i)  # the cut text has too few tokens to stand for the whole: encode all
-            out.ids.append(np.asarray(ids[: self.cap], dtype=np.int64))
-            out.lengths.append(len(ids))
-            out.cut.append(was_cut)
-        if redo:
-            self._encode_whole(texts, out, redo)
-        return out
+    def _encode(self, texts: Sequence[str], cache: TokenCache | None = None) -> _Texts:
+        return self.encoder.encode(texts, cache)
 
     def _encode_whole(self, texts: Sequence[str], out: _Texts, indices: list[int]) -> None:
-        encodings = self.tokenizer.encode_batch_fast([texts[i] for i in indices], add_special_tokens=False)
-        for i, encoding in zip(indices, encodings):
-            out.ids[i] = np.asarray(encoding.ids[: self.cap], dtype=np.int64)
-            out.lengths[i] = len(encoding.ids)
-            out.cut[i] = False
+        self.encoder.encode_whole(texts, out, indices)
 
     def _pair_lengths(self, n1: int, n2: int) -> tuple[int, int]:
         """Kept lengths of two sequences under ``longest_first`` truncation, as the Rust tokenizer
@@ -241,18 +330,20 @@ class BatchRunner:
         return (long_, short) if swap else (short, long_)
 
     # -- public entry points ----------------------------------------------------------------------
-    def score_pairs(self, queries: Sequence[str], documents: Sequence[str], pair_query: np.ndarray, pair_doc: np.ndarray) -> np.ndarray:
+    def score_pairs(self, queries: Sequence[str], documents: Sequence[str], pair_query: np.ndarray, pair_doc: np.ndarray,
+                    tokens: TokenCache | None = None) -> np.ndarray:
         """Run pairs ``(queries[pair_query[k]], documents[pair_doc[k]])``; one output row per pair.
 
         ``queries`` and ``documents`` should hold distinct texts; pairs refer to them by index, so
-        each is tokenized once however many pairs use it.
+        each is tokenized once however many pairs use it. Texts already in ``tokens`` (a first
+        stage with the same tokenizer read them) are not tokenized again.
         """
         started = time.perf_counter()
         n = len(pair_query)
         if n == 0:
             return np.zeros((0,), dtype=np.float32)
-        q_texts = self._encode(queries)
-        d_texts = self._encode(documents)
+        q_texts = self._encode(queries, tokens)
+        d_texts = self._encode(documents, tokens)
         n1 = np.empty(n, dtype=np.int64)
         n2 = np.empty(n, dtype=np.int64)
         for k in range(n):
@@ -294,12 +385,12 @@ class BatchRunner:
 
         return self._run(lengths, build, started, tokenized)
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Run single texts; one output row per text."""
+    def embed_texts(self, texts: Sequence[str], tokens: TokenCache | None = None) -> np.ndarray:
+        """Run single texts; one output row per text (texts in ``tokens`` are not tokenized again)."""
         started = time.perf_counter()
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        encoded = self._encode(texts)
+        encoded = self._encode(texts, tokens)
         budget = self.max_length - self.template.single_added
         kept = np.minimum(np.asarray(encoded.lengths, dtype=np.int64), budget)
         tokenized = time.perf_counter()

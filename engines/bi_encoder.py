@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engines.batching import BatchRunner
+from engines.batching import BatchRunner, TokenCache
 
 
 def _key(text: str) -> bytes:
@@ -42,8 +42,9 @@ class BiEncoder:
         self.hits = 0
         self.misses = 0
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """``(len(texts), dim)`` float32 unit vectors; each distinct uncached text is encoded once."""
+    def embed(self, texts: Sequence[str], tokens: TokenCache | None = None) -> np.ndarray:
+        """``(len(texts), dim)`` float32 unit vectors; each distinct uncached text is encoded once
+        (its token ids taken from ``tokens`` when the tokenizers agree)."""
         keys = [_key(t) for t in texts]
         found: dict[bytes, np.ndarray] = {}
         with self._lock:
@@ -58,7 +59,7 @@ class BiEncoder:
         self.hits += len(keys) - sum(1 for k in keys if k in todo)
         self.misses += sum(1 for k in keys if k in todo)
         if todo:
-            vectors = self.runner.embed_texts(list(todo.values()))
+            vectors = self.runner.embed_texts(list(todo.values()), tokens)
             fresh = dict(zip(todo.keys(), vectors))
             found.update(fresh)
             if self.cache_size:

@@ -16,6 +16,8 @@ ENGINES = ("onnx", "openvino", "torch", "bi-encoder")
 PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("onnx", "openvino", "torch")
+#: First stages of the prefilter (engines.first_stage): what cuts a large request before the cross-encoder.
+PREFILTER_METHODS = ("bi-encoder", "static", "bm25", "client", "static+bm25")
 
 #: Micro-batch limits when nothing is configured. On CPU the cost is linear in real tokens once a
 #: batch holds a few sequences, so a modest budget keeps latency low without losing throughput
@@ -62,6 +64,11 @@ class EngineConfig:
             Embeddings do not depend on the query, so documents that come back are not re-encoded.
         prefilter_runtime: Runtime of the bi-encoder; ``None`` = the cross-encoder's runtime
             (for the ``bi-encoder`` engine: OpenVINO on CPU, PyTorch on CUDA).
+        prefilter_method: The prefilter's first stage when a request names none, one of
+            :data:`PREFILTER_METHODS` (see :mod:`engines.first_stage`): ``bi-encoder`` (cosine of
+            ``prefilter_model`` embeddings), ``static`` (static embeddings distilled from the
+            packaged all-MiniLM-L6-v2), ``bm25`` (over the request's documents), ``client`` (the
+            caller's scores) or ``static+bm25`` (reciprocal-rank fusion of the two).
     """
 
     engine: str = "openvino"
@@ -79,6 +86,7 @@ class EngineConfig:
     embedding_cache_size: int = 20_000
     prefilter_runtime: str | None = None
     cpu_pinning: bool = False
+    prefilter_method: str = "bi-encoder"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field that is out of range."""
@@ -88,6 +96,8 @@ class EngineConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.prefilter_method not in PREFILTER_METHODS:
+            raise ValueError(f"prefilter_method must be one of {PREFILTER_METHODS}, got {self.prefilter_method!r}")
         if self.prefilter_runtime is not None and self.prefilter_runtime not in RUNTIMES:
             raise ValueError(f"prefilter_runtime must be one of {RUNTIMES} or None, got {self.prefilter_runtime!r}")
         if not self.model:

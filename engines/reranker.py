@@ -2,11 +2,18 @@
 
 A window is scored in two stages, each batched across all its requests:
 
-1. **Prefilter** (requests with more than ``prefilter_threshold`` documents, or forced): the
-   bi-encoder embeds the query and documents, and only the ``keep`` documents with the highest
-   cosine go on to the cross-encoder; the others keep their cosine and follow, in cosine order.
+1. **Prefilter** (requests with more than ``prefilter_threshold`` documents, or forced): a first
+   stage (:mod:`engines.first_stage`: the job's ``method``, else ``prefilter_method``; ``static``
+   embeddings, ``bm25``, the ``client``'s own scores, the ``bi-encoder``, or ``static+bm25``)
+   scores every document, and only the ``keep`` best go on to the cross-encoder; the others keep
+   their first-stage score and follow, in that score's order.
 2. **Cross-encoder**: every remaining (query, document) pair of the window is tokenized once,
    length-sorted, cut into token-budget micro-batches, run, and scattered back to its request.
+
+Texts are tokenized once for both stages: the window's :class:`~engines.batching.TokenCache` is
+filled with the cross-encoder's tokenizer; ``bm25`` reads it, ``static`` and the bi-encoder read
+it when their tokenizer is the same one (compared by signature, not assumed), and the
+cross-encoder then reuses what the first stage read.
 
 Example::
 
@@ -22,11 +29,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from engines.batching import BatchRunner
+from engines.batching import BatchRunner, TokenCache
 from engines.bi_encoder import BiEncoder
 from engines.config import (
     CPU_MAX_BATCH_PAIRS,
@@ -42,9 +50,26 @@ from engines.config import (
     resolve_precision,
 )
 from engines.export import ExportCache
+from engines.first_stage import (
+    BI_ENCODER,
+    BM25,
+    CLIENT,
+    METHODS,
+    SCORE_KINDS,
+    STATIC,
+    STATIC_BM25,
+    BiEncoderStage,
+    Bm25Stage,
+    ClientStage,
+    FirstStage,
+    FusionStage,
+    StageJob,
+    ranked,
+)
 from engines.models import ModelFolder, effective_max_length, load_fast_tokenizer, packaged_minilm_path
 from engines.onnx_engine import OnnxBackend
 from engines.openvino_engine import OpenVinoBackend
+from engines.static_embeddings import STATIC_DIRNAME, StaticEmbeddings, StaticStage, ensure_static_model
 from engines.torch_engine import CROSS, EMBED, TorchBackend
 
 log = logging.getLogger("engines")
@@ -60,16 +85,23 @@ class RerankJob:
     Attributes:
         query: the query text.
         documents: the candidate texts, in the caller's order (indices refer to it).
-        prefilter: ``True``/``False`` forces the bi-encoder prefilter on/off; ``None`` applies it
-            when there are more than ``prefilter_threshold`` documents.
+        prefilter: ``True``/``False`` forces the prefilter on/off; ``None`` applies it when there
+            are more than ``prefilter_threshold`` documents.
         keep: how many documents the prefilter passes to the cross-encoder
             (``None`` = ``prefilter_keep`` of the config).
+        method: the prefilter's first stage, one of :data:`engines.first_stage.METHODS`
+            (``None`` = ``prefilter_method`` of the config).
+        scores: the caller's own first-stage score of each document (``None`` where it has
+            none); read only by the ``client`` method, which needs a finite one for every
+            document of a job it cuts (else ``ValueError``: no guessing).
     """
 
     query: str
     documents: list[str]
     prefilter: bool | None = None
     keep: int | None = None
+    method: str | None = None
+    scores: Sequence[float | None] | None = None
 
 
 @dataclass
@@ -79,15 +111,18 @@ class RerankOutcome:
     Attributes:
         scores: float32, one per document in the job's order. Where ``cross_encoded`` is True it is
             the cross-encoder's raw logit (apply a sigmoid for a 0-1 score); elsewhere it is the
-            bi-encoder cosine.
-        score_kind: ``"logit"`` when the cross-encoder scored documents, ``"cosine"`` when only the
-            bi-encoder did (the ``bi-encoder`` engine, or a prefilter keeping 0).
+            first stage's score (a cosine for ``static`` and ``bi-encoder``, a BM25 score, the
+            caller's score, or a reciprocal-rank-fusion score).
+        score_kind: ``"logit"`` when the cross-encoder scored documents; otherwise what the first
+            stage's scores are (:data:`engines.first_stage.SCORE_KINDS`; ``"cosine"`` for the
+            ``bi-encoder`` engine).
         cross_encoded: bool mask of the documents the cross-encoder scored.
         order: document indices, best first: cross-encoded ones by score descending (ties by
-            index), then the rest by cosine descending (ties by index).
-        prefiltered: whether the bi-encoder cut this job before cross-encoding.
+            index), then the rest by first-stage score descending (ties by index).
+        prefiltered: whether a first stage cut this job before cross-encoding.
         bi_encoder_scored: how many documents the bi-encoder scored.
         cross_encoder_scored: how many documents the cross-encoder scored.
+        first_stage: the method that cut this job (``None`` when none did).
     """
 
     scores: np.ndarray
@@ -97,13 +132,7 @@ class RerankOutcome:
     prefiltered: bool
     bi_encoder_scored: int = 0
     cross_encoder_scored: int = 0
-
-
-def _ranked(indices: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``indices`` sorted by ``values`` descending, ties by index ascending."""
-    if len(indices) == 0:
-        return indices
-    return indices[np.lexsort((indices, -values.astype(np.float64)))]
+    first_stage: str | None = None
 
 
 @dataclass
@@ -111,6 +140,36 @@ class _Plan:
     n: int
     prefilter: bool
     keep: int
+    method: str
+    client_scores: np.ndarray | None = None
+
+
+@dataclass
+class StageStats:
+    """What one first stage cost since the last reset."""
+
+    calls: int = 0
+    jobs: int = 0
+    documents: int = 0
+    seconds: float = 0.0  # its tokenizing included
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _client_scores(index: int, job: RerankJob) -> np.ndarray:
+    """The job's scores as float64, NaN where there is none; a ``ValueError`` naming the first
+    document without a finite score when any lacks one."""
+    n = len(job.documents)
+    if job.scores is not None and len(job.scores) != n:
+        raise ValueError(f"job {index}: {len(job.scores)} scores for {n} documents")
+    scores = np.full(n, np.nan) if job.scores is None else np.array(
+        [np.nan if s is None else float(s) for s in job.scores], dtype=np.float64)
+    unusable = np.flatnonzero(~np.isfinite(scores))
+    if len(unusable):
+        raise ValueError(f"job {index}: prefilter method 'client' needs a finite score for every document; "
+                         f"{len(unusable)} of {n} have none (first: document {int(unusable[0])})")
+    return scores
 
 
 class Reranker:
@@ -138,7 +197,11 @@ class Reranker:
             backend = bi_encoder.runner.backend
             self.engine_name = f"bi-encoder-{backend.runtime}-{backend.precision}"
             self.model_name = config.prefilter_model or "sentence-transformers/all-MiniLM-L6-v2"
+        self._stages: dict[str, FirstStage] = {}
+        self._static: StaticEmbeddings | None = None
         self.rerank_s = 0.0  # wall time spent in rerank(), for benchmarks
+        self.stage_stats: dict[str, StageStats] = {}
+        self.first_stage_tokenize_s = 0.0  # tokenizing for the first stages, which the cross-encoder reuses
 
     # -- stages ---------------------------------------------------------------------------------
     @property
@@ -147,6 +210,33 @@ class Reranker:
         if self._bi_encoder is None:
             self._bi_encoder = _build_bi_encoder(self.config, self.device, runtime_hint=self._cross.backend.runtime)
         return self._bi_encoder
+
+    @property
+    def static_embeddings(self) -> StaticEmbeddings:
+        """The ``static`` first stage's model: distilled on first use ever (minutes; then cached
+        on disk), loaded on first use (``warmup`` does both ahead)."""
+        if self._static is None:
+            folder = ensure_static_model(resolve_cache_dir(self.config) / "models" / STATIC_DIRNAME)
+            self._static = StaticEmbeddings(folder, ModelFolder.load(str(packaged_minilm_path())))
+        return self._static
+
+    def first_stage(self, method: str) -> FirstStage:
+        """The first stage of ``method`` (one of :data:`engines.first_stage.METHODS`), built on first use."""
+        if method not in self._stages:
+            if method == BI_ENCODER:
+                stage: FirstStage = BiEncoderStage(lambda: self.bi_encoder)
+            elif method == STATIC:
+                stage = StaticStage(self.static_embeddings)
+            elif method == BM25:
+                stage = Bm25Stage()
+            elif method == CLIENT:
+                stage = ClientStage()
+            elif method == STATIC_BM25:
+                stage = FusionStage(STATIC_BM25, [self.first_stage(STATIC), self.first_stage(BM25)])
+            else:
+                raise ValueError(f"unknown prefilter method {method!r}; known: {', '.join(METHODS)}")
+            self._stages[method] = stage
+        return self._stages[method]
 
     def _plan(self, index: int, job: RerankJob) -> _Plan:
         if not isinstance(job.query, str):
@@ -157,11 +247,17 @@ class Reranker:
         keep = self.config.prefilter_keep if job.keep is None else int(job.keep)
         if keep < 0:
             raise ValueError(f"job {index}: keep must be >= 0, got {keep}")
+        method = job.method or self.config.prefilter_method
+        if method not in METHODS:
+            raise ValueError(f"job {index}: unknown prefilter method {method!r}; known: {', '.join(METHODS)}")
         if self._cross is None:
-            return _Plan(n, False, n)
+            return _Plan(n, False, n, BI_ENCODER)
         wanted = job.prefilter if job.prefilter is not None else n > self.config.prefilter_threshold
-        # With keep >= n nothing would be cut, so the bi-encoder would be wasted work.
-        return _Plan(n, bool(wanted) and keep < n, keep)
+        # With keep >= n nothing would be cut, so the first stage would be wasted work.
+        plan = _Plan(n, bool(wanted) and keep < n, keep, method)
+        if plan.prefilter and method == CLIENT:
+            plan.client_scores = _client_scores(index, job)
+        return plan
 
     def rerank(self, jobs: list[RerankJob]) -> list[RerankOutcome]:
         """Score one window of jobs, batched together; one outcome per job, in order."""
@@ -169,22 +265,26 @@ class Reranker:
         if not jobs:
             return []
         plans = [self._plan(i, job) for i, job in enumerate(jobs)]
-        cosines: dict[int, np.ndarray] = {}
-        bi_jobs = [i for i, p in enumerate(plans) if p.prefilter or self._cross is None]
-        if bi_jobs:
-            cosines = self._cosines(jobs, bi_jobs)
         if self._cross is None:
+            cosines = self._first_stage_scores(BI_ENCODER, jobs, plans, list(range(len(jobs))), None)
             outcomes = [self._cosine_outcome(cosines[i]) for i in range(len(jobs))]
             self.rerank_s += time.perf_counter() - started
             return outcomes
 
+        tokens = self._cross.encoder.new_cache()
+        first: dict[int, np.ndarray] = {}
+        for method in dict.fromkeys(p.method for p in plans if p.prefilter):
+            which = [i for i, p in enumerate(plans) if p.prefilter and p.method == method]
+            first.update(self._first_stage_scores(method, jobs, plans, which, tokens))
+        self.first_stage_tokenize_s += tokens.seconds
+
         selected: list[np.ndarray] = []
         for i, plan in enumerate(plans):
             if plan.prefilter:
-                selected.append(np.sort(_ranked(np.arange(plan.n), cosines[i])[: plan.keep]))
+                selected.append(np.sort(ranked(np.arange(plan.n), first[i])[: plan.keep]))
             else:
                 selected.append(np.arange(plan.n))
-        logits = self._cross_scores(jobs, selected)
+        logits = self._cross_scores(jobs, selected, tokens)
 
         outcomes = []
         for i, plan in enumerate(plans):
@@ -193,41 +293,40 @@ class Reranker:
             mask = np.zeros(plan.n, dtype=bool)
             mask[chosen] = True
             scores[chosen] = chosen_logits
-            order = _ranked(chosen, chosen_logits)
+            order = ranked(chosen, chosen_logits)
             if plan.prefilter:
                 rest = np.flatnonzero(~mask)
-                scores[rest] = cosines[i][rest]
-                order = np.concatenate([order, _ranked(rest, cosines[i][rest])])
+                scores[rest] = first[i][rest]
+                order = np.concatenate([order, ranked(rest, first[i][rest])])
             outcomes.append(
                 RerankOutcome(
                     scores=scores,
-                    score_kind=LOGIT if len(chosen) or not plan.prefilter else COSINE,
+                    score_kind=LOGIT if len(chosen) or not plan.prefilter else SCORE_KINDS[plan.method],
                     cross_encoded=mask,
                     order=order.astype(np.int64),
                     prefiltered=plan.prefilter,
-                    bi_encoder_scored=plan.n if plan.prefilter else 0,
+                    bi_encoder_scored=plan.n if plan.prefilter and plan.method == BI_ENCODER else 0,
                     cross_encoder_scored=len(chosen),
+                    first_stage=plan.method if plan.prefilter else None,
                 )
             )
         self.rerank_s += time.perf_counter() - started
         return outcomes
 
-    def _cosines(self, jobs: list[RerankJob], which: list[int]) -> dict[int, np.ndarray]:
-        """Bi-encoder cosines of the given jobs, embedding all their texts in one batch."""
-        texts: list[str] = []
-        for i in which:
-            texts.append(jobs[i].query)
-            texts.extend(jobs[i].documents)
-        vectors = self.bi_encoder.embed(texts)
-        out, at = {}, 0
-        for i in which:
-            n = len(jobs[i].documents)
-            query, docs = vectors[at], vectors[at + 1 : at + 1 + n]
-            out[i] = (docs @ query).astype(np.float32) if n else np.zeros(0, dtype=np.float32)
-            at += 1 + n
-        return out
+    def _first_stage_scores(self, method: str, jobs: list[RerankJob], plans: list[_Plan], which: list[int],
+                            tokens: TokenCache | None) -> dict[int, np.ndarray]:
+        """First-stage scores of the jobs ``which`` by ``method``, all of them in one call."""
+        stage = self.first_stage(method)
+        tick = time.perf_counter()
+        scores = stage.score([StageJob(jobs[i].query, jobs[i].documents, plans[i].client_scores) for i in which], tokens)
+        stats = self.stage_stats.setdefault(method, StageStats())
+        stats.calls += 1
+        stats.jobs += len(which)
+        stats.documents += sum(plans[i].n for i in which)
+        stats.seconds += time.perf_counter() - tick
+        return dict(zip(which, scores))
 
-    def _cross_scores(self, jobs: list[RerankJob], selected: list[np.ndarray]) -> list[np.ndarray]:
+    def _cross_scores(self, jobs: list[RerankJob], selected: list[np.ndarray], tokens: TokenCache | None) -> list[np.ndarray]:
         """Cross-encoder logits of the selected documents of every job, as one batch of pairs."""
         query_index: dict[str, int] = {}
         doc_index: dict[str, int] = {}
@@ -243,7 +342,7 @@ class Reranker:
         pairs = np.stack([np.asarray(pair_query, dtype=np.int64), np.asarray(pair_doc, dtype=np.int64)], axis=1)
         if len(pairs):
             unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
-            logits = self._cross.score_pairs(list(query_index), list(doc_index), unique[:, 0], unique[:, 1])
+            logits = self._cross.score_pairs(list(query_index), list(doc_index), unique[:, 0], unique[:, 1], tokens)
             flat = logits[inverse.reshape(-1)]
         else:
             flat = np.zeros(0, dtype=np.float32)
@@ -259,7 +358,7 @@ class Reranker:
             scores=cosine.astype(np.float32),
             score_kind=COSINE,
             cross_encoded=np.zeros(n, dtype=bool),
-            order=_ranked(np.arange(n), cosine).astype(np.int64),
+            order=ranked(np.arange(n), cosine).astype(np.int64),
             prefiltered=False,
             bi_encoder_scored=n,
             cross_encoder_scored=0,
@@ -267,20 +366,25 @@ class Reranker:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def warmup(self) -> None:
-        """Load everything (the prefilter's bi-encoder too) and run a few batch shapes, so the first
-        real window does not pay for exports, quantization or kernel compilation."""
+        """Load everything (every first stage too: a request may ask for any) and run a few batch
+        shapes, so the first real window does not pay for exports, quantization, the static
+        model's distillation or kernel compilation."""
         words = "the quick brown fox jumps over the lazy dog while the cat sleeps".split()
         documents = [" ".join(words[: 1 + (k % len(words))] * (1 + k // 4)) for k in range(12)]
         jobs = [RerankJob("warm up query", documents), RerankJob("another warm up", documents[:3])]
         if self._cross is not None:
-            jobs.append(RerankJob("warm up the prefilter", documents, prefilter=True, keep=4))
+            jobs += [RerankJob("warm up the prefilter", documents, prefilter=True, keep=4, method=method,
+                               scores=[float(k) for k in range(len(documents))]) for method in METHODS]
         self.rerank(jobs)
-        self.rerank_s = 0.0
         self.reset_stats()
 
     def stats(self) -> dict:
-        """Counters since the last reset: tokenize/run seconds per stage and embedding cache use."""
-        out = {"rerank_s": self.rerank_s}
+        """Counters since the last reset: tokenize/run seconds of the cross-encoder and the
+        bi-encoder, seconds and documents of each first stage (``first_stages``), the tokenizing
+        done for the first stages, which the cross-encoder then reuses (``first_stage_tokenize_s``,
+        part of the first stages' seconds), and embedding cache use."""
+        out = {"rerank_s": self.rerank_s, "first_stages": {m: s.as_dict() for m, s in self.stage_stats.items()},
+               "first_stage_tokenize_s": self.first_stage_tokenize_s}
         if self._cross is not None:
             out["cross"] = self._cross.stats.as_dict()
         if self._bi_encoder is not None:
@@ -290,6 +394,8 @@ class Reranker:
 
     def reset_stats(self) -> None:
         self.rerank_s = 0.0
+        self.stage_stats.clear()
+        self.first_stage_tokenize_s = 0.0
         for runner in (self._cross, self._bi_encoder.runner if self._bi_encoder else None):
             if runner is not None:
                 runner.stats.__init__()

@@ -13,19 +13,25 @@ openvino-int8      OpenVINO, NNCF static int8
 prefilter-K        the bi-encoder keeps the best K candidates, the cross-encoder
                    (``--prefilter-engine``, default onnx-fp32) reorders those; the rest follow
                    in cosine order. Skipped when K >= the candidate depth (nothing to filter).
+prefilter-M-K      the same with first stage M (engines.first_stage): ``static`` (static
+                   embeddings distilled from all-MiniLM-L6-v2), ``bm25`` (over the query's own
+                   candidates), ``client`` (the first stage's own candidate scores, as a caller
+                   would send them), ``static+bm25`` (reciprocal-rank fusion)
 =================  ==========================================================================
 
 Reported per strategy: NDCG@10, MRR@10 and Recall@100 (computed by ``ir-measures``, i.e.
 trec_eval), retention = NDCG@10 / NDCG@10 of torch-fp32 with a paired bootstrap 95% interval,
-and pairs/s = (query, document) pairs of the requests / seconds spent in ``rerank()``, measured in
+pairs/s = (query, document) pairs of the requests / seconds spent in ``rerank()``, measured in
 this run on this machine (after a warm-up that builds and loads the engine; each strategy has a
-fresh engine whose embedding cache fills as candidates recur). Output in ``--out``:
-``eval.json``, ``eval.md`` and ``eval.png`` (NDCG@10 against pairs/s).
+fresh engine whose embedding cache fills as candidates recur), and for a prefilter the first
+stage's share of those seconds (its tokenizing included, which the cross-encoder then reuses).
+Output in ``--out``: ``eval.json``, ``eval.md`` and ``eval.png`` (NDCG@10 against pairs/s).
 
     python -m evaluation --quick                       # < 3 minutes once the demo model is trained
                                                        # (the first run trains it: ~27 min on 2 cores)
     python -m evaluation --max-queries 60 --depth 300 --out out/eval   # ~20 minutes on 2 cores
     python -m evaluation --dataset DIR --candidates run.trec --model cross-encoder/ms-marco-MiniLM-L-6-v2
+    python -m evaluation --depth 1000 --strategies torch-fp32,onnx-fp32,prefilter,prefilter-static,prefilter-bm25,prefilter-client,prefilter-static+bm25
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import click
 import numpy as np
 
 from engines import EngineConfig, RerankJob, build_reranker
-from engines.config import cpu_model, default_cache_dir, default_threads
+from engines.config import PREFILTER_METHODS, cpu_model, default_cache_dir, default_threads
 from engines.models import model_fingerprint, packaged_minilm_path
 from evaluation.dataset import BeirData, ensure_dataset, read_beir
 from evaluation.training import ensure_trained_model
@@ -64,6 +70,9 @@ CROSS_ENCODER_STRATEGIES = {
 }
 DEFAULT_KEEPS = (50, 100, 200)
 QUICK = {"max_queries": 20, "depth": 50, "keeps": (20,)}
+#: Strategy group names of the prefilter's first stages: "prefilter" is the bi-encoder (its
+#: strategies keep their old names, prefilter-K); the others give prefilter-<method>-K.
+PREFILTER_GROUPS = {"prefilter": "bi-encoder", **{f"prefilter-{m}": m for m in PREFILTER_METHODS if m != "bi-encoder"}}
 BOOTSTRAP_SAMPLES = 1000
 #: ir-measures names of the three reported measures, by JSON key.
 MEASURES = {"ndcg@10": "nDCG@10", "mrr@10": "RR@10", "recall@100": "R@100"}
@@ -77,16 +86,18 @@ class Strategy:
     engine: str  # EngineConfig.engine
     precision: str
     keep: int | None = None  # prefilter keep; None = no prefilter
+    method: str = "bi-encoder"  # the prefilter's first stage
 
     def describe(self) -> str:
         if self.engine == "bi-encoder":
             return "bi-encoder cosine only"
         what = f"{self.engine} {self.precision} cross-encoder"
-        return f"bi-encoder keeps {self.keep}, then {what}" if self.keep is not None else what
+        return f"{self.method} keeps {self.keep}, then {what}" if self.keep is not None else what
 
 
 def make_strategies(names: Sequence[str], keeps: Sequence[int], prefilter_engine: str, depth: int) -> list[Strategy]:
-    """The strategies to run, in report order. ``names`` may hold ``prefilter`` (one per keep).
+    """The strategies to run, in report order. ``names`` may hold ``prefilter`` or
+    ``prefilter-<method>`` (one strategy per keep).
 
     Raises:
         click.BadParameter: for an unknown name or prefilter engine.
@@ -99,15 +110,15 @@ def make_strategies(names: Sequence[str], keeps: Sequence[int], prefilter_engine
             out.append(Strategy(name, "bi-encoder", "fp32"))
         elif name in CROSS_ENCODER_STRATEGIES:
             out.append(Strategy(name, *CROSS_ENCODER_STRATEGIES[name]))
-        elif name == "prefilter":
+        elif name in PREFILTER_GROUPS:
             engine, precision = CROSS_ENCODER_STRATEGIES[prefilter_engine]
             for keep in keeps:
                 if keep >= depth:
-                    log.warning("prefilter-%d skipped: it keeps every one of the %d candidates", keep, depth)
+                    log.warning("%s-%d skipped: it keeps every one of the %d candidates", name, keep, depth)
                     continue
-                out.append(Strategy(f"prefilter-{keep}", engine, precision, keep))
+                out.append(Strategy(f"{name}-{keep}", engine, precision, keep, PREFILTER_GROUPS[name]))
         else:
-            known = ["bi-encoder", *CROSS_ENCODER_STRATEGIES, "prefilter"]
+            known = ["bi-encoder", *CROSS_ENCODER_STRATEGIES, *PREFILTER_GROUPS]
             raise click.BadParameter(f"unknown strategy {name!r}; known: {', '.join(known)}", param_hint="--strategies")
     return out
 
@@ -167,6 +178,11 @@ def bootstrap_ratio_ci(numerator: np.ndarray, denominator: np.ndarray, samples: 
 def read_candidates(path: Path, query_ids: Sequence[str], depth: int) -> dict[str, list[str]]:
     """Top ``depth`` documents per query of a TREC run file (``qid Q0 docid rank score tag``),
     by descending score (ties by rank). Queries without a line get no candidates."""
+    return {q: [doc for doc, _ in scored] for q, scored in read_scored_candidates(path, query_ids, depth).items()}
+
+
+def read_scored_candidates(path: Path, query_ids: Sequence[str], depth: int) -> dict[str, list[tuple[str, float]]]:
+    """:func:`read_candidates` with each document's run-file score."""
     rows: dict[str, list[tuple[float, int, str]]] = {}
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
@@ -178,7 +194,7 @@ def read_candidates(path: Path, query_ids: Sequence[str], depth: int) -> dict[st
             query_id, _, doc_id, rank, score, _ = fields
             rows.setdefault(query_id, []).append((-float(score), int(rank), doc_id))
     wanted = set(query_ids)
-    return {q: [doc for _, _, doc in sorted(docs)[:depth]] for q, docs in rows.items() if q in wanted}
+    return {q: [(doc, -score) for score, _, doc in sorted(docs)[:depth]] for q, docs in rows.items() if q in wanted}
 
 
 def write_candidates(path: Path, candidates: dict[str, list[str]], tag: str) -> None:
@@ -188,8 +204,10 @@ def write_candidates(path: Path, candidates: dict[str, list[str]], tag: str) -> 
                 handle.write(f"{query_id} Q0 {doc_id} {rank} {len(docs) - rank + 1} {tag}\n")
 
 
-def bi_encoder_candidates(data: BeirData, query_ids: Sequence[str], depth: int, cache_dir: Path | None) -> dict[str, list[str]]:
-    """Top ``depth`` of the whole corpus per query by all-MiniLM-L6-v2 cosine (sentence-transformers).
+def bi_encoder_candidates(data: BeirData, query_ids: Sequence[str], depth: int,
+                          cache_dir: Path | None) -> dict[str, list[tuple[str, float]]]:
+    """Top ``depth`` of the whole corpus per query by all-MiniLM-L6-v2 cosine (sentence-transformers),
+    each with its cosine.
 
     Corpus embeddings are cached as .npy keyed by the corpus text and the bi-encoder's weights,
     since the corpus is the same in every run.
@@ -217,7 +235,7 @@ def bi_encoder_candidates(data: BeirData, query_ids: Sequence[str], depth: int, 
                                    convert_to_numpy=True)
     scores = query_vectors @ doc_vectors.T
     top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
-    return {q: [doc_ids[i] for i in row] for q, row in zip(query_ids, top)}
+    return {q: [(doc_ids[i], float(scores[k, i])) for i in row] for k, (q, row) in enumerate(zip(query_ids, top))}
 
 
 # -- running the strategies ----------------------------------------------------------------------------
@@ -230,16 +248,20 @@ class StrategyRun:
     cross_encoded: int  # pairs the cross-encoder scored
     build_seconds: float  # building and warming the engine (export/quantization when not cached)
     engine_name: str  # what actually ran, e.g. "onnx-int8" or "bi-encoder-openvino-fp32"
+    prefilter_seconds: float = 0.0  # of `seconds`, in the prefilter's first stage (its tokenizing included)
+    prefilter_tokenize_seconds: float = 0.0  # of those, tokenizing that the cross-encoder then reuses
 
 
 def run_strategy(strategy: Strategy, model: str, data: BeirData, candidates: dict[str, list[str]],
-                 batch_queries: int, threads: int | None, embedding_cache: int, max_length: int | None) -> StrategyRun:
-    """Rerank every query's candidates with ``strategy`` through :func:`engines.build_reranker`."""
+                 batch_queries: int, threads: int | None, embedding_cache: int, max_length: int | None,
+                 candidate_scores: dict[str, list[float]] | None = None) -> StrategyRun:
+    """Rerank every query's candidates with ``strategy`` through :func:`engines.build_reranker`
+    (``candidate_scores``: the first stage's score of each candidate, for the ``client`` method)."""
     config = EngineConfig(
         engine=strategy.engine, model=model, precision=strategy.precision, device="cpu", threads=threads,
         embedding_cache_size=embedding_cache, max_length=max_length,
         # Only the prefilter strategies filter, and they say so per job.
-        prefilter_threshold=10**9, prefilter_keep=strategy.keep or 100,
+        prefilter_threshold=10**9, prefilter_keep=strategy.keep or 100, prefilter_method=strategy.method,
     )
     started = time.perf_counter()
     reranker = build_reranker(config)
@@ -247,6 +269,7 @@ def run_strategy(strategy: Strategy, model: str, data: BeirData, candidates: dic
     # steady-state scoring only.
     reranker.warmup()
     build_seconds = time.perf_counter() - started
+    reranker.reset_stats()
     query_ids = [q for q in candidates if candidates[q]]
 
     rankings: dict[str, list[str]] = {}
@@ -258,6 +281,7 @@ def run_strategy(strategy: Strategy, model: str, data: BeirData, candidates: dic
             RerankJob(
                 data.queries[q], [data.corpus[d] for d in candidates[q]],
                 prefilter=strategy.keep is not None, keep=strategy.keep,
+                scores=candidate_scores.get(q) if candidate_scores else None,
             )
             for q in chunk
         ]
@@ -272,7 +296,10 @@ def run_strategy(strategy: Strategy, model: str, data: BeirData, candidates: dic
             rankings[query_id] = [docs[i] for i in order]
             pairs += len(docs)
             cross_encoded += int(np.count_nonzero(outcome.cross_encoded))
-    return StrategyRun(rankings, seconds, pairs, cross_encoded, build_seconds, reranker.engine_name)
+    stats = reranker.stats()
+    prefilter_seconds = sum(stage["seconds"] for stage in stats["first_stages"].values())
+    return StrategyRun(rankings, seconds, pairs, cross_encoded, build_seconds, reranker.engine_name,
+                       prefilter_seconds, stats["first_stage_tokenize_s"])
 
 
 # -- reporting -----------------------------------------------------------------------------------------
@@ -285,8 +312,8 @@ def machine_description() -> dict:
 def markdown_table(report: dict) -> str:
     """The report's strategies as a GitHub markdown table."""
     lines = [
-        "| strategy | what | NDCG@10 | MRR@10 | Recall@100 | retention (95% CI) | pairs/s |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: |",
+        "| strategy | what | NDCG@10 | MRR@10 | Recall@100 | retention (95% CI) | pairs/s | prefilter share |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for name, row in report["strategies"].items():
         retention = "-"
@@ -295,7 +322,7 @@ def markdown_table(report: dict) -> str:
             retention = f"{row['retention']:.3f} ({low:.3f}-{high:.3f})"
         lines.append(
             f"| {name} | {row['description']} | {row['ndcg@10']:.4f} | {row['mrr@10']:.4f} | "
-            f"{row['recall@100']:.4f} | {retention} | {row['pairs_per_s']:.0f} |"
+            f"{row['recall@100']:.4f} | {retention} | {row['pairs_per_s']:.0f} | {_share(row)} |"
         )
     meta = report["run"]
     lines += [
@@ -309,6 +336,10 @@ def markdown_table(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _share(row: dict) -> str:
+    return "-" if row.get("prefilter_share") is None else f"{100 * row['prefilter_share']:.1f}%"
 
 
 def plot_quality_speed(report: dict, path: Path) -> None:
@@ -375,11 +406,13 @@ def evaluate(*, dataset: Path | None, split: str, candidates_file: Path | None, 
     out.mkdir(parents=True, exist_ok=True)
     tick = time.perf_counter()
     if candidates_file is not None:
-        candidates = read_candidates(candidates_file, query_ids, depth)
+        scored = read_scored_candidates(candidates_file, query_ids, depth)
         first_stage = f"run file {candidates_file.name}"
     else:
-        candidates = bi_encoder_candidates(data, query_ids, depth, default_cache_dir())
+        scored = bi_encoder_candidates(data, query_ids, depth, default_cache_dir())
         first_stage = "bi-encoder (all-MiniLM-L6-v2) over the whole corpus"
+    candidates = {q: [doc for doc, _ in docs] for q, docs in scored.items()}
+    candidate_scores = {q: [score for _, score in docs] for q, docs in scored.items()}
     missing = [q for q in query_ids if not candidates.get(q)]
     candidates = {q: candidates[q] for q in query_ids if candidates.get(q)}
     write_candidates(out / "candidates.trec", candidates, "first-stage")
@@ -395,7 +428,8 @@ def evaluate(*, dataset: Path | None, split: str, candidates_file: Path | None, 
     per_query: dict[str, dict[str, dict[str, float]]] = {}
     for strategy in strategies:
         progress(f"{strategy.name}: {strategy.describe()} ...")
-        result = run_strategy(strategy, model, data, candidates, batch_queries, threads, embedding_cache, max_length)
+        result = run_strategy(strategy, model, data, candidates, batch_queries, threads, embedding_cache, max_length,
+                              candidate_scores)
         # Queries the first stage gave no candidate count as 0 for every strategy.
         values = per_query_metrics(data.qrels, {**{q: [] for q in missing}, **result.rankings})
         per_query[strategy.name] = values
@@ -408,13 +442,19 @@ def evaluate(*, dataset: Path | None, split: str, candidates_file: Path | None, 
             "description": strategy.describe(),
             "engine": result.engine_name,
             "prefilter_keep": strategy.keep,
+            "prefilter_method": strategy.method if strategy.keep is not None else None,
+            "prefilter_seconds": round(result.prefilter_seconds, 6),
+            "prefilter_tokenize_seconds": round(result.prefilter_tokenize_seconds, 6),
+            "prefilter_share": result.prefilter_seconds / result.seconds if strategy.keep is not None and result.seconds > 0
+            else None,
             "pairs": result.pairs,
             "cross_encoded_pairs": result.cross_encoded,
             "seconds": round(result.seconds, 3),
             "build_and_warmup_seconds": round(result.build_seconds, 3),
         }
+        share = f", prefilter {_share(rows[strategy.name])}" if strategy.keep is not None else ""
         progress(f"  NDCG@10 {means['ndcg@10']:.4f}  MRR@10 {means['mrr@10']:.4f}  R@100 {means['recall@100']:.4f}  "
-                 f"{rows[strategy.name]['pairs_per_s']:.0f} pairs/s ({result.seconds:.0f} s)")
+                 f"{rows[strategy.name]['pairs_per_s']:.0f} pairs/s ({result.seconds:.0f} s{share})")
 
     if REFERENCE in rows:
         order = sorted(per_query[REFERENCE]["ndcg@10"])
@@ -427,7 +467,7 @@ def evaluate(*, dataset: Path | None, split: str, candidates_file: Path | None, 
 
     versions = {}
     for package in ("torch", "transformers", "sentence-transformers", "onnxruntime", "openvino", "nncf", "ir-measures",
-                    "pytrec-eval-terrier"):
+                    "pytrec-eval-terrier", "model2vec"):
         try:
             versions[package] = md.version(package)
         except md.PackageNotFoundError:
@@ -485,8 +525,11 @@ def configure_logging(verbose: bool) -> None:
               help="Evaluate a fixed random sample of this many queries (default: all).")
 @click.option("--model", default=None,
               help="Cross-encoder folder or hub id. Default: the demo model of evaluation.training (trained if missing).")
-@click.option("--strategies", default="bi-encoder,torch-fp32,onnx-fp32,onnx-int8,openvino-int8,prefilter",
-              show_default=True, help="Comma-separated; 'prefilter' means one strategy per --keeps value.")
+@click.option("--strategies",
+              default="bi-encoder,torch-fp32,onnx-fp32,onnx-int8,openvino-int8,prefilter,prefilter-static,prefilter-bm25,"
+                      "prefilter-client,prefilter-static+bm25",
+              show_default=True, help="Comma-separated; 'prefilter' (bi-encoder) and 'prefilter-<method>' (static, bm25, "
+                                      "client, static+bm25) mean one strategy per --keeps value.")
 @click.option("--keeps", default=",".join(map(str, DEFAULT_KEEPS)), show_default=True,
               help="Prefilter keep sizes.")
 @click.option("--prefilter-engine", default="onnx-fp32", show_default=True,
@@ -527,13 +570,13 @@ def main(dataset, split, candidates_file, depth, max_queries, model, strategies,
 
     table = Table(title=f"{report['dataset']['name']}: {report['dataset']['queries_evaluated']} queries, "
                         f"depth {report['run']['depth']}, {report['run']['wall_s']:.0f} s")
-    for column in ("strategy", "NDCG@10", "MRR@10", "R@100", "retention", "95% CI", "pairs/s"):
+    for column in ("strategy", "NDCG@10", "MRR@10", "R@100", "retention", "95% CI", "pairs/s", "prefilter share"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for name, row in report["strategies"].items():
         ci = row["retention_ci95"]
         table.add_row(name, f"{row['ndcg@10']:.4f}", f"{row['mrr@10']:.4f}", f"{row['recall@100']:.4f}",
                       "-" if row["retention"] is None else f"{row['retention']:.3f}",
-                      "-" if ci is None else f"{ci[0]:.3f}-{ci[1]:.3f}", f"{row['pairs_per_s']:.0f}")
+                      "-" if ci is None else f"{ci[0]:.3f}-{ci[1]:.3f}", f"{row['pairs_per_s']:.0f}", _share(row))
     Console().print(table)
     click.echo(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}", err=True)
 

@@ -6,7 +6,7 @@ Messages are UTF-8 JSON (field names follow the Cohere rerank API). A client put
 
 Result order (``RerankResponse.results``): stage first (``cross_encoder`` before
 ``prefilter``: documents a prefilter cut are ranked after every document the cross-encoder
-scored, by their bi-encoder cosine, which is also their relevance_score), then
+scored, by their first-stage score, which is also their relevance_score), then
 relevance_score descending, then index ascending; top_n applied last.
 
 This package knows nothing of Kafka or of the engines: it is pydantic models plus

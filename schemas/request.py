@@ -13,7 +13,7 @@ so that they come back as ``too_large`` rather than ``invalid_request``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -137,6 +137,12 @@ class Document(BaseModel):
         description="The document text (may be empty). Longer than max_document_chars "
         f"(default {DEFAULT_MAX_DOCUMENT_CHARS}) is rejected with too_large."
     )
+    score: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="The caller's own score of the document (its retriever's; higher = more "
+        "relevant), read only by prefilter method client, which needs one on every document.",
+    )
 
 
 # Tags of the two ways to give a document. parse_request strips them from error locations,
@@ -165,9 +171,13 @@ DocumentInput = Annotated[
 ]
 
 
+#: The prefilter's first stages (engines.first_stage.METHODS; a test keeps the two equal).
+PrefilterMethod = Literal["bi-encoder", "static", "bm25", "client", "static+bm25"]
+
+
 class PrefilterOptions(BaseModel):
-    """Controls the bi-encoder prefilter that cuts a large request down before the
-    cross-encoder scores it."""
+    """Controls the prefilter that cuts a large request down before the cross-encoder
+    scores it."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -180,6 +190,15 @@ class PrefilterOptions(BaseModel):
         default=None,
         description="How many documents the prefilter passes to the cross-encoder; "
         "absent: the worker's default.",
+    )
+    method: PrefilterMethod | None = Field(
+        default=None,
+        description="What ranks the documents before the cut: static (static token embeddings, "
+        "cheapest semantic), bm25 (over the request's documents), client (each document's "
+        "own score: when the prefilter runs, every document must be an object with a score, "
+        "else invalid_request), "
+        "bi-encoder (transformer embeddings; cheap only for documents seen before), or "
+        "static+bm25 (reciprocal-rank fusion of the two); absent: the worker's default.",
     )
 
 
@@ -224,7 +243,7 @@ class RerankRequest(BaseModel):
         "worker does not serve is rejected with unknown_model.",
     )
     prefilter: PrefilterOptions | None = Field(
-        default=None, description="Bi-encoder prefilter options; absent: the worker decides."
+        default=None, description="Prefilter options; absent: the worker decides."
     )
     deadline_ms: NonNegativeJsonInteger | None = Field(
         default=None,
@@ -240,6 +259,10 @@ class RerankRequest(BaseModel):
     def texts(self) -> list[str]:
         """The document texts, in request order (the order ``index`` refers to)."""
         return [d if isinstance(d, str) else d.text for d in self.documents]
+
+    def scores(self) -> list[float | None]:
+        """The documents' own scores, in request order; None where a document has none."""
+        return [None if isinstance(d, str) else d.score for d in self.documents]
 
     def ids(self) -> list[str | None]:
         """The document ids, in request order; None for documents given as bare strings

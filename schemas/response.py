@@ -79,7 +79,9 @@ class RankedResult(BaseModel):
     relevance_score: float = Field(
         allow_inf_nan=False,
         description="stage cross_encoder: sigmoid of the cross-encoder logit (or the logit, "
-        "with raw_scores); stage prefilter: the bi-encoder cosine similarity.",
+        "with raw_scores); stage prefilter: the prefilter's own score (by its method: cosine "
+        "similarity for static and bi-encoder, BM25 score for bm25, the document's score for "
+        "client, reciprocal-rank-fusion score for static+bm25).",
     )
     stage: Stage = Field(
         default="cross_encoder",
@@ -120,7 +122,7 @@ class ResponseMeta(BaseModel):
     scored_by_cross_encoder: int = Field(
         ge=0, description="How many of them the cross-encoder scored."
     )
-    prefiltered: bool = Field(description="Whether the bi-encoder prefilter cut the request.")
+    prefiltered: bool = Field(description="Whether the prefilter cut the request.")
     queue_ms: float = Field(ge=0, allow_inf_nan=False, description="Time waiting for a batch.")
     inference_ms: float = Field(ge=0, allow_inf_nan=False, description="Time in the models.")
     total_ms: float = Field(

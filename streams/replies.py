@@ -10,10 +10,14 @@ from schemas.response import rank_results
 
 def relevance(outcome: RerankOutcome, raw_scores: bool) -> np.ndarray:
     """Scores as the client asked for them: sigmoid of the cross-encoder logit, or the
-    logit itself; cosine similarities (bi-encoder) are passed through either way."""
+    logit itself; first-stage scores (cosine, BM25, the client's own) are passed through
+    either way."""
     scores = outcome.scores.astype(np.float64)
     if outcome.score_kind == "logit" and not raw_scores:
-        return 1.0 / (1.0 + np.exp(-scores))
+        # Only the cross-encoder's logits: a prefilter-stage score is on its own scale and is
+        # passed through as the contract says (it used to be squashed as well).
+        logits = outcome.cross_encoded
+        scores[logits] = 1.0 / (1.0 + np.exp(-scores[logits]))
     return scores
 
 

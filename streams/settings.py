@@ -62,6 +62,8 @@ class WorkerSettings(BaseSettings):
     prefilter_model: str | None = None
     prefilter_threshold: int = Field(100, ge=1)
     prefilter_keep: int = Field(100, ge=1)
+    # The first stage when a request names none (engines.first_stage; README "Prefilter").
+    prefilter_method: Literal["bi-encoder", "static", "bm25", "client", "static+bm25"] = "bi-encoder"
     max_batch_tokens: int | None = Field(None, ge=64)
     max_batch_pairs: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)
@@ -146,8 +148,9 @@ class WorkerSettings(BaseSettings):
         return EngineConfig(
             engine=self.engine, model=self.model, precision=self.precision, device=self.device,
             prefilter_model=self.prefilter_model, prefilter_threshold=self.prefilter_threshold,
-            prefilter_keep=self.prefilter_keep, max_batch_tokens=self.max_batch_tokens,
-            max_batch_pairs=self.max_batch_pairs, threads=self.threads, cpu_pinning=self.cpu_pinning,
+            prefilter_keep=self.prefilter_keep, prefilter_method=self.prefilter_method,
+            max_batch_tokens=self.max_batch_tokens, max_batch_pairs=self.max_batch_pairs, threads=self.threads,
+            cpu_pinning=self.cpu_pinning,
         )
 
     def confluent_config(self) -> dict[str, str]:

@@ -148,6 +148,7 @@ class RerankService:
         try:
             request = parse_request(raw, self.limits, self.served_models)
             self._check_reply_to(request)
+            self._check_client_scores(request)
         except RequestError as err:
             self._spawn(self._deliver(self._rejection(err, raw, event.key), [event]))
             return
@@ -166,6 +167,28 @@ class RerankService:
                 ErrorCode.INVALID_REQUEST,
                 f"reply_to {topic!r} is not allowed: reply topics must start with {prefix!r} "
                 f"(RERANK_REPLY_TO_PREFIX)" if prefix else "reply_to is disabled on this worker",
+                request.request_id)
+
+    def _check_client_scores(self, request: RerankRequest) -> None:
+        """A request the prefilter will cut by the caller's scores (method client, asked for or
+        the worker's default) must carry one on every document: refused now, not guessed."""
+        opts = request.prefilter
+        method = opts.method if opts is not None and opts.method else self.settings.prefilter_method
+        n = len(request.documents)
+        keep = opts.keep if opts is not None and opts.keep else self.settings.prefilter_keep
+        enabled = opts.enabled if opts is not None and opts.enabled is not None else (
+            n > self.settings.prefilter_threshold)
+        if method != "client" or not enabled or keep >= n or self.settings.engine == "bi-encoder":
+            return
+        missing = [i for i, score in enumerate(request.scores()) if score is None]
+        if missing:
+            shown = ", ".join(f"documents[{i}]" for i in missing[:3])
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise RequestError(
+                ErrorCode.INVALID_REQUEST,
+                f"prefilter method 'client' ranks documents by their own score, but {shown}{more} "
+                f"{'has' if len(missing) == 1 else 'have'} none: give every document as "
+                '{"text": ..., "score": <number>}, or choose another prefilter.method',
                 request.request_id)
 
     def _pairs(self, request: RerankRequest) -> int:
@@ -254,7 +277,8 @@ class RerankService:
             opts = req.prefilter
             jobs.append(RerankJob(req.query, req.texts(),
                                   prefilter=opts.enabled if opts else None,
-                                  keep=opts.keep if opts else None))
+                                  keep=opts.keep if opts else None,
+                                  method=opts.method if opts else None, scores=req.scores()))
         pairs = sum(p.pairs for p in live)
         metrics.WINDOWS.inc()
         metrics.WINDOW_REQUESTS.observe(len(live))

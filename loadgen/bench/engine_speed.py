@@ -11,8 +11,12 @@ ms-marco-MiniLM-L-6-v2, scores are not relevance), in one process:
 * ``engines``: pairs/s of each engine through ``Reranker.rerank`` on the same requests, grouped in
   windows of up to 512 pairs as the worker groups them (its default ``window_max_pairs``);
   ``engine_details`` adds per-round figures, window latency, tokenize share and padding.
-* ``hybrid_1000``: one 1000-document request, cross-encoded in full vs prefiltered to 100 by the
-  bi-encoder, with the document embeddings not yet cached (cold) and cached (warm).
+* ``hybrid_1000``: one 1000-document request, cross-encoded in full vs prefiltered to 100 by each
+  first stage (``static``, ``bm25``, ``client``, ``bi-encoder``, ``static+bm25``), side by side,
+  with nothing cached (cold: new documents; the bi-encoder's embedding cache emptied) and with
+  the same documents again under another query (warm: only the bi-encoder keeps anything across
+  requests). Per method: full time / hybrid time, and where the hybrid's time goes (the first
+  stage, its tokenizing, which the cross-encoder reuses, and the cross-encoder).
 * ``tokenize_share``: fraction of the default engine's time spent tokenizing and padding.
 
 Everything is measured side by side in rounds: each round draws its own requests and runs them
@@ -36,7 +40,7 @@ import time
 from pathlib import Path
 
 from engines import EngineConfig, RerankJob, build_reranker
-from engines.config import cpu_flags, cpu_model, default_threads, resolve_precision
+from engines.config import PREFILTER_METHODS, cpu_flags, cpu_model, default_threads, resolve_precision
 from engines.corpus import load_passages, queries
 from engines.testmodel import ensure_test_model
 
@@ -168,35 +172,94 @@ def measure_rounds(contenders: dict, rounds: list) -> dict:
     return best
 
 
-def bench_hybrid(reranker, passages: list[str], seed: int, repeats: int) -> dict:
-    """One 1000-document request: in full, prefiltered with no embedding cached, prefiltered with
-    the documents' embeddings cached (another query). Best of ``repeats``."""
-    rng = random.Random(seed)
-    docs = rng.sample(passages, 1000)
-    timings: dict[str, list[float]] = {"full_s": [], "prefilter_s": [], "prefilter_warm_s": []}
-    kept = 0
-    for attempt, (q_full, q_cold, q_warm) in enumerate(zip(*[iter(queries(3 * repeats, seed=seed + 1))] * 3)):
-        started = time.perf_counter()
-        [full] = reranker.rerank([RerankJob(q_full, docs, prefilter=False)])
-        timings["full_s"].append(time.perf_counter() - started)
-        reranker.bi_encoder.clear_cache()
-        started = time.perf_counter()
-        [cold] = reranker.rerank([RerankJob(q_cold, docs)])  # auto: 1000 > threshold 100
-        timings["prefilter_s"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        [warm] = reranker.rerank([RerankJob(q_warm, docs)])  # same documents, another query
-        timings["prefilter_warm_s"].append(time.perf_counter() - started)
-        assert cold.prefiltered and warm.prefiltered and not full.prefiltered
-        kept = int(cold.cross_encoder_scored)
-    best = {key: min(values) for key, values in timings.items()}
+def _hybrid_run(reranker, job: RerankJob) -> dict:
+    """One request through ``reranker``: its seconds and where they went."""
+    reranker.reset_stats()
+    started = time.perf_counter()
+    [outcome] = reranker.rerank([job])
+    seconds = time.perf_counter() - started
+    stats = reranker.stats()
+    first = sum(stage["seconds"] for stage in stats["first_stages"].values())
+    cross = stats["cross"]
     return {
-        "documents": 1000,
-        "kept": kept,
-        **best,
-        "speedup": best["full_s"] / best["prefilter_s"],
-        "speedup_warm": best["full_s"] / best["prefilter_warm_s"],
-        "repeats": repeats,
+        "s": seconds,
+        "prefilter_s": first,
+        "prefilter_tokenize_s": stats["first_stage_tokenize_s"],
+        "cross_encoder_s": cross["total_s"],
+        "cross_encoder_tokenize_s": cross["tokenize_s"],
+        "cross_encoded": int(outcome.cross_encoder_scored),
+        "prefiltered": bool(outcome.prefiltered),
     }
+
+
+def bench_hybrid(reranker, passages: list[str], seed: int, repeats: int, methods=PREFILTER_METHODS,
+                 documents: int = 1000) -> dict:
+    """One request of ``documents`` documents: in full, and prefiltered to ``prefilter_keep`` by
+    each first stage, cold (documents never seen: the bi-encoder's embedding cache emptied) and
+    warm (the same documents with another query). Best of ``repeats`` rounds; every round runs
+    full and each method in turn, so they share the machine's state."""
+    rng = random.Random(seed)
+    docs = rng.sample(passages, documents)
+    # The caller's own first-stage scores, for the client method (any finite numbers do for speed).
+    client_scores = [rng.random() for _ in docs]
+    full_runs: list[dict] = []
+    runs: dict[str, dict[str, list[dict]]] = {m: {"cold": [], "warm": []} for m in methods}
+    for attempt in range(repeats):
+        names = iter(queries(1 + 2 * len(methods), seed=seed + 1 + 100 * attempt))
+        full_runs.append(_hybrid_run(reranker, RerankJob(next(names), docs, prefilter=False)))
+        for method in methods:
+            if reranker._bi_encoder is not None:
+                reranker.bi_encoder.clear_cache()
+            for state in ("cold", "warm"):
+                job = RerankJob(next(names), docs, prefilter=True, method=method, scores=client_scores)
+                run = _hybrid_run(reranker, job)
+                assert run["prefiltered"], method
+                runs[method][state].append(run)
+    full = min(full_runs, key=lambda r: r["s"])
+    out: dict = {
+        "documents": len(docs),
+        "kept": reranker.config.prefilter_keep,
+        "full_s": full["s"],
+        "full_tokenize_s": full["cross_encoder_tokenize_s"],
+        "repeats": repeats,
+        "methods": {},
+    }
+    for method in methods:
+        cold = min(runs[method]["cold"], key=lambda r: r["s"])
+        warm = min(runs[method]["warm"], key=lambda r: r["s"])
+        out["methods"][method] = {
+            "cold_s": cold["s"],
+            "warm_s": warm["s"],
+            "speedup": full["s"] / cold["s"],
+            "speedup_warm": full["s"] / warm["s"],
+            "prefilter_share": cold["prefilter_s"] / cold["s"],
+            "prefilter_share_warm": warm["prefilter_s"] / warm["s"],
+            "cold": {key: value for key, value in cold.items() if key != "prefiltered"},
+            "warm": {key: value for key, value in warm.items() if key != "prefiltered"},
+        }
+    # The figures of the worker's default method under the keys earlier reports used.
+    default = reranker.config.prefilter_method
+    if default in out["methods"]:
+        row = out["methods"][default]
+        out.update(default_method=default, prefilter_s=row["cold_s"], prefilter_warm_s=row["warm_s"],
+                   speedup=row["speedup"], speedup_warm=row["speedup_warm"])
+    return out
+
+
+def _hybrid_lines(report: dict) -> list[str]:
+    h = report["hybrid_1000"]
+    lines = [f"Hybrid, one request of {h['documents']} documents, {report['hybrid_engine']}, keep {h['kept']}: "
+             f"full {h['full_s']:.2f} s (tokenizing {1000 * h['full_tokenize_s']:.0f} ms)."]
+    lines += ["",
+              "| first stage | cold | full ÷ cold | warm | full ÷ warm | prefilter share (cold) | first stage | its tokenizing | cross-encoder (100 pairs) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for method, row in h["methods"].items():
+        cold = row["cold"]
+        lines.append(
+            f"| {method} | {row['cold_s']:.3f} s | {row['speedup']:.2f}x | {row['warm_s']:.3f} s | {row['speedup_warm']:.2f}x "
+            f"| {100 * row['prefilter_share']:.1f}% | {1000 * cold['prefilter_s']:.0f} ms | {1000 * cold['prefilter_tokenize_s']:.0f} ms "
+            f"| {1000 * cold['cross_encoder_s']:.0f} ms |")
+    return lines
 
 
 def print_report(report: dict) -> None:
@@ -227,11 +290,17 @@ def print_report(report: dict) -> None:
         )
     console.print(table)
     h = report["hybrid_1000"]
-    console.print(
-        f"hybrid, 1 request x 1000 documents ({report['hybrid_engine']}, keep {h['kept']}): full {h['full_s']:.2f} s, "
-        f"prefiltered {h['prefilter_s']:.2f} s cold ({h['speedup']:.1f}x), {h['prefilter_warm_s']:.2f} s with "
-        f"document embeddings cached ({h['speedup_warm']:.1f}x)"
-    )
+    hybrid = Table("first stage", "cold", "full ÷ cold", "warm", "full ÷ warm", "prefilter share", "first stage",
+                   "its tokenizing", "cross-encoder",
+                   title=f"hybrid: 1 request x {h['documents']} documents, {report['hybrid_engine']}, keep {h['kept']}; "
+                         f"full {h['full_s']:.2f} s")
+    for method, row in h["methods"].items():
+        cold = row["cold"]
+        hybrid.add_row(method, f"{row['cold_s']:.3f} s", f"{row['speedup']:.2f}x", f"{row['warm_s']:.3f} s",
+                       f"{row['speedup_warm']:.2f}x", f"{100 * row['prefilter_share']:.1f}%",
+                       f"{1000 * cold['prefilter_s']:.0f} ms", f"{1000 * cold['prefilter_tokenize_s']:.0f} ms",
+                       f"{1000 * cold['cross_encoder_s']:.0f} ms")
+    console.print(hybrid)
     r = report["ratios"]
     console.print(
         f"best CPU cross-encoder engine {r['best_engine']}: {r['best_vs_naive_per_request']:.2f}x naive per request, "
@@ -253,17 +322,11 @@ def markdown(report: dict) -> str:
             f"| {name} | {row['pairs_per_s']:.1f} | {row['pairs_per_s'] / naive_r:.2f}x | {row['pairs_per_s'] / naive_b:.2f}x "
             f"| {row['window_p50_ms']:.0f} ms | {100 * row['tokenize_share']:.1f}% | {100 * row['padding_overhead']:.1f}% |"
         )
-    h = report["hybrid_1000"]
-    lines += [
-        "",
-        f"Hybrid, one request of 1000 documents, {report['hybrid_engine']}, keep {h['kept']}: full {h['full_s']:.2f} s; "
-        f"prefiltered {h['prefilter_s']:.2f} s with no embedding cached ({h['speedup']:.2f}x), "
-        f"{h['prefilter_warm_s']:.2f} s with the document embeddings cached ({h['speedup_warm']:.1f}x).",
-    ]
+    lines += ["", *_hybrid_lines(report)]
     return "\n".join(lines)
 
 
-def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None) -> dict:
+def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None, hybrid_methods=PREFILTER_METHODS) -> dict:
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
     model_path = str(ensure_test_model())
@@ -326,7 +389,7 @@ def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None) -> dic
     else:
         hybrid = EngineContender(*DEFAULT_ENGINE, model_path, warm[:2]).reranker
     report["hybrid_engine"] = hybrid.engine_name
-    report["hybrid_1000"] = bench_hybrid(hybrid, passages, seed=11, repeats=1 if quick else 2)
+    report["hybrid_1000"] = bench_hybrid(hybrid, passages, seed=11, repeats=1 if quick else 2, methods=hybrid_methods)
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
     report["elapsed_s"] = time.perf_counter() - started
     return report
@@ -338,9 +401,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer requests and engines (under a minute)")
     parser.add_argument("--engines", help="comma-separated engine:precision list, e.g. openvino:int8,onnx:fp32")
     parser.add_argument("--markdown", action="store_true", help="also print the figures as a Markdown table")
+    parser.add_argument("--hybrid-methods", default=",".join(PREFILTER_METHODS),
+                        help="first stages of the hybrid_1000 test (default: all)")
     args = parser.parse_args(argv)
     wanted = [tuple(item.split(":", 1)) for item in args.engines.split(",")] if args.engines else None
-    report = run(args.quick, wanted)
+    methods = tuple(m.strip() for m in args.hybrid_methods.split(",") if m.strip())
+    unknown = sorted(set(methods) - set(PREFILTER_METHODS))
+    if unknown:
+        parser.error(f"unknown --hybrid-methods {unknown}; known: {', '.join(PREFILTER_METHODS)}")
+    report = run(args.quick, wanted, methods)
     print_report(report)
     if args.markdown:
         print(markdown(report))

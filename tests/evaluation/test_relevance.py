@@ -17,6 +17,7 @@ from evaluation.relevance import (
     mean_metrics,
     per_query_metrics,
     read_candidates,
+    read_scored_candidates,
     write_candidates,
 )
 
@@ -89,6 +90,7 @@ def test_candidates_file_round_trip(tmp_path):
     write_candidates(path, {"q1": ["a", "b", "c"], "q2": ["z"]}, "test")
     assert read_candidates(path, ["q1", "q2"], depth=2) == {"q1": ["a", "b"], "q2": ["z"]}
     assert read_candidates(path, ["q2"], depth=5) == {"q2": ["z"]}
+    assert read_scored_candidates(path, ["q1"], depth=2) == {"q1": [("a", 3.0), ("b", 2.0)]}
     (tmp_path / "bad.trec").write_text("q1 a 1\n")
     with pytest.raises(click.BadParameter):
         read_candidates(tmp_path / "bad.trec", ["q1"], 5)
@@ -99,6 +101,12 @@ def test_strategies():
     assert names == ["bi-encoder", "torch-fp32", "prefilter-50", "prefilter-100"]  # 200 >= depth: skipped
     prefilter = make_strategies(["prefilter"], (20,), "openvino-int8", 50)[0]
     assert (prefilter.engine, prefilter.precision, prefilter.keep) == ("openvino", "int8", 20)
+    methods = make_strategies(["prefilter-static", "prefilter-bm25", "prefilter-client", "prefilter-static+bm25"],
+                              (50, 100), "onnx-fp32", 1000)
+    assert [(s.name, s.method, s.keep) for s in methods[:3]] == [
+        ("prefilter-static-50", "static", 50), ("prefilter-static-100", "static", 100), ("prefilter-bm25-50", "bm25", 50)]
+    assert methods[-1].name == "prefilter-static+bm25-100" and methods[-1].describe().startswith("static+bm25 keeps 100")
+    assert prefilter.method == "bi-encoder"
     with pytest.raises(click.BadParameter):
         make_strategies(["bm25"], (), "onnx-fp32", 100)
     with pytest.raises(click.BadParameter):
@@ -130,24 +138,36 @@ def test_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     _tiny_beir(tmp_path / "data")
     report = evaluate(
         dataset=tmp_path / "data", split="test", candidates_file=None, depth=5, max_queries=None,
-        model=str(ensure_test_model()), strategy_names=["torch-fp32", "prefilter"], keeps=(2, 5),
+        model=str(ensure_test_model()),
+        strategy_names=["torch-fp32", "prefilter", "prefilter-static", "prefilter-bm25", "prefilter-client"], keeps=(2, 5),
         prefilter_engine="torch-fp32", batch_queries=2, threads=1, embedding_cache=0, max_length=None, seed=0,
         out=tmp_path / "out", command="test", progress=lambda line: None,
     )
     saved = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert set(saved) >= {"strategies", "dataset", "model"}
-    assert list(saved["strategies"]) == ["torch-fp32", "prefilter-2"]  # keep 5 >= depth 5: skipped
+    # keep 5 >= depth 5: skipped
+    assert list(saved["strategies"]) == ["torch-fp32", "prefilter-2", "prefilter-static-2", "prefilter-bm25-2",
+                                         "prefilter-client-2"]
     for row in saved["strategies"].values():
         assert set(row) >= {"ndcg@10", "mrr@10", "recall@100", "retention", "pairs_per_s"}
         assert 0.0 <= row["ndcg@10"] <= 1.0 and row["pairs_per_s"] > 0
         assert row["pairs"] == 3 * 5
     assert saved["strategies"]["torch-fp32"]["retention"] == pytest.approx(1.0)
     assert saved["strategies"]["torch-fp32"]["cross_encoded_pairs"] == 15
-    assert saved["strategies"]["prefilter-2"]["cross_encoded_pairs"] == 3 * 2
+    for name in ("prefilter-2", "prefilter-static-2", "prefilter-bm25-2", "prefilter-client-2"):
+        row = saved["strategies"][name]
+        assert row["cross_encoded_pairs"] == 3 * 2 and row["prefilter_keep"] == 2
+        assert 0 < row["prefilter_share"] < 1 and row["prefilter_seconds"] > 0
+    assert saved["strategies"]["torch-fp32"]["prefilter_share"] is None
+    assert saved["strategies"]["prefilter-client-2"]["prefilter_method"] == "client"
+    # The client method ranks by the first stage's own scores (here the bi-encoder's cosines),
+    # so it cuts exactly where the bi-encoder prefilter does.
+    assert (saved["strategies"]["prefilter-client-2"]["ndcg@10"]
+            == pytest.approx(saved["strategies"]["prefilter-2"]["ndcg@10"], abs=1e-6))
     # The bi-encoder first stage finds these relevant documents (distinct subjects).
     assert saved["first_stage"]["recall_at_depth"] == 1.0
     assert report["dataset"]["queries_evaluated"] == 3
     md = (tmp_path / "out" / "eval.md").read_text()
-    assert "| torch-fp32 |" in md and "| prefilter-2 |" in md
+    assert "| torch-fp32 |" in md and "| prefilter-2 |" in md and "| prefilter-bm25-2 |" in md
     assert (tmp_path / "out" / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((tmp_path / "out" / "candidates.trec").read_text().splitlines()) == 15

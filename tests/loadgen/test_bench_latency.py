@@ -8,16 +8,16 @@ import sys
 import pytest
 
 from loadgen.bench.latency import breakdown
-from loadgen.client import Answer, _Pending
+from loadgen.client import Answer, SentRequest
 
 
 class Answers:
     """What breakdown() reads of a RerankClient: its snapshot of requests and answers."""
 
-    def __init__(self, pending: dict[str, _Pending]) -> None:
+    def __init__(self, pending: dict[str, SentRequest]) -> None:
         self.pending = pending
 
-    def snapshot(self) -> dict[str, _Pending]:
+    def snapshot(self) -> dict[str, SentRequest]:
         return self.pending
 
 
@@ -27,9 +27,9 @@ def ok(request_id: str, latency_s: float, queue_ms: float, inference_ms: float) 
 
 
 def test_breakdown_splits_end_to_end_into_the_worker_and_the_rest():
-    pending = {f"r{i}": _Pending(0.0, 10, [ok(f"r{i}", 0.050 + i / 1000, 2.0, 20.0 + i)]) for i in range(100)}
-    pending["lost"] = _Pending(0.0, 10, [])
-    pending["err"] = _Pending(0.0, 10, [Answer("err", {"status": "error", "error": {"code": "internal"}},
+    pending = {f"r{i}": SentRequest(0.0, 10, [ok(f"r{i}", 0.050 + i / 1000, 2.0, 20.0 + i)]) for i in range(100)}
+    pending["lost"] = SentRequest(0.0, 10, [])
+    pending["err"] = SentRequest(0.0, 10, [Answer("err", {"status": "error", "error": {"code": "internal"}},
                                                0.01, 0.0, "resp")])
     result = breakdown(Answers(pending), list(pending))
     assert (result["sent"], result["answered"], result["lost"], result["errors"]) == (102, 101, 1, 1)

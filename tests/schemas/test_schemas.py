@@ -90,7 +90,24 @@ def test_texts_and_ids_follow_request_order_for_both_document_forms() -> None:
     )
     assert request.texts() == ["plain", "with id", "no id"]
     assert request.ids() == [None, "x", None]
+    assert request.scores() == [None, None, None]
     assert isinstance(request.documents[1], Document)
+
+
+def test_document_scores_and_the_prefilter_method() -> None:
+    request = parse_request(as_bytes(request_dict(
+        documents=["plain", {"text": "a", "score": 3}, {"id": "b", "text": "b", "score": -0.25}, {"text": "c"}],
+        prefilter={"method": "client", "keep": 2},
+    )))
+    assert request.scores() == [None, 3.0, -0.25, None]  # an integer is a number too
+    assert request.prefilter == PrefilterOptions(keep=2, method="client")
+    for method in ("bi-encoder", "static", "bm25", "client", "static+bm25"):
+        assert parse_request(as_bytes(request_dict(prefilter={"method": method}))).prefilter.method == method
+    # A score too large for a double, or written as 1e999 (JSON has no infinity), is refused.
+    error = rejection(b'{"request_id": "r", "query": "q", "documents": [{"text": "t", "score": 1e999}]}')
+    assert error.code is ErrorCode.INVALID_REQUEST and "documents[0].score" in error.message
+    error = rejection(as_bytes(request_dict(documents=[{"text": "t", "score": 10**400}])))
+    assert "documents[0].score: Input should be a valid number" in error.message
 
 
 def test_every_field_set() -> None:
@@ -328,9 +345,11 @@ def test_limits_must_be_positive(kwargs: dict[str, int]) -> None:
         ({"documents": [{"id": 7, "text": "t"}]}, "documents[0].id: Input should be a valid string"),
         ({"documents": [{"id": "d"}]}, "documents[0]: missing required field 'text'"),
         (
-            {"documents": [{"text": "t", "score": 1}]},
-            "documents[0]: unknown field 'score' (allowed: id, text)",
+            {"documents": [{"text": "t", "rank": 1}]},
+            "documents[0]: unknown field 'rank' (allowed: id, text, score)",
         ),
+        ({"documents": [{"text": "t", "score": "0.5"}]}, "documents[0].score: Input should be a valid number (got string)"),
+        ({"documents": [{"text": "t", "score": True}]}, "documents[0].score: Input should be a valid number (got boolean)"),
         ({"top_n": 0}, "top_n: Input should be greater than or equal to 1"),
         ({"top_n": "3"}, "top_n: Input should be a valid integer (got string)"),
         ({"top_n": True}, "top_n: Input should be a valid integer (got boolean)"),
@@ -348,7 +367,12 @@ def test_limits_must_be_positive(kwargs: dict[str, int]) -> None:
         ({"prefilter": {"enabled": 1}}, "prefilter.enabled: Input should be a valid boolean"),
         ({"prefilter": {"keep": 0}}, "prefilter.keep: Input should be greater than or equal to 1"),
         ({"prefilter": {"keep": "10"}}, "prefilter.keep: Input should be a valid integer"),
-        ({"prefilter": {"kep": 10}}, "prefilter: unknown field 'kep' (allowed: enabled, keep)"),
+        ({"prefilter": {"kep": 10}}, "prefilter: unknown field 'kep' (allowed: enabled, keep, method)"),
+        (
+            {"prefilter": {"method": "tfidf"}},
+            "prefilter.method: Input should be 'bi-encoder', 'static', 'bm25', 'client' or 'static+bm25'",
+        ),
+        ({"prefilter": {"method": None, "keep": 0}}, "prefilter.keep: Input should be greater than or equal to 1"),
         ({"deadline_ms": -1}, "deadline_ms: Input should be greater than or equal to 0"),
         ({"deadline_ms": "1700000000000"}, "deadline_ms: Input should be a valid integer (got string)"),
         ({"deadline_ms": 1.7e12 + 0.5}, "deadline_ms: Input should be a valid integer (got number)"),

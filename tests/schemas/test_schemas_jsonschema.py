@@ -137,6 +137,10 @@ EXAMPLES: list[tuple[dict[str, Any], bool]] = [
     ),
     ({**VALID, "top_n": None, "model": None, "prefilter": None, "deadline_ms": None, "reply_to": None}, True),
     ({**VALID, "prefilter": {}}, True),
+    ({**VALID, "prefilter": {"method": "static", "keep": 5}}, True),
+    ({**VALID, "prefilter": {"method": "static+bm25"}}, True),
+    ({**VALID, "prefilter": {"method": None}}, True),
+    ({**VALID, "documents": [{"text": "t", "score": 0.5}, {"text": "u", "score": -3}, {"text": "v", "score": None}]}, True),
     ({**VALID, "reply_to": "..."}, True),
     ({**VALID, "request_id": "x" * 128, "reply_to": "t" * 249}, True),
     ({"query": "q", "documents": ["d"]}, False),
@@ -164,6 +168,12 @@ EXAMPLES: list[tuple[dict[str, Any], bool]] = [
     ({**VALID, "prefilter": {"enabled": "yes"}}, False),
     ({**VALID, "prefilter": {"keep": 0}}, False),
     ({**VALID, "prefilter": {"other": 1}}, False),
+    ({**VALID, "prefilter": {"method": "tfidf"}}, False),
+    ({**VALID, "prefilter": {"method": "Static"}}, False),
+    ({**VALID, "prefilter": {"method": 1}}, False),
+    ({**VALID, "documents": [{"text": "t", "score": "1"}]}, False),
+    ({**VALID, "documents": [{"text": "t", "score": True}]}, False),
+    ({**VALID, "documents": [{"score": 1.0}]}, False),
     ({**VALID, "prefilter": []}, False),
     ({**VALID, "deadline_ms": -1}, False),
     ({**VALID, "reply_to": ""}, False),
@@ -197,6 +207,13 @@ def test_integers_with_a_zero_fraction_are_integers_to_both(field: str, number: 
 
 
 def test_known_differences() -> None:
+    # A document score beyond a double's range is a "number" to JSON Schema; the service
+    # refuses it (as infinity, or as an integer that has no float).
+    huge = {**VALID, "documents": [{"text": "t", "score": 10**400}]}
+    assert REQUEST_SCHEMA.is_valid(huge) and not service_accepts(huge)
+    assert REQUEST_SCHEMA.is_valid({**VALID, "documents": [{"text": "t", "score": float("inf")}]})
+    with pytest.raises(RequestError):
+        parse_request(b'{"request_id": "r", "query": "q", "documents": [{"text": "t", "score": 1e999}]}')
     # JSON Schema cannot see unpaired surrogates; the service refuses what it could not
     # write back out as UTF-8.
     assert REQUEST_SCHEMA.is_valid({**VALID, "query": "\ud800"})
@@ -243,10 +260,15 @@ anything = json_values | edge_values
 
 documents = st.lists(
     texts
-    | st.fixed_dictionaries({"text": texts}, optional={"id": st.none() | texts}),
+    | st.fixed_dictionaries(
+        {"text": texts},
+        optional={"id": st.none() | texts,
+                  "score": st.none() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=False, allow_infinity=False)},
+    ),
     min_size=1,
     max_size=4,
 )
+PREFILTER_METHODS = ["bi-encoder", "static", "bm25", "client", "static+bm25"]
 valid_requests = st.fixed_dictionaries(
     {
         "request_id": st.text(min_size=1, max_size=128),
@@ -260,7 +282,8 @@ valid_requests = st.fixed_dictionaries(
         "model": st.none() | non_empty_texts,
         "prefilter": st.none()
         | st.fixed_dictionaries(
-            {}, optional={"enabled": st.none() | st.booleans(), "keep": st.none() | st.integers(min_value=1)}
+            {}, optional={"enabled": st.none() | st.booleans(), "keep": st.none() | st.integers(min_value=1),
+                          "method": st.none() | st.sampled_from(PREFILTER_METHODS)}
         ),
         "deadline_ms": st.none() | st.integers(min_value=0, max_value=2**63),
         "reply_to": st.none()
@@ -292,14 +315,21 @@ def schema_strategy(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchSt
             return st.one_of([schema_strategy(branch, root) for branch in schema[combinator]])
     kind = schema.get("type")
     known = {
-        "string": {"type", "minLength", "maxLength", "not"},
+        "string": {"type", "minLength", "maxLength", "not", "enum"},
         "integer": {"type", "minimum"},
+        "number": {"type"},
         "boolean": {"type"},
         "null": {"type"},
         "object": {"type", "properties", "required", "additionalProperties"},
         "array": {"type", "items", "minItems"},
     }
     assert kind in known and keywords <= known[kind], f"keyword this generator does not know: {schema}"
+    if kind == "string" and "enum" in schema:
+        assert keywords == {"type", "enum"}, schema
+        return st.sampled_from(schema["enum"])
+    if kind == "number":
+        # Any JSON number a client can write: finite doubles and integers a double holds.
+        return st.floats(allow_nan=False, allow_infinity=False) | st.integers(min_value=-(2**53), max_value=2**53)
     if kind == "string":
         low = schema.get("minLength", 0)
         high = schema.get("maxLength", low + 16)
@@ -369,7 +399,8 @@ def near_valid_requests(draw: st.DrawFn, base: st.SearchStrategy[dict[str, Any]]
             )
         elif change == "prefilter":
             payload["prefilter"] = draw(
-                st.dictionaries(st.sampled_from(["enabled", "keep", "mode"]), anything, max_size=3)
+                st.dictionaries(st.sampled_from(["enabled", "keep", "method", "mode"]),
+                                anything | st.sampled_from([*PREFILTER_METHODS, "BM25", "static+"]), max_size=3)
             )
     return payload
 

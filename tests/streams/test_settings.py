@@ -26,12 +26,27 @@ def clean_env(monkeypatch):
     ("RERANK_WINDOW_GATHER_MS", "-1"),
     ("RERANK_SHUTDOWN_GRACE_S", "0.5"),
     ("RERANK_LOG_REPEAT_S", "-3"),
+    ("RERANK_PREFILTER_METHOD", "tfidf"),
 ])
 def test_an_unusable_setting_names_its_variable(monkeypatch, var, value):
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError) as exc:
         load_settings()
     assert var in str(exc.value)
+
+
+def test_prefilter_method_reaches_the_engine_and_names_what_engines_and_contract_know(monkeypatch):
+    from typing import get_args
+
+    from engines.config import PREFILTER_METHODS
+    from schemas.request import PrefilterMethod
+    from streams.settings import WorkerSettings
+
+    assert load_settings().engine_config().prefilter_method == "bi-encoder"  # the default
+    monkeypatch.setenv("RERANK_PREFILTER_METHOD", "static")
+    assert load_settings().engine_config().prefilter_method == "static"
+    allowed = get_args(WorkerSettings.model_fields["prefilter_method"].annotation)
+    assert allowed == get_args(PrefilterMethod) == PREFILTER_METHODS
 
 
 def test_sasl_without_credentials_is_refused(monkeypatch):

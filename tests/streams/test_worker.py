@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest_workers import running_worker, unique_topics
 from engines import RerankJob, build_reranker
+from engines.static_embeddings import ensure_static_model
 from engines.testmodel import ensure_test_model
 from loadgen.client import RerankClient
 from engines.corpus import load_passages
@@ -26,6 +27,7 @@ PRECISION = "fp32"  # deterministic enough to compare with direct scores at 1e-4
 
 @pytest.fixture(scope="module")
 def test_model() -> str:
+    ensure_static_model()  # distilled here if the cache lacks it, so the worker's warm-up only loads it
     return str(ensure_test_model())
 
 
@@ -110,6 +112,50 @@ def test_ranked_responses_equal_direct_engine_scores_for_mixed_sizes(client, dir
             assert all(r["document"]["text"] == req["documents"][r["index"]] for r in results)
         else:
             assert all("document" not in r for r in results)
+
+
+def test_the_prefilter_method_of_a_request_is_honoured(client, direct):
+    rng = np.random.default_rng(int(time.time()))
+    passages = load_passages()
+    docs = [passages[int(i)] for i in rng.choice(len(passages), 150, replace=False)]  # > threshold 100
+    scores = [float(s) for s in rng.normal(size=150)]
+    query = passages[int(rng.integers(len(passages)))][:80]
+    tag = uuid.uuid4().hex[:6]
+    objects = [{"text": d, "score": s} for d, s in zip(docs, scores)]
+    requests = {method: {"request_id": f"method-{method}-{tag}", "query": query, "documents": objects,
+                         "prefilter": {"method": method, "keep": 10}}
+                for method in ("static", "bm25", "client", "static+bm25", "bi-encoder")}
+    # The caller's scores are needed only when the client method cuts the request.
+    unscored = [*objects[:3], docs[3], {"text": docs[4]}, *objects[5:]]
+    requests["missing"] = {**requests["client"], "request_id": f"method-missing-{tag}", "documents": unscored}
+    requests["small"] = {**requests["missing"], "request_id": f"method-small-{tag}", "documents": unscored[:20],
+                         "prefilter": {"method": "client"}}  # 20 documents: not prefiltered
+    for req in requests.values():
+        client.send(req)
+    client.flush()
+    assert client.wait([r["request_id"] for r in requests.values()], 120), "every request answered"
+
+    missing = only_answer(client, requests.pop("missing")["request_id"])
+    assert missing["status"] == "error" and missing["error"]["code"] == "invalid_request"
+    assert "prefilter method 'client'" in missing["error"]["message"]
+    assert "documents[3], documents[4] have none" in missing["error"]["message"]
+    small = only_answer(client, requests.pop("small")["request_id"])
+    assert small["status"] == "ok" and small["meta"]["prefiltered"] is False
+    for method, req in requests.items():
+        resp = only_answer(client, req["request_id"])
+        assert resp["status"] == "ok", resp
+        assert resp["meta"]["prefiltered"] is True and resp["meta"]["scored_by_cross_encoder"] == 10
+        (outcome,) = direct.rerank([RerankJob(query, docs, keep=10, method=method, scores=scores)])
+        assert outcome.first_stage == method
+        expected = relevance(outcome, raw_scores=False)
+        results = resp["results"]
+        assert [r["stage"] for r in results] == ["cross_encoder"] * 10 + ["prefilter"] * 140
+        assert {r["index"] for r in results[:10]} == set(np.flatnonzero(outcome.cross_encoded))
+        for r in results:
+            assert r["relevance_score"] == pytest.approx(expected[r["index"]], abs=1e-4)
+        if method == "client":  # the uncut documents carry the caller's own score
+            assert all(r["relevance_score"] == pytest.approx(scores[r["index"]], abs=1e-6) for r in results[10:])
+            assert {r["index"] for r in results[:10]} == set(np.argsort(scores)[-10:])
 
 
 def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0):
