@@ -213,10 +213,13 @@ def per_request_cpu_ms(report: dict, key: str) -> float | None:
 
 def plan(report: dict, rate: float, docs: str, p99_bound: float, max_load: float = 0.8, growth: float = 2.0,
          min_partitions: int = 6, process: str = "poisson", threads: list[int] | None = None, seed: int = 0,
-         requests: int = 20_000) -> dict:
+         requests: int = 20_000, extra_ms: float = 0.0) -> dict:
     mix = parse_distribution(docs)
     rng = np.random.default_rng(seed)
     available = profiles(report)
+    for profile in available.values():  # a network farther than the measuring machine's loopback
+        measured = profile.service.overhead_s if profile.service.overhead_s is not None else np.zeros(1)
+        profile.service.overhead_s = measured + extra_ms / 1000
     chosen = {t: p for t, p in available.items() if threads is None or t in threads}
     if not chosen:
         raise PlanError(f"no measured replica of {threads} threads in the report (measured: {sorted(available)})")
@@ -242,7 +245,7 @@ def plan(report: dict, rate: float, docs: str, p99_bound: float, max_load: float
     out = {
         "target": {"rate": rate, "docs": docs, "mean_documents": report_mean_docs,
                    "docs_per_s": rate * report_mean_docs,
-                   "p99_bound_s": p99_bound, "max_load": max_load, "arrivals": process},
+                   "p99_bound_s": p99_bound, "max_load": max_load, "arrivals": process, "extra_ms": extra_ms},
         "measured": {"machine": report.get("machine"), "engine": report.get("engine"),
                      "settings": report.get("settings")},
         "options": [asdict(o) for o in options],
@@ -401,11 +404,14 @@ def _write(path: str | None, text: str) -> None:
               help="Instead of a plan: predictions beside every measured run of this JSON.")
 @click.option("--requests", default=20_000, show_default=True, type=click.IntRange(min=1000),
               help="Simulated requests per replica (more: steadier p99, slower).")
+@click.option("--extra-ms", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Added to every request's latency: the network between clients, brokers and workers, beyond "
+                   "the measuring machine's loopback (its Kafka round trip is in the model already).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result here.")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False), help="Write the table here.")
 def main(capacity_path, rate, docs, p99_bound, max_load, growth, min_partitions, arrivals, threads, validate_path,
-         requests, seed, json_path, md_path) -> None:
+         requests, extra_ms, seed, json_path, md_path) -> None:
     """How many replicas of how many cores, how many partitions, and the p99 to expect."""
     if validate_path:
         result = validate(load_report(validate_path), seed, requests)
@@ -424,7 +430,7 @@ def main(capacity_path, rate, docs, p99_bound, max_load, growth, min_partitions,
         except ValueError:
             raise click.BadParameter(f"comma-separated integers (got {threads!r})", param_hint="--threads") from None
         result = plan(load_report(capacity_path), rate, docs, p99_bound, max_load, growth, min_partitions, arrivals,
-                      thread_list, seed, requests)
+                      thread_list, seed, requests, extra_ms)
         text = plan_markdown(result)
     click.echo(text, nl=False)  # not through rich: it would wrap the tables' rows
     _write(md_path, text)

@@ -12,10 +12,11 @@ What it models, as :mod:`streams.windows` and :mod:`streams.worker` do it:
   arrived, whichever is first, but never before the engine is free: a request that
   arrives while the engine scores waits for the next window. The window then takes the
   queued requests oldest first while their pairs fit (at least one).
-* A window's scoring time is ``fixed + per_pair × pairs + per_prefiltered_doc × documents the
-  bi-encoder read``, times a noise factor drawn from the residuals measured (or Exp(1) for
-  the textbook cases). Every request then adds an overhead drawn from the measured rest of
-  its latency (Kafka both ways, building the answer).
+* A window's time (scoring, then building its answers, before the loop takes the next
+  window) is ``fixed + per_pair × pairs + per_prefiltered_doc × documents the bi-encoder
+  read``, times a noise factor drawn from the residuals measured (or Exp(1) for the
+  textbook cases). Every request then adds an overhead drawn from the measured rest of its
+  latency (Kafka both ways).
 
 Why a simulation and not a formula: a window serves a batch whose size depends on the load
 (small windows at low load cost more per pair), it waits up to ``window_s`` at low load and
@@ -64,7 +65,7 @@ class ServiceModel:
     # multiplicative residuals (measured / fitted), drawn with replacement; None: none
     ratios: np.ndarray | None = None
     exponential: bool = False  # noise ~ Exp(1): the textbook M/M/c service
-    # per-request latency outside the worker's window and scoring (s), drawn with replacement
+    # per-request latency outside the worker (s, Kafka both ways), drawn with replacement
     overhead_s: np.ndarray | None = None
     samples: int = 0  # windows the fit used
     max_pairs_seen: int = 0

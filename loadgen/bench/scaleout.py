@@ -15,8 +15,9 @@ Beside each run: the CPU the broker (the Kafka JVM), the load generator (this pr
 workers and everything else on the machine used during it, in cores (from ``/proc``
 through psutil), so that on a small machine the reader sees how much of it the broker and
 the client take. Each run also keeps its windows (pairs, documents the prefilter read,
-scoring seconds; grouped from the answers' ``meta``) and the per-answer latency outside the
-window and the engine: ``python -m loadgen.plan`` builds its model of a replica from them.
+seconds it kept the scoring loop; grouped from the answers' ``meta``) and each answer's
+latency outside the worker (end to end minus ``meta.total_ms``: Kafka both ways):
+``python -m loadgen.plan`` builds its model of a replica from them.
 
     python -m loadgen.bench.scaleout --json out/scaleout.json --markdown out/scaleout.md
     python -m loadgen.bench.scaleout --quick          # a smoke test: 1×1 and 2×1, tiny runs
@@ -132,9 +133,14 @@ class CpuMeter:
 
 def windows_and_overheads(result: LoadResult, snapshot: dict[str, SentRequest],
                           rng: np.random.Generator) -> tuple[list[list[float]], list[float], dict[str, int]]:
-    """The run's windows as [pairs, documents the prefilter read, scoring seconds] (answers
-    of one window share the worker and its inference_ms), each answer's latency outside the
-    window wait and the scoring (ms), and the answers per worker."""
+    """The run's windows as [pairs, documents the prefilter read, seconds the window kept the
+    scoring loop], each answer's latency outside its window wait and that time (ms), and the
+    answers per worker.
+
+    Answers of one window share the worker and its inference_ms. The loop builds the
+    window's answers one after the other before it takes the next window, so a window keeps
+    it for inference_ms plus the answer building of its last answer (total_ms - queue_ms -
+    inference_ms grows along the window)."""
     windows: dict[tuple[str, float], list[float]] = {}
     overheads, by_worker = [], Counter()
     for row in result.per_answer:
@@ -143,11 +149,14 @@ def windows_and_overheads(result: LoadResult, snapshot: dict[str, SentRequest],
         if answer.response.get("status") != "ok" or not isinstance(meta, dict):
             continue
         by_worker[meta["worker"]] += 1
-        window = windows.setdefault((meta["worker"], meta["inference_ms"]), [0, 0, meta["inference_ms"] / 1000])
+        building_ms = max(0.0, meta["total_ms"] - meta["queue_ms"] - meta["inference_ms"])
+        window = windows.setdefault((meta["worker"], meta["inference_ms"]), [0, 0, meta["inference_ms"], 0.0])
         window[0] += meta["scored_by_cross_encoder"]
         window[1] += meta["documents"] if meta["prefiltered"] else 0
-        overheads.append(row["latency_ms"] - meta["queue_ms"] - meta["inference_ms"])
-    rows = list(windows.values())
+        window[3] = max(window[3], building_ms)
+        overheads.append(row["latency_ms"] - meta["total_ms"])
+    rows = [[pairs, docs, (inference_ms + building_ms) / 1000]
+            for pairs, docs, inference_ms, building_ms in windows.values()]
     if len(rows) > KEEP_SAMPLES:
         rows = [rows[i] for i in sorted(rng.choice(len(rows), KEEP_SAMPLES, replace=False))]
     if len(overheads) > KEEP_SAMPLES:

@@ -128,6 +128,14 @@ def test_a_tighter_bound_needs_more_replicas_and_an_impossible_one_none():
     assert "No plan meets the target" in plan_markdown(impossible)
 
 
+def test_extra_network_latency_moves_the_p99_by_as_much():
+    report = synthetic_report(configs=((1, 1),))
+    near = plan(report, rate=10, docs="10", p99_bound=5, requests=10_000, seed=4)["recommendation"]
+    far = plan(report, rate=10, docs="10", p99_bound=5, requests=10_000, seed=4, extra_ms=50)["recommendation"]
+    assert far["replicas"] == near["replicas"]
+    assert far["p99_s"] - near["p99_s"] == pytest.approx(0.050, abs=0.005)
+
+
 def test_plan_warns_when_it_extrapolates_beyond_what_was_measured():
     report = synthetic_report(configs=((1, 1),))
     notes = plan(report, rate=1, docs="300-1000", p99_bound=60, requests=5_000)["notes"]
