@@ -25,8 +25,9 @@ replica maximum).
 ``--validate`` puts the model's predictions beside every measured run of the same JSON:
 capacity (closed loop) and p50/p99 (open loop, at the rate the run sent, regular sends as
 loadgen makes them), once with the 1-replica profile (what the plan uses: are replicas
-independent?) and once with the service times of that configuration itself (is the
-queueing model right, whatever the replicas did to each other's cores?).
+independent, and does one service time fitted over every size and load hold?) and once
+with the windows of that very run (is the queueing model right, given the service times
+the run saw, whatever the replicas did to each other's cores?).
 
 A client-side tool: it reads JSON and imports nothing of the engines or the worker.
 """
@@ -270,6 +271,10 @@ def _s(v: float | None) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.2f}"
 
 
+def _n(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
 def plan_markdown(result: dict) -> str:
     t = result["target"]
     lines = [f"Target: {t['rate']:g} requests/s of {t['docs']} documents (mean {t['mean_documents']:.0f}, "
@@ -312,19 +317,23 @@ def plan_markdown(result: dict) -> str:
 
 def validate(report: dict, seed: int = 0, requests: int = 20_000) -> dict:
     """The model beside every measured run: capacity for closed-loop runs, p50/p99 for
-    open-loop ones; from the 1-replica profile and from the configuration's own windows."""
+    open-loop ones; from the 1-replica profile (what a plan uses) and from the run's own
+    windows (the queueing model alone, given the service times the run saw)."""
     rng = np.random.default_rng(seed)
     base = profiles(report)
-    own: dict[tuple[int, int], Profile] = {}
+    policy = window_policy(report)
     rows = []
     for run in report["runs"]:
-        key = (run["replicas"], run["threads"])
-        if key not in own:
-            own[key] = profile_of(report, *key)
         mix = parse_distribution(run["docs"])
         row = {"config": run["config"], "docs": run["docs"], "kind": run["kind"], "rate": run.get("rate"),
                "of_own_capacity": run.get("of_own_capacity"), "partitions": run["partitions"]}
-        for name, profile in (("profile", base[run["threads"]]), ("own", own[key])):
+        models = [("profile", base[run["threads"]])]
+        if run["windows"]:
+            models.append(("own", Profile(run["threads"], "this run", ServiceModel.fit(
+                np.array(run["windows"]), np.array(run["overhead_ms"]) / 1000), policy, run["replicas"] > 1)))
+        else:
+            row.update(own_docs_per_s=None, own_p50_s=None, own_p99_s=None, own_ratio=None)
+        for name, profile in models:
             if run["kind"] == "closed":
                 _, docs_per_s = saturated_rate(profile.service, profile.policy, mix, rng)
                 row["measured_docs_per_s"] = run["docs_per_s"]
@@ -352,8 +361,10 @@ def validate(report: dict, seed: int = 0, requests: int = 20_000) -> dict:
 
 def validation_markdown(result: dict) -> str:
     lines = [f"Planner against the measured runs ({result['machine']}, {result['engine']}). *profile*: the model "
-             "of a replica from the 1-replica run of its thread count, as `python -m loadgen.plan` uses it; *own*: "
-             "from that configuration's own windows. Ratio = predicted / measured.", "",
+             "of a replica from the 1-replica runs of its thread count, as `python -m loadgen.plan` uses it (are "
+             "replicas independent, is a service time fitted over all sizes and loads right?); *own*: from the "
+             "windows of that very run (is the queueing model right, given the service times the run saw?). "
+             "Ratio = predicted / measured.", "",
              "| replicas × threads | documents | run | measured | predicted (profile) | ratio | "
              "predicted (own) | ratio |", "|---|---|---|---:|---:|---:|---:|---:|"]
 
@@ -363,7 +374,7 @@ def validation_markdown(result: dict) -> str:
     for r in result["rows"]:
         if r["kind"] == "closed":
             lines.append(f"| {r['config']} | {r['docs']} | capacity (docs/s) | {r['measured_docs_per_s']:.0f} | "
-                         f"{r['profile_docs_per_s']:.0f} | {ratio(r['profile_ratio'])} | {r['own_docs_per_s']:.0f} | "
+                         f"{r['profile_docs_per_s']:.0f} | {ratio(r['profile_ratio'])} | {_n(r['own_docs_per_s'])} | "
                          f"{ratio(r['own_ratio'])} |")
         else:
             lines.append(f"| {r['config']} | {r['docs']} | p50 / p99 (s) at {r['rate']:.2f} req/s "
@@ -371,7 +382,7 @@ def validation_markdown(result: dict) -> str:
                          f"{_s(r['profile_p50_s'])} / {_s(r['profile_p99_s'])} | {ratio(r['profile_ratio'])} | "
                          f"{_s(r['own_p50_s'])} / {_s(r['own_p99_s'])} | {ratio(r['own_ratio'])} |")
     lines.append("")
-    names = {"profile": "from the 1-replica profile", "own": "from each configuration's own windows"}
+    names = {"profile": "from the 1-replica profile", "own": "from each run's own windows"}
     for key, s in result["summary"].items():
         figure, name = key.split("_", 1)
         lines.append(f"- {figure}, {names[name]}: median error {s['median_error']:.0%}, worst {s['worst_error']:.0%} "

@@ -36,6 +36,8 @@ import numpy as np
 
 #: (weight, lowest, highest) documents per request: a uniform range, or a mix of them
 Mix = list[tuple[float, int, int]]
+#: residuals by window size: at most MAX_BINS bins of at least BIN_WINDOWS windows each
+MAX_BINS, BIN_WINDOWS = 4, 50
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class ServiceModel:
     per_prefiltered_doc_s: float = 0.0
     # multiplicative residuals (measured / fitted), drawn with replacement; None: none
     ratios: np.ndarray | None = None
+    # the same residuals by window size: (largest pairs of the bin, its sorted ratios); a
+    # window draws from its own size's bin, since small windows vary more than full ones
+    ratio_bins: list[tuple[float, np.ndarray]] | None = None
     exponential: bool = False  # noise ~ Exp(1): the textbook M/M/c service
     # per-request latency outside the worker (s, Kafka both ways), drawn with replacement
     overhead_s: np.ndarray | None = None
@@ -74,11 +79,23 @@ class ServiceModel:
         return self.fixed_s + self.per_pair_s * pairs + self.per_prefiltered_doc_s * prefiltered_docs
 
     def noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """One draw per window: the factor itself, or a uniform that ``factor`` maps to a
+        ratio of the window's size bin."""
         if self.exponential:
             return rng.exponential(1.0, n)
+        if self.ratio_bins:
+            return rng.random(n)
         if self.ratios is not None and len(self.ratios):
             return rng.choice(self.ratios, n)
         return np.ones(n)
+
+    def factor(self, pairs: float, draw: float) -> float:
+        if not self.ratio_bins or self.exponential:
+            return draw
+        for upper, ratios in self.ratio_bins:
+            if pairs <= upper:
+                break
+        return float(ratios[int(draw * len(ratios))])
 
     def overhead(self, n: int, rng: np.random.Generator) -> np.ndarray:
         if self.overhead_s is not None and len(self.overhead_s):
@@ -121,6 +138,11 @@ class ServiceModel:
         fitted = np.array([model.mean_s(p, d) for p, d in zip(pairs, docs)])
         ok = fitted > 0
         model.ratios = seconds[ok] / fitted[ok] if ok.any() else None
+        if model.ratios is not None and len(model.ratios) >= 2 * BIN_WINDOWS:
+            by_size = np.argsort(pairs[ok], kind="stable")
+            chunks = np.array_split(by_size, min(MAX_BINS, len(by_size) // BIN_WINDOWS))
+            model.ratio_bins = [(float(pairs[ok][chunk].max()), np.sort(model.ratios[chunk])) for chunk in chunks]
+            model.ratio_bins[-1] = (math.inf, model.ratio_bins[-1][1])
         return model
 
 
@@ -193,7 +215,7 @@ def simulate_replica(arrivals: np.ndarray, pairs: np.ndarray, prefiltered_docs: 
         fits = bisect.bisect_right(cum, cum[i] + max_pairs, lo=i) - 1
         end = max(i + 1, min(arrived, fits))
         w_pairs = cum[end] - cum[i]
-        seconds = service.mean_s(w_pairs, cum_docs[end] - cum_docs[i]) * noise[k]
+        seconds = service.mean_s(w_pairs, cum_docs[end] - cum_docs[i]) * service.factor(w_pairs, noise[k])
         finish[i:end] = start + seconds
         heapq.heappush(free, start + seconds)
         busy += seconds

@@ -3,7 +3,8 @@
 For every configuration of ``--replicas`` × ``--threads`` (RERANK_THREADS) it starts that many
 worker processes in one consumer group on a request topic of ``--partitions`` partitions,
 waits until every replica holds partitions (their ``/ready``), warms them up, and for each
-``--docs`` size measures:
+``--docs`` size measures (each run long enough for about ``--min-answers`` answers, from
+``--run-seconds`` to ``--max-run-seconds``):
 
 * **capacity**, closed loop: enough requests in flight to keep every replica busy with full
   windows (two windows' worth per replica): docs/s, p50/p99, lost;
@@ -236,25 +237,28 @@ def measure_config(bootstrap: str, config: Config, buckets: list[str], base_env:
                 common = {"config": config.label, "replicas": config.replicas, "threads": config.threads,
                           "engine": engine, "docs": bucket, "partitions": args["partitions"]}
 
-                def measured(kind: str, **load) -> dict:
+                def measured(kind: str, expected_rps: float | None, **load) -> dict:
+                    seconds = run_length(expected_rps, args)
                     before = meter.snapshot()
-                    result = run_load(client, factory, duration_s=args["run_seconds"], timeout_s=args["timeout"],
+                    result = run_load(client, factory, duration_s=seconds, timeout_s=args["timeout"],
                                       show_progress=False, **load)
                     cpu = CpuMeter.cores(before, meter.snapshot())
                     windows, overheads, by_worker = windows_and_overheads(result, client.snapshot(), rng)
-                    row = {**common, "kind": kind, **load, **run_figures(result), "cpu": cpu,
+                    row = {**common, "kind": kind, **load, "duration_s": seconds, **run_figures(result), "cpu": cpu,
                            "answers_by_worker": by_worker, "windows": windows, "overhead_ms": overheads}
                     how = f"{load['rate']:.2f} req/s" if "rate" in load else f"{load['concurrency']} in flight"
-                    console.print(f"  {bucket:>8} {kind:>6} {how}: {result.docs_per_s:7.1f} docs/s, "
+                    console.print(f"  {bucket:>8} {kind:>6} {how}, {seconds:.0f} s: {result.docs_per_s:7.1f} docs/s, "
                                   f"p50 {result.p50 or 0:.2f} s, p99 {result.p99 or 0:.2f} s, lost {result.lost}; "
                                   f"cores: workers {cpu['workers_cores']:.2f}, broker {_fmt(cpu['broker_cores'])}, "
                                   f"loadgen {_fmt(cpu['loadgen_cores'])}, other {cpu['other_cores']:.2f}")
                     return row
 
+                warm_rps = None
                 if args["warmup_seconds"] > 0:  # first windows compile kernels, fill caches
-                    run_load(client, factory, concurrency=in_flight, duration_s=args["warmup_seconds"],
-                             timeout_s=args["timeout"], show_progress=False)
-                closed = measured("closed", concurrency=in_flight)
+                    warm = run_load(client, factory, concurrency=in_flight, duration_s=args["warmup_seconds"],
+                                    timeout_s=args["timeout"], show_progress=False)
+                    warm_rps = warm.requests_per_s if warm.answered else None
+                closed = measured("closed", warm_rps, concurrency=in_flight)
                 runs.append(closed)
                 capacity = closed["requests_per_s"]
                 reference.setdefault(bucket, capacity)
@@ -267,7 +271,7 @@ def measure_config(bootstrap: str, config: Config, buckets: list[str], base_env:
                     if rate > 0.95 * capacity:  # beyond what this configuration sustains: a queue that only grows
                         console.print(f"  {bucket:>8} skipped {rate:.2f} req/s: above 95% of this capacity")
                         continue
-                    row = measured("open", rate=rate)
+                    row = measured("open", rate, rate=rate)
                     row.update(basis=basis, fraction=fraction, of_own_capacity=rate / capacity)
                     runs.append(row)
     finally:
@@ -276,6 +280,13 @@ def measure_config(bootstrap: str, config: Config, buckets: list[str], base_env:
             if code not in (0, None):
                 console.print(f"[red]{w.name} exited with {code}[/red]\n{w.tail(15)}")
     return runs, info
+
+
+def run_length(expected_rps: float | None, args: dict) -> float:
+    """Seconds for a run to see about --min-answers answers at the rate expected, within
+    --run-seconds and --max-run-seconds (large requests come slowly on a few cores)."""
+    wanted = args["min_answers"] / expected_rps if expected_rps else args["max_run_seconds"]
+    return min(max(args["run_seconds"], wanted), max(args["max_run_seconds"], args["run_seconds"]))
 
 
 def _fmt(v: float | None, spec: str = ".2f") -> str:
@@ -327,7 +338,8 @@ def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [f"Machine: {report['machine']}. Engine: {report['engine']}. Model: {report['model_note']}. "
              f"Windows: {s['window_max_pairs']} pairs / {s['window_ms']:g} ms; {report['partitions']} request "
-             f"partitions; {report['run_seconds']:g}-s runs. Command: `{report['command']}` "
+             f"partitions; runs of {report['run_seconds']:g} to {report['max_run_seconds']:g} s (about "
+             f"{report['min_answers']} answers each). Command: `{report['command']}` "
              f"({report['wall_s'] / 60:.0f} min).", "",
              "**Capacity** (closed loop, two full windows in flight per replica; CPU in cores, "
              f"of {report['cores']}):", "",
@@ -398,11 +410,16 @@ def _ints(text: str, name: str) -> list[int]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--replicas", default="1,2", show_default=True, help="Replica counts, comma-separated.")
 @click.option("--threads", default="1,2", show_default=True, help="RERANK_THREADS per replica, comma-separated.")
-@click.option("--docs", default="4-15,50-100", show_default=True,
+@click.option("--docs", default="4-15,50-100,300-1000", show_default=True,
               help="Documents per request, one size per measurement (names, LO-HI; ';' between mixes).")
 @click.option("--partitions", type=click.IntRange(min=1), default=None,
               help="Request-topic partitions [default: a multiple of every replica count, at least 6].")
-@click.option("--run-seconds", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--run-seconds", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Shortest measured run.")
+@click.option("--min-answers", default=100, show_default=True, type=click.IntRange(min=1),
+              help="A run lasts long enough for about this many answers at its expected rate...")
+@click.option("--max-run-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="...but no longer than this.")
 @click.option("--warmup-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--fractions", default="0.5,0.8", show_default=True,
               help="Open-loop rates as fractions of the measured capacity.")
@@ -422,12 +439,14 @@ def _ints(text: str, name: str) -> list[int]:
 @click.option("--markdown", "md_path", default="out/scaleout.md", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--logs", "logs_dir", default=None, type=click.Path(file_okay=False),
               help="Worker logs here [default: a new temporary folder].")
-def main(replicas, threads, docs, partitions, run_seconds, warmup_seconds, fractions, concurrency, window_max_pairs,
-         window_ms, engine, precision, model, bootstrap, quick, json_path, md_path, logs_dir) -> None:
+def main(replicas, threads, docs, partitions, run_seconds, min_answers, max_run_seconds, warmup_seconds, fractions,
+         concurrency, window_max_pairs, window_ms, engine, precision, model, bootstrap, quick, json_path, md_path,
+         logs_dir) -> None:
     """Replicas × threads through Kafka: capacity, latency, and the broker's and client's CPU beside them."""
     console = Console()
     if quick:
         replicas, threads, docs, run_seconds, warmup_seconds, fractions = "1,2", "1", "2-4", 3.0, 1.0, "0.5"
+        max_run_seconds = 3.0
         window_max_pairs = window_max_pairs or 32
     replica_counts, thread_counts = _ints(replicas, "--replicas"), _ints(threads, "--threads")
     buckets = [b.strip() for b in docs.split(";" if ";" in docs else ",") if b.strip()]
@@ -455,12 +474,15 @@ def main(replicas, threads, docs, partitions, run_seconds, warmup_seconds, fract
                                             ("RERANK_WINDOW_MAX_PAIRS", window_max_pairs),
                                             ("RERANK_WINDOW_MS", window_ms)) if v is not None})
     settings = WorkerSettings(**{k.removeprefix("RERANK_").lower(): v for k, v in base_env.items()})
-    args = {"partitions": partitions, "run_seconds": run_seconds, "warmup_seconds": warmup_seconds,
+    args = {"partitions": partitions, "run_seconds": run_seconds, "min_answers": min_answers,
+            "max_run_seconds": max_run_seconds, "warmup_seconds": warmup_seconds,
             "fractions": fraction_list, "concurrency": concurrency,
-            "timeout": max(120.0, 4 * run_seconds)}
-    per_bucket_s = run_seconds * (1 + 2 * len(fraction_list)) + warmup_seconds + 10
-    console.print(f"{len(configs)} configurations × {len(buckets)} sizes: about "
-                  f"{(len(configs) * (len(buckets) * per_bucket_s + 40)) / 60:.0f} min")
+            "timeout": max(120.0, 4 * max(run_seconds, max_run_seconds))}
+    longest = max(run_seconds, max_run_seconds)
+    per_bucket_s = (run_seconds, longest)
+    minutes = [len(configs) * (len(buckets) * (s * (1 + 2 * len(fraction_list)) + warmup_seconds + 10) + 40) / 60
+               for s in per_bucket_s]
+    console.print(f"{len(configs)} configurations × {len(buckets)} sizes: {minutes[0]:.0f} to {minutes[1]:.0f} min")
     logs = Path(logs_dir) if logs_dir else Path(tempfile.mkdtemp(prefix="rerank-scaleout-"))
     started = time.monotonic()
     runs: list[dict] = []
@@ -484,7 +506,8 @@ def main(replicas, threads, docs, partitions, run_seconds, warmup_seconds, fract
     report = {
         "kind": "scaleout", "version": 1, "machine": machine(), "cores": psutil.cpu_count() or 1,
         "engine": ", ".join(engines_seen), "engine_requested": engine or "worker default", "model": model,
-        "model_note": model_note, "partitions": partitions, "run_seconds": run_seconds, "fractions": fraction_list,
+        "model_note": model_note, "partitions": partitions, "run_seconds": run_seconds,
+        "max_run_seconds": max(run_seconds, max_run_seconds), "min_answers": min_answers, "fractions": fraction_list,
         "settings": {"window_max_pairs": settings.window_max_pairs, "window_ms": settings.window_ms,
                      "prefilter_threshold": settings.prefilter_threshold if settings.engine != "bi-encoder" else None,
                      "prefilter_keep": settings.prefilter_keep, "max_inflight_pairs": settings.max_inflight_pairs},

@@ -180,3 +180,20 @@ def test_docs_and_percentile_helpers():
     values, weights = np.array([1.0, 2.0, 3.0]), np.array([0.1, 0.1, 0.8])
     assert weighted_percentile(values, weights, 50) == 3.0
     assert weighted_percentile(values, weights, 15) == 2.0
+
+
+def test_small_windows_draw_their_noise_from_small_windows():
+    rng = np.random.default_rng(9)
+    small = np.column_stack([rng.integers(1, 20, 200), np.zeros(200), np.zeros(200)])
+    full = np.column_stack([np.full(200, 512), np.zeros(200), np.zeros(200)])
+    small[:, 2] = (0.005 + 0.004 * small[:, 0]) * rng.choice([0.5, 1.5], 200)  # ±50%
+    full[:, 2] = (0.005 + 0.004 * 512) * rng.choice([0.98, 1.02], 200)  # ±2%
+    model = ServiceModel.fit(np.vstack([small, full]))
+    assert len(model.ratio_bins) == 4 and model.ratio_bins[-1][0] == math.inf
+    draws = rng.random(2000)
+    full_factors = np.array([model.factor(512, u) for u in draws])
+    small_factors = np.array([model.factor(5, u) for u in draws])
+    assert full_factors.std() < 0.1 and small_factors.std() > 0.3
+    # fit and residuals together give back each size's measured mean
+    assert (model.mean_s(512) * full_factors).mean() == pytest.approx(0.005 + 0.004 * 512, rel=0.02)
+    assert (model.mean_s(5) * small_factors).mean() == pytest.approx(0.005 + 0.004 * 5, rel=0.15)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from loadgen.bench.scaleout import (CpuMeter, broker_process, comparisons, concurrency_for, cpu_summary,
-                                    mark_shared_reference, markdown)
+                                    mark_shared_reference, markdown, run_length)
 from streams.settings import WorkerSettings
 
 
@@ -21,6 +21,15 @@ def test_closed_loop_keeps_two_full_windows_per_replica_in_flight():
     assert concurrency_for("300-1000", 1, settings) == 11
     assert concurrency_for("2000", 3, settings) == 3 * 11
     assert concurrency_for("600", 1, WorkerSettings(window_max_pairs=512, prefilter_threshold=5000)) == 4
+
+
+def test_runs_last_long_enough_for_enough_answers_within_bounds():
+    args = {"min_answers": 100, "run_seconds": 20.0, "max_run_seconds": 60.0}
+    assert run_length(50.0, args) == 20.0  # 100 answers in 2 s: the shortest run
+    assert run_length(2.5, args) == 40.0
+    assert run_length(0.2, args) == 60.0  # large requests: capped
+    assert run_length(None, args) == 60.0  # nothing to go by
+    assert run_length(0.2, {**args, "max_run_seconds": 5.0}) == 20.0  # the cap never cuts below the shortest
 
 
 def test_cpu_meter_reports_cores_and_what_else_ran():
@@ -62,7 +71,7 @@ def test_comparison_pairs_one_replica_of_two_threads_with_two_of_one():
     assert figures["p50 / p99 at 5.00 req/s"]["a"] == (0.5, 0.7) and figures["p50 / p99 at 5.00 req/s"]["b"][1] == 0.6
     assert figures["p50 / p99 at 50% of own capacity"]["rates"] == (8.5, 9.2)
     report = {"machine": "test, 2 cores", "engine": "onnx-int8", "model_note": "test", "partitions": 6,
-              "run_seconds": 20, "command": "python -m loadgen.bench.scaleout", "wall_s": 600, "cores": 2,
+              "run_seconds": 20, "max_run_seconds": 60, "min_answers": 100, "command": "python -m loadgen.bench.scaleout", "wall_s": 600, "cores": 2,
               "settings": {"window_max_pairs": 512, "window_ms": 20.0}, "runs": runs, "comparisons": [comp],
               "cpu_summary": cpu_summary(runs)}
     text = markdown(report)
