@@ -18,9 +18,10 @@ between them (ordering per key breaks across the change), so the topic is sized 
 up front. The rule: **a multiple of the replicas needed now, from ``--growth`` (2) to twice
 that many times them and at least ``--min-partitions`` (6), the one with the most
 divisors** (so that most replica counts you may grow to split the partitions evenly: a
-replica with one partition more than another gets that much more of the load). Replicas
-beyond the partition count idle, so the partitions also cap scaling out (and KEDA's
-replica maximum).
+replica with one partition more than another gets that much more of the load). Where up to
+5% more replicas than the fewest needed give partitions with more divisors, the plan takes
+them (239 replicas would get 956 partitions; 240 get 720). Replicas beyond the partition
+count idle, so the partitions also cap scaling out (and KEDA's replica maximum).
 
 ``--validate`` puts the model's predictions beside every measured run of the same JSON:
 capacity (closed loop) and p50/p99 (open loop, at the rate the run sent, regular sends as
@@ -161,16 +162,25 @@ class Option:
     p99_s: float | None
     mean_window_requests: float | None
     why_not: str | None = None
+    fewest_replicas: int | None = None  # before rounding up for the partitions' sake
 
 
 def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def rounded_replicas(fewest: int, growth: float, min_partitions: int, slack: float = 0.05) -> int:
+    """Up to `slack` more replicas than the fewest, where that gives partitions with more
+    divisors (239 replicas: 956 partitions, 6 divisors; 240: 720 partitions, 30 divisors)."""
+    candidates = range(fewest, math.floor(fewest * (1 + slack)) + 1)
+    return max(candidates, key=lambda c: (len(divisors(partitions_for(c, growth, min_partitions))), -c))
+
+
 def plan_option(profile: Profile, rate: float, mix: Mix, p99_bound: float, max_load: float, process: str,
-                rng: np.random.Generator, requests: int) -> Option:
+                rng: np.random.Generator, requests: int, growth: float = 2.0, min_partitions: int = 6) -> Option:
     """Fewest replicas of this profile meeting the bound, by doubling then bisection on c
-    (each replica on its own partitions, an even split)."""
+    (each replica on its own partitions, an even split), then rounded up a little where
+    that gives partitions more divisors."""
     capacity, capacity_docs = saturated_rate(profile.service, profile.policy, mix, rng)
     cache: dict[int, SystemPrediction] = {}
 
@@ -199,9 +209,10 @@ def plan_option(profile: Profile, rate: float, mix: Mix, p99_bound: float, max_l
             hi = mid
         else:
             lo = mid + 1
-    best = at(hi)
-    return Option(profile.threads, profile.source, capacity, capacity_docs, hi, hi * profile.threads,
-                  best.load_over_capacity, best.p50_s, best.p99_s, best.mean_window_requests)
+    replicas = rounded_replicas(hi, growth, min_partitions)
+    best = at(replicas)
+    return Option(profile.threads, profile.source, capacity, capacity_docs, replicas, replicas * profile.threads,
+                  best.load_over_capacity, best.p50_s, best.p99_s, best.mean_window_requests, fewest_replicas=hi)
 
 
 def per_request_cpu_ms(report: dict, key: str) -> float | None:
@@ -224,7 +235,8 @@ def plan(report: dict, rate: float, docs: str, p99_bound: float, max_load: float
     chosen = {t: p for t, p in available.items() if threads is None or t in threads}
     if not chosen:
         raise PlanError(f"no measured replica of {threads} threads in the report (measured: {sorted(available)})")
-    options = [plan_option(p, rate, mix, p99_bound, max_load, process, rng, requests) for p in chosen.values()]
+    options = [plan_option(p, rate, mix, p99_bound, max_load, process, rng, requests, growth, min_partitions)
+               for p in chosen.values()]
     feasible = [o for o in options if o.replicas]
     best = min(feasible, key=lambda o: (o.cores, o.p99_s)) if feasible else None
     notes = []
@@ -251,7 +263,8 @@ def plan(report: dict, rate: float, docs: str, p99_bound: float, max_load: float
                      "settings": report.get("settings")},
         "options": [asdict(o) for o in options],
         "recommendation": None if best is None else {
-            "replicas": best.replicas, "threads": best.threads, "cores": best.cores,
+            "replicas": best.replicas, "fewest_replicas": best.fewest_replicas, "threads": best.threads,
+            "cores": best.cores,
             "partitions": partitions, "p50_s": best.p50_s, "p99_s": best.p99_s,
             "load_over_capacity": best.load_over_capacity,
             "even_splits": [d for d in divisors(partitions) if d >= best.replicas],
@@ -300,7 +313,9 @@ def plan_markdown(result: dict) -> str:
                   f"RERANK_THREADS={rec['threads']}, CPU request = limit = {rec['threads']}), "
                   f"**{rec['partitions']} request partitions** (RERANK_REQUEST_PARTITIONS). Expected p50 "
                   f"{_s(rec['p50_s'])} s, p99 {_s(rec['p99_s'])} s, each replica at {rec['load_over_capacity']:.0%} "
-                  "of its capacity.",
+                  "of its capacity." + (f" (The fewest that meet the target are {rec['fewest_replicas']}; "
+                                        f"{rec['replicas']} give partitions with more divisors.)"
+                                        if rec["fewest_replicas"] != rec["replicas"] else ""),
                   f"Partitions: {result['partition_rule']}. Replica counts that split {rec['partitions']} evenly from "
                   f"here: {', '.join(map(str, rec['even_splits']))}; at {rec['partitions']} replicas these partitions "
                   f"carry about {rec['most_rate_on_these_partitions']:.0f} requests/s (each replica at "

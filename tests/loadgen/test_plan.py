@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from loadgen.bench.plan import (DISTRIBUTIONS, PlanError, divisors, load_report, parse_distribution, partitions_for,
-                                plan, plan_markdown, profiles, validate, validation_markdown)
+                                plan, plan_markdown, profiles, rounded_replicas, validate, validation_markdown)
 from loadgen.bench.queueing import ServiceModel, WindowPolicy, predict, saturated_rate
 from loadgen.run import DISTRIBUTIONS as LOADGEN_DISTRIBUTIONS
 from loadgen.run import parse_distribution as loadgen_parse_distribution
@@ -88,6 +88,13 @@ def test_partition_rule(replicas, expected):
     assert partitions % replicas == 0 and partitions >= max(2 * replicas, 6) and partitions <= 2 * max(2 * replicas, 6)
 
 
+def test_a_prime_replica_count_is_rounded_up_a_little_for_better_partitions():
+    assert rounded_replicas(239, 2.0, 6) == 240  # 720 partitions (30 divisors), not 956 (6)
+    assert len(divisors(partitions_for(240))) > len(divisors(partitions_for(239)))
+    assert rounded_replicas(7, 2.0, 6) == 7  # 5% of 7 is not a replica
+    assert rounded_replicas(100, 2.0, 6) in range(100, 106)
+
+
 def test_partition_rule_prefers_many_divisors_and_respects_growth():
     assert partitions_for(1, growth=2, minimum=1) == 4  # 2, 3, 4: 4 has three divisors
     assert partitions_for(10, growth=3, minimum=1) == 60  # 30..60 in steps of 10: 60 has 12
@@ -101,7 +108,7 @@ def test_plan_takes_the_fewest_cores_that_meet_the_bound():
     for threads, option in options.items():
         capacity, _ = saturated_rate(truth(threads), POLICY, parse_distribution("4-15"), np.random.default_rng(1))
         assert option["capacity_rps"] == pytest.approx(capacity, rel=0.05)
-        assert option["replicas"] >= math.ceil(100 / (capacity * 0.8))
+        assert option["replicas"] >= option["fewest_replicas"] >= math.ceil(100 / (capacity * 0.8))
         assert option["load_over_capacity"] <= 0.8 and option["p99_s"] <= 5.0
         assert option["cores"] == option["replicas"] * threads
     rec = result["recommendation"]
