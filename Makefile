@@ -8,7 +8,7 @@ OUT := out
 RERANK_GROUP_ID ?= rerank-workers
 
 .PHONY: help venv kafka-jars kafka-up kafka-up-secure kafka-down topics lag model model-trained \
-	demo worker test test-faults test-security soak bench bench-replicas loadtest eval eval-quick clean
+	demo worker test test-faults test-security soak bench bench-replicas scaleout loadtest eval eval-quick clean
 
 # Every target is listed here (tests/test_makefile.py checks it).
 help:
@@ -35,6 +35,7 @@ help:
 	@echo "  make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
 	@echo "  make bench-replicas  2 engine processes x 1 thread against 1, per engine ($(OUT)/replicas.json)"
 	@echo "  make loadtest    planning table through Kafka: sustained docs/s and p99 per size and strategy (~20 min)"
+	@echo "  make scaleout    1-2 replicas x 1-2 threads through Kafka, then the planner beside it (~50 min)"
 	@echo "  make eval        relevance of every strategy (NDCG@10, retention of int8/prefilter) -> $(OUT)/eval"
 	@echo "  make eval-quick  the same on 20 queries: a few minutes, but the first run on a machine"
 	@echo "                   trains the demo model first (~27 min on 2 cores, progress shown)"
@@ -123,6 +124,13 @@ eval: venv
 
 eval-quick: venv
 	$(RUN) -m evaluation --quick --out $(OUT)/eval-quick $(EVAL_ARGS)
+
+# Replicas x threads through Kafka (CPU of broker, loadgen and workers beside each), then the
+# capacity planner's predictions beside the measured runs (~50 min on 2 cores).
+scaleout: venv kafka-jars
+	@mkdir -p $(OUT)
+	$(RUN) -m loadgen.bench.scaleout --json $(OUT)/scaleout.json --markdown $(OUT)/scaleout.md $(SCALEOUT_ARGS)
+	$(RUN) -m loadgen.plan --validate $(OUT)/scaleout.json --json $(OUT)/plan-validation.json --markdown $(OUT)/plan-validation.md
 
 clean: kafka-down
 	rm -rf $(OUT) .pytest_cache

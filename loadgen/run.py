@@ -21,31 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engines.corpus import load_passages, queries
 from loadgen.client import Answer, RerankClient, SentRequest
-
-#: Named document-count distributions: a uniform range, or a mix of ranges with weights.
-DISTRIBUTIONS: dict[str, list[tuple[float, int, int]]] = {
-    "4-15": [(1.0, 4, 15)],
-    "50-100": [(1.0, 50, 100)],
-    "100-200": [(1.0, 100, 200)],
-    "300-1000": [(1.0, 300, 1000)],
-    "mix": [(0.6, 4, 15), (0.25, 50, 100), (0.1, 100, 200), (0.05, 300, 1000)],
-}
-
-
-def parse_distribution(spec: str) -> list[tuple[float, int, int]]:
-    """A name above, "LO-HI", or a mix "LO-HI:W,LO-HI:W" (weights need not sum to 1)."""
-    if spec in DISTRIBUTIONS:
-        return DISTRIBUTIONS[spec]
-    parts = []
-    for piece in spec.split(","):
-        rng, _, weight = piece.partition(":")
-        lo, _, hi = rng.partition("-")
-        if not (lo.isdigit() and (hi or lo).isdigit()) or int(lo) < 1 or int(hi or lo) < int(lo):
-            raise ValueError(f"bad document-count distribution {spec!r}: use a name "
-                             f"({', '.join(DISTRIBUTIONS)}), LO-HI, or LO-HI:W,LO-HI:W")
-        parts.append((float(weight or 1), int(lo), int(hi or lo)))
-    return parts
-
+from loadgen.distributions import DISTRIBUTIONS, Mix, parse_distribution  # noqa: F401 (re-exported)
 
 class RequestFactory:
     """Rerank requests with documents drawn from the corpus of real English passages."""

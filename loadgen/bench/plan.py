@@ -43,33 +43,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from loadgen.bench.queueing import (Mix, ServiceModel, SystemPrediction, WindowPolicy, mean_docs, predict,
-                                    saturated_rate)
-
-#: The same named distributions as loadgen.run.DISTRIBUTIONS (a test holds them equal); kept
-#: here so that the planner does not import the load generator and through it the engines.
-DISTRIBUTIONS: dict[str, Mix] = {
-    "4-15": [(1.0, 4, 15)],
-    "50-100": [(1.0, 50, 100)],
-    "100-200": [(1.0, 100, 200)],
-    "300-1000": [(1.0, 300, 1000)],
-    "mix": [(0.6, 4, 15), (0.25, 50, 100), (0.1, 100, 200), (0.05, 300, 1000)],
-}
-
-
-def parse_distribution(spec: str) -> Mix:
-    """A name above, a fixed count "N", "LO-HI", or a mix "LO-HI:W,LO-HI:W" (as loadgen's --docs)."""
-    if spec in DISTRIBUTIONS:
-        return DISTRIBUTIONS[spec]
-    parts = []
-    for piece in spec.split(","):
-        rng, _, weight = piece.partition(":")
-        lo, _, hi = rng.partition("-")
-        if not (lo.isdigit() and (hi or lo).isdigit()) or int(lo) < 1 or int(hi or lo) < int(lo):
-            raise ValueError(f"bad document-count distribution {spec!r}: use a name "
-                             f"({', '.join(DISTRIBUTIONS)}), N, LO-HI, or LO-HI:W,LO-HI:W")
-        parts.append((float(weight or 1), int(lo), int(hi or lo)))
-    return parts
+from loadgen.bench.queueing import ServiceModel, SystemPrediction, WindowPolicy, mean_docs, predict, saturated_rate
+from loadgen.distributions import DISTRIBUTIONS, Mix, parse_distribution
 
 
 class PlanError(click.ClickException):
@@ -105,6 +80,7 @@ def window_policy(report: dict) -> WindowPolicy:
     s = report["settings"]
     threshold = s.get("prefilter_threshold")
     return WindowPolicy(max_pairs=int(s["window_max_pairs"]), window_s=float(s["window_ms"]) / 1000,
+                        gather_s=float(s.get("window_gather_ms", 1.0)) / 1000,
                         prefilter_threshold=math.inf if threshold is None else threshold,
                         prefilter_keep=int(s["prefilter_keep"]))
 

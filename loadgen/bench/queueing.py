@@ -7,11 +7,13 @@ What it models, as :mod:`streams.windows` and :mod:`streams.worker` do it:
   independent queues, each fed its partitions' share of the traffic (not one M/M/c queue,
   whose idle server would take any waiting request). A replica holding more partitions
   than another gets more of the load.
-* Within a replica, one scoring thread takes windows one at a time. A window closes when
-  the requests queued hold ``max_pairs`` pairs, or ``window_s`` after its first request
-  arrived, whichever is first, but never before the engine is free: a request that
-  arrives while the engine scores waits for the next window. The window then takes the
-  queued requests oldest first while their pairs fit (at least one).
+* Within a replica, one scoring thread takes windows one at a time, and asks for the next
+  one only when the engine is free. From then (or from the first request's arrival, if none
+  is queued) the window gathers: it closes once no request has arrived for ``gather_s``
+  (a millisecond), or when the queued requests hold ``max_pairs`` pairs, and never later
+  than ``window_s`` after its first request arrived (so a backlog that waited for a busy
+  engine closes at once). It then takes the queued requests oldest first while their pairs
+  fit (at least one).
 * A window's time (scoring, then building its answers, before the loop takes the next
   window) is ``fixed + per_pair × pairs + per_prefiltered_doc × documents the bi-encoder
   read``, times a noise factor drawn from the residuals measured (or Exp(1) for the
@@ -19,8 +21,8 @@ What it models, as :mod:`streams.windows` and :mod:`streams.worker` do it:
   latency (Kafka both ways).
 
 Why a simulation and not a formula: a window serves a batch whose size depends on the load
-(small windows at low load cost more per pair), it waits up to ``window_s`` at low load and
-not at all when busy, and the scoring time is not exponential; no closed form covers that,
+(small windows at low load cost more per pair), it gathers for a moment at low load and
+not at all behind a backlog, and the scoring time is not exponential; no closed form covers that,
 and an M/G/c formula would also assume the shared queue that partitions rule out. The
 simulation runs the worker's own rules on measured service times, and it is checked
 against M/M/1 and M/M/c (``servers`` > 1, a shared queue) where the closed forms hold.
@@ -34,8 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: (weight, lowest, highest) documents per request: a uniform range, or a mix of them
-Mix = list[tuple[float, int, int]]
+from loadgen.distributions import Mix
+
 #: residuals by window size: at most MAX_BINS bins of at least BIN_WINDOWS windows each
 MAX_BINS, BIN_WINDOWS = 4, 50
 
@@ -43,12 +45,13 @@ MAX_BINS, BIN_WINDOWS = 4, 50
 @dataclass(frozen=True)
 class WindowPolicy:
     """The worker settings that shape windows and pairs (RERANK_WINDOW_MAX_PAIRS, _WINDOW_MS,
-    _PREFILTER_THRESHOLD, _PREFILTER_KEEP)."""
+    _PREFILTER_THRESHOLD, _PREFILTER_KEEP, _WINDOW_GATHER_MS)."""
 
     max_pairs: int = 512
     window_s: float = 0.020
     prefilter_threshold: float = 100  # math.inf: no prefilter (e.g. the bi-encoder engine)
     prefilter_keep: int = 100
+    gather_s: float = 0.001  # RERANK_WINDOW_GATHER_MS
 
     def pairs(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(cross-encoder pairs, documents the bi-encoder read) per request."""
@@ -201,16 +204,23 @@ def simulate_replica(arrivals: np.ndarray, pairs: np.ndarray, prefiltered_docs: 
     free = [0.0] * servers
     heapq.heapify(free)
     sizes, window_pairs = [], []
-    max_pairs, window_s = policy.max_pairs, policy.window_s
+    max_pairs, window_s, gather_s = policy.max_pairs, policy.window_s, min(policy.gather_s, policy.window_s)
     busy = 0.0
     i = k = 0
     while i < n:
         engine_free = heapq.heappop(free)
         first = at[i]
+        gathering = max(engine_free, first)  # the loop asks for a window once the engine is free
+        latest = first + window_s
+        # gathering ends once no request has come for gather_s, and by `latest` at the latest
+        last = bisect.bisect_right(at, gathering, lo=i) - 1
+        quiet = min(at[last] + gather_s, latest)
+        while last + 1 < n and at[last + 1] < quiet:
+            last += 1
+            quiet = min(at[last] + gather_s, latest)
         # the request whose arrival brings the queue to max_pairs closes the window early
         fill = bisect.bisect_left(cum, cum[i] + max_pairs, lo=i + 1)
-        closes = min(first + window_s, at[fill - 1] if fill <= n else math.inf)
-        start = max(engine_free, closes)
+        start = max(gathering, min(quiet, at[fill - 1] if fill <= n else math.inf))
         arrived = bisect.bisect_right(at, start, lo=i)
         fits = bisect.bisect_right(cum, cum[i] + max_pairs, lo=i) - 1
         end = max(i + 1, min(arrived, fits))

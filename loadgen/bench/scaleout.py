@@ -509,6 +509,7 @@ def main(replicas, threads, docs, partitions, run_seconds, min_answers, max_run_
         "model_note": model_note, "partitions": partitions, "run_seconds": run_seconds,
         "max_run_seconds": max(run_seconds, max_run_seconds), "min_answers": min_answers, "fractions": fraction_list,
         "settings": {"window_max_pairs": settings.window_max_pairs, "window_ms": settings.window_ms,
+                     "window_gather_ms": settings.window_gather_ms,
                      "prefilter_threshold": settings.prefilter_threshold if settings.engine != "bi-encoder" else None,
                      "prefilter_keep": settings.prefilter_keep, "max_inflight_pairs": settings.max_inflight_pairs},
         "command": "python -m loadgen.bench.scaleout " + " ".join(sys.argv[1:]),

@@ -62,19 +62,38 @@ def deterministic(seconds: float) -> ServiceModel:
     return ServiceModel(fixed_s=seconds, per_pair_s=0.0)
 
 
-def test_a_window_closes_window_ms_after_its_first_request():
-    policy = WindowPolicy(max_pairs=100, window_s=0.020)
-    arrivals = np.array([0.000, 0.005, 0.030])
-    run = simulate_replica(arrivals, np.ones(3, int), np.zeros(3, int), deterministic(0.010), policy,
+def test_a_lone_request_is_scored_a_gather_after_it_arrives():
+    run = simulate_replica(np.array([0.0, 1.0]), np.ones(2, int), np.zeros(2, int), deterministic(0.010),
+                           WindowPolicy(max_pairs=100, window_s=0.020), np.random.default_rng(0))
+    assert run.window_requests.tolist() == [1, 1]
+    assert run.latency_s == pytest.approx([0.011, 0.011])  # 1 ms of gathering, 10 ms of scoring
+
+
+def test_window_ms_caps_gathering_while_requests_keep_coming():
+    policy = WindowPolicy(max_pairs=100, window_s=0.020, gather_s=0.010)
+    arrivals = np.array([0.000, 0.005, 0.012, 0.019, 0.026])
+    run = simulate_replica(arrivals, np.ones(5, int), np.zeros(5, int), deterministic(0.010), policy,
                            np.random.default_rng(0))
-    # window 1 = the first two, closes at 0.020, done at 0.030; the third came at 0.030:
-    # its own window closes at 0.050, done at 0.060
-    assert run.window_requests.tolist() == [2, 1]
-    assert run.latency_s == pytest.approx([0.030, 0.025, 0.030])
+    # each arrival comes within 10 ms of the last, so gathering would go on; window_ms closes
+    # the window at 0.020 with the first four, done at 0.030; the fifth (0.026) then gathers
+    # until 0.036 (nothing came for 10 ms), done at 0.046
+    assert run.window_requests.tolist() == [4, 1]
+    assert run.latency_s == pytest.approx([0.030, 0.025, 0.018, 0.011, 0.020])
+
+
+def test_a_backlog_that_waited_for_the_engine_closes_at_once():
+    policy = WindowPolicy(max_pairs=100, window_s=0.020, gather_s=0.010)
+    arrivals = np.array([0.000, 0.030, 0.035])
+    run = simulate_replica(arrivals, np.ones(3, int), np.zeros(3, int), deterministic(0.100), policy,
+                           np.random.default_rng(0))
+    # the first scores 0.010-0.110; the two that came meanwhile form the next window at 0.110
+    # (both waited past their window_ms), done at 0.210
+    assert run.window_requests.tolist() == [1, 2]
+    assert run.latency_s == pytest.approx([0.110, 0.180, 0.175])
 
 
 def test_a_window_closes_early_when_full_and_takes_what_fits():
-    policy = WindowPolicy(max_pairs=10, window_s=0.3)
+    policy = WindowPolicy(max_pairs=10, window_s=0.3, gather_s=0.2)
     arrivals = np.array([0.0, 0.1, 0.2, 0.3])
     pairs = np.array([4, 4, 4, 1])
     run = simulate_replica(arrivals, pairs, np.zeros(4, int), deterministic(0.5), policy, np.random.default_rng(0))
