@@ -5,7 +5,7 @@ RUN := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY)
 KAFKA := deploy/kafka/kafka.sh
 OUT := out
 
-.PHONY: help venv kafka-jars kafka-up kafka-down test test-faults soak test-fast demo worker bench loadtest model model-trained eval eval-quick clean
+.PHONY: help venv kafka-jars kafka-up kafka-down test test-faults soak test-fast demo worker bench loadtest model model-trained eval eval-quick clean check-model standins
 
 help:
 	@echo "make demo        run the service end to end on a local Kafka and print the results"
@@ -14,6 +14,8 @@ help:
 	@echo "make test-faults fault tests under load: broker restart, SIGKILLs, rebalance, produce failures"
 	@echo "make soak        steady load for SOAK_MINUTES (10): throughput drift and worker RSS growth"
 	@echo "make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
+	@echo "make check-model MODEL=...  every engine against transformers on your reranker (hub id or folder)"
+	@echo "make standins    build the family stand-ins (random weights; for fidelity checks only)"
 	@echo "make eval        relevance of every strategy (NDCG@10, retention of int8/prefilter) -> $(OUT)/eval"
 	@echo "make eval-quick  the same on 20 queries (a few minutes)"
 	@echo "make loadtest    planning table through Kafka: sustained docs/s and p99 per size and strategy"
@@ -68,6 +70,16 @@ SOAK_MINUTES ?= 10
 soak: venv kafka-jars
 	@mkdir -p $(OUT)
 	$(RUN) -m loadgen.bench.soak --minutes $(SOAK_MINUTES) --json $(OUT)/soak.json --plot $(OUT)/soak.png $(SOAK_ARGS)
+
+# Does every engine serve this model's scores? A table per engine; exit 1 if one would serve wrong ones.
+# (Hub downloads allowed here, unlike the other targets: it is meant for the model you will deploy.)
+check-model: venv
+	@test -n "$(MODEL)" || { echo "usage: make check-model MODEL=<hub id or folder> [CHECK_ARGS=...]"; exit 2; }
+	PYTHONPATH=$(CURDIR) TOKENIZERS_PARALLELISM=false $(PY) -m engines.check "$(MODEL)" $(CHECK_ARGS)
+
+# Tiny random-weight stand-ins of each reranker family (python -m engines.standins --list says which).
+standins: venv
+	@$(RUN) -m engines.standins $(STANDINS_ARGS)
 
 demo: venv kafka-jars
 	$(RUN) -m loadgen.demo
