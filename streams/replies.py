@@ -4,16 +4,19 @@ from __future__ import annotations
 import numpy as np
 
 from engines import RerankOutcome
+from engines.families import activate
 from schemas import DocumentText, RankedResult, RerankRequest, RerankResponse, ResponseMeta
 from schemas.response import rank_results
 
 
 def relevance(outcome: RerankOutcome, raw_scores: bool) -> np.ndarray:
-    """Scores as the client asked for them: sigmoid of the cross-encoder logit, or the
-    logit itself; cosine similarities (bi-encoder) are passed through either way."""
+    """Scores as the client asked for them: the cross-encoder's score through the model's own
+    activation (what sentence-transformers' CrossEncoder.predict applies: a sigmoid unless the
+    model's config names another, e.g. Identity for the ms-marco cross-encoders), or the raw
+    score itself; cosine similarities (bi-encoder) are passed through either way."""
     scores = outcome.scores.astype(np.float64)
     if outcome.score_kind == "logit" and not raw_scores:
-        return 1.0 / (1.0 + np.exp(-scores))
+        return activate(outcome.activation, scores)
     return scores
 
 
