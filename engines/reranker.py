@@ -362,7 +362,7 @@ def _build_bi_encoder(config: EngineConfig, device: str, runtime_hint: str | Non
 def build_reranker(config: EngineConfig, verify: bool = True) -> Reranker:
     """Load (exporting and quantizing on first use, then from the cache) what ``config`` asks for.
 
-    With ``verify`` (the default), a cross-encoder engine other than torch fp32 is first checked
+    With ``verify`` (the default), a cross-encoder engine other than torch is first checked
     against the model's own transformers forward pass on a handful of pairs
     (:func:`engines.fidelity.verify_engine`; a pass is remembered in the cache).
 
