@@ -2,8 +2,8 @@
 
 Each stand-in has the ``config.json`` architecture and the tokenizer type of a real checkpoint
 (WordPiece, SentencePiece-style Unigram, byte-level BPE; with or without ``token_type_ids``; the
-real position-table and ``model_max_length`` shapes), but 2 layers, hidden size 64 and a small
-vocabulary trained here with ``tokenizers`` on the standard-library passages of
+real position-table and ``model_max_length`` shapes), but 2 layers, hidden size 64 (``--size base``:
+12 layers, hidden 768, for throughput figures) and a small vocabulary trained here with ``tokenizers`` on the standard-library passages of
 :mod:`engines.corpus`. **They test behaviour and fidelity (does every engine compute what
 transformers computes for this architecture?), never relevance: their weights are random.**
 
@@ -16,6 +16,7 @@ Usage::
 
     python -m engines.standins [--out DIR] [NAME ...]    # build (or reuse), print each folder
     python -m engines.check "$(python -m engines.standins --out /tmp/s gte-modernbert)"
+    python -m engines.standins --size base minilm      # real base shapes, for pairs/s per family
 
     from engines.standins import STANDINS, ensure_standin
     folder = ensure_standin("mxbai-rerank")
@@ -65,9 +66,10 @@ class StandIn:
     notes: str
     options: dict = field(default_factory=dict)
 
-    def key(self) -> str:
+    def key(self, size: str = "tiny") -> str:
         versions = "|".join(_version(p) for p in ("transformers", "tokenizers", "torch"))
-        recipe = json.dumps([RECIPE_VERSION, self.name, self.family, self.tokenizer, self.options, versions], sort_keys=True)
+        recipe = json.dumps([RECIPE_VERSION, self.name, self.family, self.tokenizer, self.options, versions, size,
+                             SIZES[size]], sort_keys=True)
         return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
@@ -116,30 +118,37 @@ def default_standins_dir() -> Path:
     return default_cache_dir() / "standins"
 
 
-def ensure_standin(name: str, root: str | Path | None = None) -> Path:
-    """The folder of stand-in ``name`` (built on first use, then reused; safe across processes)."""
+def ensure_standin(name: str, root: str | Path | None = None, size: str = "tiny") -> Path:
+    """The folder of stand-in ``name`` (built on first use, then reused; safe across processes).
+
+    ``size``: ``"tiny"`` (2 layers, hidden 64: the tests) or ``"base"`` (12 layers, hidden 768, the
+    real families' base shapes and attention windows: what a throughput figure per family needs).
+    """
     if name not in STANDINS:
         raise ValueError(f"no stand-in named {name!r}; there are {', '.join(STANDINS)}")
+    if size not in SIZES:
+        raise ValueError(f"no stand-in size {size!r}; there are {', '.join(SIZES)}")
     spec = STANDINS[name]
     base = Path(root).expanduser().resolve() if root is not None else default_standins_dir()
-    out = base / f"{name}-{spec.key()}"
-    marker = _marker(spec)
+    out = base / (f"{name}-{spec.key(size)}" if size == "tiny" else f"{name}-{size}-{spec.key(size)}")
+    marker = _marker(spec, size)
 
     def is_current() -> bool:
         return read_marker(out, MARKER_KEY) == marker and (out / "model.safetensors").is_file()
 
-    return ensure_folder(out, is_current, lambda staging: _build(spec, staging, marker))
+    return ensure_folder(out, is_current, lambda staging: _build(spec, staging, marker, size))
 
 
-def _marker(spec: StandIn) -> dict:
+def _marker(spec: StandIn, size: str = "tiny") -> dict:
     return {
+        "size": size,
         "stands_for": spec.stands_for,
         "random_weights": True,
         "scores_are_relevance": False,
         "note": "Stand-in built by engines.standins: the real architecture and tokenizer type with 2 layers and random "
                 "weights (its head set along the features' first principal direction). For fidelity tests only.",
         "recipe_version": RECIPE_VERSION,
-        "key": spec.key(),
+        "key": spec.key(size),
     }
 
 
@@ -266,35 +275,45 @@ def _hf_tokenizer(spec: StandIn):
 
 
 # -- models ----------------------------------------------------------------------------------------
-_SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
-INIT_RANGE = 0.1  # wider than transformers' 0.02, so attention is sharp enough for masks and windows to matter
+#: Model shapes. ``tiny`` for tests (its initializer range is wider than transformers' 0.02, so
+#: attention is sharp enough at hidden size 64 for masks and windows to matter); ``base`` has the
+#: real base models' shapes, local window and position buckets, for throughput figures.
+SIZES = {
+    "tiny": dict(layers=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+                 init=0.1, electra_embedding=32, qwen_kv_heads=2, head_dim=16, local_attention=16, position_buckets=32),
+    "base": dict(layers=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+                 init=0.02, electra_embedding=768, qwen_kv_heads=4, head_dim=64, local_attention=128,
+                 position_buckets=256),
+}
 
 
-def _config(spec: StandIn, tokenizer):
+def _config(spec: StandIn, tokenizer, size: str = "tiny"):
     from transformers import BertConfig, DebertaV2Config, ElectraConfig, ModernBertConfig, Qwen3Config, XLMRobertaConfig
 
     vocab_size = len(tokenizer)
-    common = dict(vocab_size=vocab_size, initializer_range=INIT_RANGE, pad_token_id=tokenizer.pad_token_id)
+    shape = SIZES[size]
+    layers = shape["layers"]
+    common = dict(vocab_size=vocab_size, initializer_range=shape["init"], pad_token_id=tokenizer.pad_token_id)
     labels = spec.options.get("num_labels", 1)
     if spec.family == "bert":
-        config = BertConfig(**_SMALL, **common, max_position_embeddings=512, type_vocab_size=2)
+        config = BertConfig(**layers, **common, max_position_embeddings=512, type_vocab_size=2)
     elif spec.family == "electra":
-        config = ElectraConfig(**_SMALL, **common, embedding_size=32, max_position_embeddings=512, type_vocab_size=2)
+        config = ElectraConfig(**layers, **common, embedding_size=shape["electra_embedding"], max_position_embeddings=512, type_vocab_size=2)
     elif spec.family == "xlm-roberta":
-        config = XLMRobertaConfig(**_SMALL, **common, max_position_embeddings=spec.options["positions"], type_vocab_size=1,
+        config = XLMRobertaConfig(**layers, **common, max_position_embeddings=spec.options["positions"], type_vocab_size=1,
                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     elif spec.family == "deberta-v2":
-        config = DebertaV2Config(**_SMALL, **common, max_position_embeddings=512, type_vocab_size=0,
-                                 relative_attention=True, position_buckets=32, max_relative_positions=-1,
+        config = DebertaV2Config(**layers, **common, max_position_embeddings=512, type_vocab_size=0,
+                                 relative_attention=True, position_buckets=shape["position_buckets"], max_relative_positions=-1,
                                  pos_att_type=["p2c", "c2p"], position_biased_input=False, norm_rel_ebd="layer_norm",
                                  share_att_key=True, hidden_act="gelu")
     elif spec.family == "modernbert":
-        config = ModernBertConfig(**_SMALL, **common, max_position_embeddings=8192, local_attention=16,
+        config = ModernBertConfig(**layers, **common, max_position_embeddings=8192, local_attention=shape["local_attention"],
                                   global_attn_every_n_layers=2, classifier_pooling=spec.options["pooling"],
                                   cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
                                   bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
     elif spec.family == "qwen3":
-        config = Qwen3Config(**_SMALL, **common, num_key_value_heads=2, head_dim=16, max_position_embeddings=8192,
+        config = Qwen3Config(**layers, **common, num_key_value_heads=shape["qwen_kv_heads"], head_dim=shape["head_dim"], max_position_embeddings=8192,
                              tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id)
         config.architectures = ["Qwen3ForCausalLM"]
         return config
@@ -363,12 +382,12 @@ def _set_head(model, spec: StandIn, tokenizer) -> None:
             head.bias[0], head.bias[1] = -offset / 2, offset / 2
 
 
-def _build(spec: StandIn, out: Path, marker: dict) -> None:
+def _build(spec: StandIn, out: Path, marker: dict, size: str = "tiny") -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     tokenizer = _hf_tokenizer(spec)
-    config = _config(spec, tokenizer)
+    config = _config(spec, tokenizer, size)
     torch.manual_seed(SEED)
     if spec.family == "qwen3":
         model = AutoModelForCausalLM.from_config(config).eval()
@@ -384,7 +403,8 @@ def _build(spec: StandIn, out: Path, marker: dict) -> None:
     (out / "README.md").write_text(
         f"# stand-in `{spec.name}`: random weights, scores are NOT relevance\n\n"
         f"Stands for `{spec.stands_for}`: {spec.notes}.\n\nBuilt by `python -m engines.standins` (recipe "
-        f"{RECIPE_VERSION}) for fidelity tests of the kafka-rerank engines: 2 layers, hidden size 64, a vocabulary "
+        f"{RECIPE_VERSION}) for fidelity tests of the kafka-rerank engines: {SIZES[size]['layers']['num_hidden_layers']} "
+        f"layers, hidden size {SIZES[size]['layers']['hidden_size']}, a vocabulary "
         "trained on standard-library docstrings, random weights, and a head set along the first principal "
         "direction of its input features so that scores spread.\n")
 
@@ -394,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engines.standins", description=main.__doc__)
     parser.add_argument("names", nargs="*", help=f"stand-ins to build (default all): {', '.join(STANDINS)}")
     parser.add_argument("--out", help="parent folder (default $RERANK_CACHE_DIR/standins)")
+    parser.add_argument("--size", choices=list(SIZES), default="tiny",
+                        help="tiny: 2 layers, hidden 64 (tests); base: 12 layers, hidden 768 (throughput figures)")
     parser.add_argument("--list", action="store_true", help="list the stand-ins and what they stand for")
     args = parser.parse_args(argv)
     if args.list:
@@ -401,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.name:20s} {spec.stands_for}: {spec.notes}")
         return 0
     for name in args.names or list(STANDINS):
-        print(ensure_standin(name, args.out))
+        print(ensure_standin(name, args.out, args.size))
     return 0
 
 

@@ -311,3 +311,30 @@ def test_check_command_prints_a_table_and_fails_on_wrong_scores(standin, capsys,
     assert check_main([standin("qwen3-reranker"), "--engine", "onnx-fp32", "--engine", "torch-fp32", "--pairs", "8",
                        "--cache-dir", str(tmp_path)]) == 0
     assert "refused" in capsys.readouterr().out
+
+
+def test_a_position_table_smaller_than_model_max_length_truncates_at_the_table(standin, tmp_path):
+    """A 128-position BERT whose tokenizer says 512: every engine reads at most 128 tokens."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(standin("minilm"))
+    with torch.no_grad():
+        table = model.bert.embeddings.position_embeddings
+        small = torch.nn.Embedding(128, table.embedding_dim)
+        small.weight.copy_(table.weight[:128])
+        model.bert.embeddings.position_embeddings = small
+        model.bert.embeddings.register_buffer("position_ids", torch.arange(128).expand((1, -1)), persistent=False)
+    model.config.max_position_embeddings = 128
+    out = tmp_path / "bert-128"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(standin("minilm")).save_pretrained(out)
+    folder = ModelFolder.load(str(out))
+    kind = inspect_reranker(folder)
+    assert model_max_length(folder, kind) == 128
+    queries, documents = check_pairs(12, long_words=400)
+    want = reference_scores(folder, queries, documents, 128, kind=kind)
+    for engine in ("onnx", "openvino"):
+        reranker = build_reranker(EngineConfig(engine=engine, model=str(out), precision="fp32", device="cpu",
+                                               cache_dir=str(tmp_path / "cache")), verify=False)
+        got = np.array([o.scores[0] for o in reranker.rerank([_job(q, d) for q, d in zip(queries, documents)])])
+        assert compare(got, want, "fp32", 12).ok, engine
