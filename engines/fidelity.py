@@ -212,11 +212,15 @@ class EngineRefused(ValueError):
     """An engine does not serve this model's scores (known beforehand, or measured at start-up)."""
 
 
-def _verdict_file(cache_root: Path, folder: ModelFolder, engine: str, device: str) -> Path:
+def _verdict_file(cache_root: Path, folder: ModelFolder, engine: str, device: str, artefact: str) -> Path:
+    """Where a pass is remembered: keyed by the model's files, the engine and the file it runs
+    (whose cache name carries the export and quantization recipes), library versions, CPU flags
+    and the check itself."""
     versions = "|".join(_version(p) for p in ("torch", "transformers", "onnxruntime", "openvino", "nncf", "tokenizers"))
     flags = ",".join(sorted(cpu_flags() or ()))
-    key = hashlib.sha256(f"{folder.fingerprint}|{engine}|{device}|{versions}|{flags}|{STARTUP_PAIRS}|{FP32_TOLERANCE}|"
-                         f"{PEARSON_FLOOR}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{folder.fingerprint}|{engine}|{device}|{artefact}|{versions}|{flags}|{STARTUP_PAIRS}|"
+                         f"{STARTUP_LONG_WORDS}|{FP32_TOLERANCE}|{PEARSON_FLOOR}|{EDGE_RANK_SHIFT}|{EDGE_NEAR}"
+                         .encode()).hexdigest()[:20]
     return cache_root / "verified" / f"{key}.json"
 
 
@@ -242,7 +246,7 @@ def verify_engine(runner: BatchRunner, engine_name: str, folder: ModelFolder, ki
     device = runner.backend.device
     if runtime == "torch":
         return None
-    marker = _verdict_file(cache_root, folder, engine_name, device)
+    marker = _verdict_file(cache_root, folder, engine_name, device, str(getattr(runner.backend, "path", "")))
     if marker.is_file():
         return None
     max_length = runner.max_length
