@@ -8,7 +8,7 @@ OUT := out
 RERANK_GROUP_ID ?= rerank-workers
 
 .PHONY: help venv kafka-jars kafka-up kafka-up-secure kafka-down topics lag model model-trained \
-	demo worker test test-faults test-security soak bench bench-replicas scaleout loadtest eval eval-quick clean
+	demo worker test test-faults test-security soak bench bench-replicas scaleout loadtest eval eval-quick clean check-model standins
 
 # Every target is listed here (tests/test_makefile.py checks it).
 help:
@@ -33,6 +33,8 @@ help:
 	@echo "  make test-security    the security tests (their own SASL_SSL broker, ~1.5 min)"
 	@echo "  make soak        steady load for SOAK_MINUTES (10): throughput drift and worker RSS growth"
 	@echo "  make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
+	@echo "  make check-model MODEL=...  every engine against transformers on your reranker (hub id or folder)"
+	@echo "  make standins    build the family stand-ins (random weights; for fidelity checks only)"
 	@echo "  make bench-replicas  2 engine processes x 1 thread against 1, per engine ($(OUT)/replicas.json)"
 	@echo "  make loadtest    planning table through Kafka: sustained docs/s and p99 per size and strategy (~20 min)"
 	@echo "  make scaleout    1-2 replicas x 1-2 threads through Kafka, then the planner beside it (~50 min)"
@@ -95,6 +97,16 @@ SOAK_MINUTES ?= 10
 soak: venv kafka-jars
 	@mkdir -p $(OUT)
 	$(RUN) -m loadgen.bench.soak --minutes $(SOAK_MINUTES) --json $(OUT)/soak.json --plot $(OUT)/soak.png $(SOAK_ARGS)
+
+# Does every engine serve this model's scores? A table per engine; exit 1 if one would serve wrong ones.
+# (Hub downloads allowed here, unlike the other targets: it is meant for the model you will deploy.)
+check-model: venv
+	@test -n "$(MODEL)" || { echo "usage: make check-model MODEL=<hub id or folder> [CHECK_ARGS=...]"; exit 2; }
+	PYTHONPATH=$(CURDIR) TOKENIZERS_PARALLELISM=false $(PY) -m engines.check "$(MODEL)" $(CHECK_ARGS)
+
+# Tiny random-weight stand-ins of each reranker family (python -m engines.standins --list says which).
+standins: venv
+	@$(RUN) -m engines.standins $(STANDINS_ARGS)
 
 demo: venv kafka-jars
 	$(RUN) -m loadgen.demo

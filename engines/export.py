@@ -21,6 +21,7 @@ workers sharing the cache never see a half-written model and export it only once
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,13 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from engines.models import ModelFolder, file_lock
+from engines.families import RerankerKind, inspect_reranker
 from engines.torch_engine import CROSS, load_scoring_module, uses_token_types
 
 log = logging.getLogger("engines.export")
 
 OPSET = 17
 #: Bumped when the export or derivation code changes in a way that changes the files.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 5  # 5: per-family mask form, DeBERTa's If removed, checked against the 2-D forward on long probes
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -117,36 +119,99 @@ def input_names(folder: ModelFolder) -> tuple[str, ...]:
     return INPUT_NAMES if uses_token_types(folder) else INPUT_NAMES[:2]
 
 
-def probe_batch(folder: ModelFolder, seed: int = 0) -> dict[str, np.ndarray]:
-    """A small padded batch of random token ids, for export checks and tracing."""
+def probe_length(folder: ModelFolder, kind: RerankerKind | None = None) -> int:
+    """Tokens per row of the export probe: longer than any local-attention window of the model (a
+    window only changes scores past its width), within its position table."""
+    config = folder.read_json("config.json") or {}
+    window = kind.local_window if kind is not None else None
+    length = max(40, 2 * window + 24) if window else 40
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and positions > 8:
+        length = min(length, positions - 4)
+    return length
+
+
+def probe_batch(folder: ModelFolder, seed: int = 0, length: int | None = None, rows: int = 3) -> dict[str, np.ndarray]:
+    """A padded batch of random token ids, for export checks and tracing: ``rows`` rows of
+    ``length`` tokens (:func:`probe_length` by default), one of them padded to about 60 %."""
     config = folder.read_json("config.json") or {}
     vocab = int(config.get("vocab_size", 1000))
     rng = np.random.default_rng(seed)
-    ids = rng.integers(min(1000, vocab // 2), vocab - 1, size=(3, 24), dtype=np.int64)
+    length = length or probe_length(folder)
+    ids = rng.integers(min(1000, vocab // 2), vocab - 1, size=(rows, length), dtype=np.int64)
     mask = np.ones_like(ids)
-    mask[1, 15:] = 0  # one padded row, so the mask handling is checked too
+    mask[1, (length * 3) // 5 :] = 0  # one padded row, so the mask handling is checked too
     types = np.zeros_like(ids)
-    types[:, 10:] = 1 if uses_token_types(folder) else 0
+    types[:, length // 3 :] = 1 if uses_token_types(folder) else 0
     return dict(zip(INPUT_NAMES, (ids, mask, types)))
+
+
+def _reference(folder: ModelFolder, task: str):
+    """The module the export must reproduce: for a cross-encoder, the checkpoint's own forward
+    pass (transformers' attention for the model, a 2-D 0/1 mask)."""
+    return load_scoring_module(folder, task, export=False)
+
+
+@contextlib.contextmanager
+def _traceable(model_type: str):
+    """Swap, for the duration of an export, model code that the tracer turns into graph control
+    flow some runtimes cannot run.
+
+    DeBERTa's ``build_rpos`` is a ``torch.jit.script`` function with an ``if`` (are query and key
+    lengths different?), exported as an ONNX ``If`` node that OpenVINO's CPU plugin refuses
+    ("If operation with dynamic rank") and NNCF cannot quantize. In self-attention the lengths are
+    always equal, so the plain function below, traced, keeps only the branch that runs.
+    """
+    if model_type not in ("deberta-v2", "deberta"):
+        yield
+        return
+    import importlib
+
+    module = importlib.import_module(
+        "transformers.models.deberta_v2.modeling_deberta_v2" if model_type == "deberta-v2"
+        else "transformers.models.deberta.modeling_deberta")
+    original = getattr(module, "build_rpos", None)
+    if original is None:  # another transformers version: nothing to swap
+        yield
+        return
+
+    def build_rpos(query_layer, key_layer, relative_pos, *args, **kwargs):
+        if key_layer.size(-2) != query_layer.size(-2):  # never in self-attention; kept for safety
+            return original(query_layer, key_layer, relative_pos, *args, **kwargs)
+        return relative_pos
+
+    module.build_rpos = build_rpos
+    try:
+        yield
+    finally:
+        module.build_rpos = original
 
 
 def _export_fp32(cache: ExportCache, out: Path) -> None:
     import torch
 
     folder = cache.folder
-    module = load_scoring_module(folder, cache.task, attn="eager")
+    kind = inspect_reranker(folder) if cache.task == CROSS else None
+    if kind is not None and kind.decoder:
+        raise ValueError(f"model {folder.name!r} is a decoder reranker ({kind.architecture}); only the torch engine "
+                         "serves decoder rerankers (RERANK_ENGINE=torch)")
+    module = load_scoring_module(folder, cache.task, export=True)
     names = input_names(folder)
-    probe = probe_batch(folder)
+    length = probe_length(folder, kind)
+    probe = probe_batch(folder, length=length)
+    # Checked on the traced shape and on another one: a length the tracer baked in shows there.
+    checks = [probe, probe_batch(folder, seed=1, length=length + 7, rows=2)]
     args = tuple(torch.from_numpy(probe[name]) for name in names)
     output = "logits" if cache.task == CROSS else "sentence_embedding"
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
     dynamic[output] = {0: "batch"}
-    with torch.no_grad(), warnings.catch_warnings():
+    reference = _reference(folder, cache.task) if kind is not None else module
+    with torch.no_grad(), warnings.catch_warnings(), _traceable(folder.model_type):
         # The TorchScript exporter is deprecated but needs no extra package (the dynamo one needs
         # onnxscript) and handles these encoders fine; its tracer warnings concern code paths the
         # additive mask bypasses.
         warnings.simplefilter("ignore")
-        expected = module(*args).numpy()
+        expected = [reference(*(torch.from_numpy(c[name]) for name in names)).numpy() for c in checks]
         torch.onnx.export(
             module,
             args,
@@ -158,7 +223,8 @@ def _export_fp32(cache: ExportCache, out: Path) -> None:
             do_constant_folding=True,
             dynamo=False,
         )
-    _check_against(out, probe, names, expected, atol=1e-4, what=f"ONNX export of {folder.name!r}")
+    for check, want in zip(checks, expected):
+        _check_against(out, check, names, want, atol=1e-4, what=f"ONNX export of {folder.name!r}")
 
 
 def _check_against(path: Path, probe, names, expected: np.ndarray, atol: float, what: str) -> None:
@@ -166,9 +232,13 @@ def _check_against(path: Path, probe, names, expected: np.ndarray, atol: float, 
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {name: probe[name] for name in names})[0]
-    error = float(np.max(np.abs(got - expected)))
-    if not np.isfinite(error) or error > atol:
-        raise RuntimeError(f"{what} does not reproduce PyTorch (max abs error {error:.2e} > {atol:g})")
+    error = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
+    limit = atol * max(1.0, float(np.max(np.abs(expected))))
+    if not np.isfinite(error) or error > limit:
+        raise RuntimeError(
+            f"{what} does not reproduce the transformers forward pass on a padded batch of {probe['input_ids'].shape[1]} "
+            f"tokens (max abs error {error:.2e} > {limit:.1e})"
+        )
 
 
 def onnx_fp32(cache: ExportCache) -> Path:

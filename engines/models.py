@@ -215,7 +215,6 @@ def load_fast_tokenizer(folder: ModelFolder):
 
     Returns ``(tokenizer, model_max_length, pad_token_id)``.
     """
-    from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
     try:
@@ -225,8 +224,11 @@ def load_fast_tokenizer(folder: ModelFolder):
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ValueError(f"model {folder.name!r} has no fast (Rust) tokenizer, which the engines require")
-    # A private copy: the transformers object keeps its own, and we change padding/truncation.
-    tokenizer = Tokenizer.from_str(backend.to_str())
+    # The very object transformers built, not a copy: a Unigram model rebuilt from its own JSON
+    # (Tokenizer.from_str) breaks ties between equal-score segmentations differently (runs of
+    # repeated digits came out '99','9999' instead of '9999','99'). The transformers wrapper is
+    # dropped here, so changing its padding and truncation affects no one else.
+    tokenizer = backend
     tokenizer.no_padding()
     tokenizer.no_truncation()
     pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0

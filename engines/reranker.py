@@ -49,6 +49,7 @@ from engines.config import (
     resolve_device,
     resolve_precision,
 )
+from engines.decoder import DEFAULT_MAX_LENGTH, DecoderBatchRunner
 from engines.export import ExportCache
 from engines.first_stage import (
     BI_ENCODER,
@@ -66,6 +67,8 @@ from engines.first_stage import (
     StageJob,
     ranked,
 )
+from engines.families import SIGMOID, RerankerKind, inspect_reranker, refusal
+from engines.fidelity import EngineRefused, verify_engine
 from engines.models import ModelFolder, effective_max_length, load_fast_tokenizer, packaged_minilm_path
 from engines.onnx_engine import OnnxBackend
 from engines.openvino_engine import OpenVinoBackend
@@ -123,6 +126,10 @@ class RerankOutcome:
         bi_encoder_scored: how many documents the bi-encoder scored.
         cross_encoder_scored: how many documents the cross-encoder scored.
         first_stage: the method that cut this job (``None`` when none did).
+        activation: what turns a ``"logit"`` score into the model's relevance, as
+            sentence-transformers applies it (``"sigmoid"``, ``"identity"`` or ``"tanh"``; see
+            :func:`engines.families.activate`). A two-logit head's score is the margin ``l1 - l0``
+            and a decoder's is ``logit('yes') - logit('no')``; both take a sigmoid.
     """
 
     scores: np.ndarray
@@ -133,6 +140,7 @@ class RerankOutcome:
     bi_encoder_scored: int = 0
     cross_encoder_scored: int = 0
     first_stage: str | None = None
+    activation: str = SIGMOID
 
 
 @dataclass
@@ -182,10 +190,17 @@ class Reranker:
             ``"bi-encoder-openvino-int8"``.
         model_name: the configured cross-encoder (or bi-encoder) id/folder, as given.
         device: ``"cpu"`` or ``"cuda"``: where the cross-encoder (or bi-encoder) actually runs.
+        kind: what the cross-encoder is (:class:`engines.families.RerankerKind`), None for the
+            bi-encoder engine.
+        activation: what turns the cross-encoder's score into relevance (the model's
+            sentence-transformers activation: ``"sigmoid"``, ``"identity"`` or ``"tanh"``).
     """
 
-    def __init__(self, config: EngineConfig, cross: BatchRunner | None, bi_encoder: BiEncoder | None, device: str):
+    def __init__(self, config: EngineConfig, cross: BatchRunner | None, bi_encoder: BiEncoder | None, device: str,
+                 kind: RerankerKind | None = None):
         self.config = config
+        self.kind = kind
+        self.activation = kind.activation if kind is not None else SIGMOID
         self._cross = cross
         self._bi_encoder = bi_encoder
         self.device = device
@@ -308,6 +323,7 @@ class Reranker:
                     bi_encoder_scored=plan.n if plan.prefilter and plan.method == BI_ENCODER else 0,
                     cross_encoder_scored=len(chosen),
                     first_stage=plan.method if plan.prefilter else None,
+                    activation=self.activation,
                 )
             )
         self.rerank_s += time.perf_counter() - started
@@ -422,9 +438,12 @@ def _threads(config: EngineConfig, runtime: str, task: str, device: str) -> int 
     return budget.threads
 
 
-def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: str, device: str, max_length: int | None) -> BatchRunner:
+def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: str, device: str, max_length: int | None,
+                 kind: RerankerKind | None = None) -> BatchRunner:
     tokenizer, tokenizer_max, pad_id = load_fast_tokenizer(folder)
     length = effective_max_length(folder, tokenizer_max, max_length)
+    if kind is not None and kind.decoder and max_length is None:
+        length = min(length, DEFAULT_MAX_LENGTH)
     threads = _threads(config, runtime, task, device)
     cache_root = resolve_cache_dir(config)
     precision = resolve_precision(config.precision, runtime, device)
@@ -441,7 +460,8 @@ def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: 
         else:
             backend = OpenVinoBackend(cache, tokenizer, length, pad_id, device, precision, threads, cpu_pinning=pinning)
     on_gpu = backend.device == "cuda"
-    return BatchRunner(
+    runner_class = DecoderBatchRunner if kind is not None and kind.decoder else BatchRunner
+    return runner_class(
         tokenizer,
         backend,
         max_length=length,
@@ -465,11 +485,18 @@ def _build_bi_encoder(config: EngineConfig, device: str, runtime_hint: str | Non
     return BiEncoder(runner, config.embedding_cache_size)
 
 
-def build_reranker(config: EngineConfig) -> Reranker:
+def build_reranker(config: EngineConfig, verify: bool = True) -> Reranker:
     """Load (exporting and quantizing on first use, then from the cache) what ``config`` asks for.
 
+    With ``verify`` (the default), a cross-encoder engine other than torch is first checked
+    against the model's own transformers forward pass on a handful of pairs
+    (:func:`engines.fidelity.verify_engine`; a pass is remembered in the cache).
+
     Raises:
-        ValueError: a config field is out of range, or the model is not a single-logit cross-encoder.
+        EngineRefused (a ValueError): this engine does not serve this model's scores (known for
+            the family, or measured by the check); the message names the engine to use instead.
+        ValueError: a config field is out of range, or the model is not a reranker the service
+            serves (more than two labels, not a sequence classifier or yes/no decoder).
         OSError: the model (or the prefilter model) cannot be found or loaded; the message names it.
     """
     config.validate()
@@ -480,7 +507,23 @@ def build_reranker(config: EngineConfig) -> Reranker:
         reranker = Reranker(config, None, bi_encoder, bi_encoder.runner.backend.device)
     else:
         folder = ModelFolder.load(config.model)
-        cross = _make_runner(config, folder, CROSS, config.engine, device, config.max_length)
-        reranker = Reranker(config, cross, None, cross.backend.device)
+        kind = inspect_reranker(folder)
+        precision = resolve_precision(config.precision, config.engine, device)
+        refused = refusal(kind, config.engine, precision, device)
+        if refused:
+            raise EngineRefused(f"model {config.model!r} ({kind.architecture}): {refused}")
+        cross = _make_runner(config, folder, CROSS, config.engine, device, config.max_length, kind)
+        reranker = Reranker(config, cross, None, cross.backend.device, kind)
+        if verify:
+            verify_engine(cross, reranker.engine_name, folder, kind, resolve_cache_dir(config),
+                          alternative_engine(config.engine, cross.backend.precision, cross.backend.device))
     log.info("engine %s ready: model %s on %s", reranker.engine_name, reranker.model_name, reranker.device)
     return reranker
+
+
+def alternative_engine(runtime: str, precision: str, device: str) -> str:
+    """What to run instead of an engine that fails the start-up check: the same runtime in fp32
+    when a reduced precision failed, else the torch engine (the transformers forward pass itself)."""
+    if precision != "fp32" and runtime != "torch":
+        return f"RERANK_ENGINE={runtime} RERANK_PRECISION=fp32"
+    return "RERANK_ENGINE=torch RERANK_PRECISION=fp32" + (" (or fp16 on CUDA)" if device == "cuda" else "")

@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 
+from engines.families import MARGIN, inspect_reranker
 from engines.models import ModelFolder
 
 log = logging.getLogger("engines.torch")
@@ -37,10 +38,16 @@ def _additive_mask(attention_mask, dtype):
 
 
 class CrossEncoderLogit:
-    """Wraps a ``*ForSequenceClassification`` model: ``(ids, mask, types) -> logits[:, 0]``."""
+    """Wraps a ``*ForSequenceClassification`` model: ``(ids, mask, types) -> score``, the logit of a
+    one-label head or the margin ``l1 - l0`` of a two-label one (see :mod:`engines.families`).
+
+    ``additive_mask``: hand the model a ready-made additive 4-D mask (the exported graph of the
+    families where that is proven equal); otherwise the 2-D 0/1 mask, from which each model builds
+    what it needs (DeBERTa multiplies by it, ModernBERT derives its sliding windows from it).
+    """
 
     @staticmethod
-    def build(model):
+    def build(model, *, additive_mask: bool = False, margin: bool = False):
         torch = _torch()
 
         class _Module(torch.nn.Module):
@@ -49,10 +56,32 @@ class CrossEncoderLogit:
                 self.inner = inner
 
             def forward(self, input_ids, attention_mask, token_type_ids=None):
-                additive = _additive_mask(attention_mask, self.inner.dtype)
+                mask = _additive_mask(attention_mask, self.inner.dtype) if additive_mask else attention_mask
                 kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-                logits = self.inner(input_ids=input_ids, attention_mask=additive, **kwargs).logits
+                logits = self.inner(input_ids=input_ids, attention_mask=mask, **kwargs).logits
+                if margin:
+                    return (logits[:, 1] - logits[:, 0]).float()
                 return logits[:, 0].float()
+
+        return _Module(model).eval()
+
+
+class DecoderYesNo:
+    """Wraps a ``*ForCausalLM`` reranker: ``(ids, mask) -> logit('yes') - logit('no')`` at the last
+    position. Batches are left-padded, so the last position is every row's last real token."""
+
+    @staticmethod
+    def build(model, yes_id: int, no_id: int):
+        torch = _torch()
+
+        class _Module(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids, attention_mask, token_type_ids=None):
+                logits = self.inner(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1).logits[:, -1]
+                return (logits[:, yes_id] - logits[:, no_id]).float()
 
         return _Module(model).eval()
 
@@ -90,35 +119,42 @@ def uses_token_types(folder: ModelFolder) -> bool:
     return int(config.get("type_vocab_size", 0) or 0) > 1
 
 
-def load_scoring_module(folder: ModelFolder, task: str, *, device: str = "cpu", dtype=None, attn: str = "eager"):
+def load_scoring_module(folder: ModelFolder, task: str, *, device: str = "cpu", dtype=None, export: bool = False):
     """The scoring ``torch.nn.Module`` of ``folder`` for ``task`` (:data:`CROSS` or :data:`EMBED`).
 
-    ``attn="eager"`` for export (plain ops the exporter and ORT's fusions understand),
-    ``"sdpa"`` for running in PyTorch.
+    ``export=True``: eager attention (plain ops the exporter and ORT's fusions understand) and, for
+    a cross-encoder, the mask form its family is exported with (:mod:`engines.families`).
+    Otherwise the attention transformers picks for the model (SDPA where the model has it) and a
+    2-D mask: the checkpoint's own forward pass.
 
     Raises:
         OSError: when the weights cannot be loaded, naming the model.
-        ValueError: when the model is not a single-logit cross-encoder (for :data:`CROSS`).
+        ValueError: when the model is not a reranker the service serves (for :data:`CROSS`).
     """
     torch = _torch()
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     dtype = dtype or torch.float32
+    kind = inspect_reranker(folder) if task == CROSS else None
+    options = {"dtype": dtype}
+    if export:
+        options["attn_implementation"] = "eager"
+    elif task != CROSS:
+        options["attn_implementation"] = "sdpa"
     try:
-        if task == CROSS:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(folder.path), attn_implementation=attn, dtype=dtype
-            )
+        if kind is not None and kind.decoder:
+            model = AutoModelForCausalLM.from_pretrained(str(folder.path), **options)
+        elif kind is not None:
+            model = AutoModelForSequenceClassification.from_pretrained(str(folder.path), **options)
         else:
-            model = AutoModel.from_pretrained(str(folder.path), attn_implementation=attn, dtype=dtype)
+            model = AutoModel.from_pretrained(str(folder.path), **options)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise OSError(f"model {folder.name!r} could not be loaded by transformers: {exc}") from exc
-    if task == CROSS:
-        if model.config.num_labels != 1:
-            raise ValueError(
-                f"model {folder.name!r} has {model.config.num_labels} labels; a reranking cross-encoder has one"
-            )
-        module = CrossEncoderLogit.build(model)
+    if kind is not None and kind.decoder:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder.path))
+        module = DecoderYesNo.build(model, tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no"))
+    elif kind is not None:
+        module = CrossEncoderLogit.build(model, additive_mask=export and kind.additive_mask, margin=kind.head == MARGIN)
     else:
         module = MeanOrClsEmbedding.build(model, folder.pooling_mode())
     return module.to(device)
@@ -142,7 +178,7 @@ class TorchBackend:
             log.info("torch engine: %s is not offered on CPU; running fp32", precision)
         self.device = device
         self.precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-        self.module = load_scoring_module(folder, task, device=device, dtype=dtype, attn="sdpa")
+        self.module = load_scoring_module(folder, task, device=device, dtype=dtype)
         self.token_types = uses_token_types(folder)
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:

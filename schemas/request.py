@@ -234,8 +234,10 @@ class RerankRequest(BaseModel):
     )
     raw_scores: bool = Field(
         default=False,
-        description="false: relevance_score is the sigmoid of the cross-encoder's logit, in "
-        "[0, 1]; true: the logit itself.",
+        description="false: relevance_score is the cross-encoder's score through the model's own "
+        "activation, as sentence-transformers' CrossEncoder.predict gives it (a sigmoid, in [0, 1], "
+        "unless the model's config names another: Identity gives the logit); true: the raw score "
+        "(the logit; for a two-logit head or a yes/no decoder, the margin).",
     )
     model: NonEmptyUnicodeText | None = Field(
         default=None,

@@ -78,8 +78,9 @@ class RankedResult(BaseModel):
     id: str | None = Field(description="The document's id if the request gave one, else null.")
     relevance_score: float = Field(
         allow_inf_nan=False,
-        description="stage cross_encoder: sigmoid of the cross-encoder logit (or the logit, "
-        "with raw_scores); stage prefilter: the prefilter's own score (by its method: cosine "
+        description="stage cross_encoder: the cross-encoder's score through the model's own "
+        "activation (a sigmoid unless its config names another; the raw score with raw_scores); "
+        "stage prefilter: the prefilter's own score (by its method: cosine "
         "similarity for static and bi-encoder, BM25 score for bm25, the document's score for "
         "client, reciprocal-rank-fusion score for static+bm25).",
     )

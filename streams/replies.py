@@ -4,20 +4,21 @@ from __future__ import annotations
 import numpy as np
 
 from engines import RerankOutcome
+from engines.families import activate
 from schemas import DocumentText, RankedResult, RerankRequest, RerankResponse, ResponseMeta
 from schemas.response import rank_results
 
 
 def relevance(outcome: RerankOutcome, raw_scores: bool) -> np.ndarray:
-    """Scores as the client asked for them: sigmoid of the cross-encoder logit, or the
-    logit itself; first-stage scores (cosine, BM25, the client's own) are passed through
-    either way."""
+    """Scores as the client asked for them: the cross-encoder's score through the model's own
+    activation (what sentence-transformers' CrossEncoder.predict applies: a sigmoid unless the
+    model's config names another, e.g. Identity for the ms-marco cross-encoders), or the raw
+    score itself; first-stage scores (cosine, BM25, the client's own) are passed through either
+    way, on their own scale, as the contract says."""
     scores = outcome.scores.astype(np.float64)
     if outcome.score_kind == "logit" and not raw_scores:
-        # Only the cross-encoder's logits: a prefilter-stage score is on its own scale and is
-        # passed through as the contract says (it used to be squashed as well).
-        logits = outcome.cross_encoded
-        scores[logits] = 1.0 / (1.0 + np.exp(-scores[logits]))
+        scored = outcome.cross_encoded
+        scores[scored] = activate(outcome.activation, scores[scored])
     return scores
 
 

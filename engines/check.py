@@ -1,0 +1,170 @@
+"""Does every engine serve this model's scores? ``python -m engines.check MODEL``.
+
+What a user runs on their own checkpoint before deploying it (``make check-model MODEL=...``). It
+loads the model as transformers does and scores a fixed set of pairs with the checkpoint's own
+forward pass (``AutoModelForSequenceClassification``, or ``AutoModelForCausalLM`` for a decoder
+reranker, with the model's default attention, a 2-D 0/1 mask, and its own ``AutoTokenizer``), then
+runs every engine this machine can run on the same pairs and prints, per engine: whether it
+builds (and how long that took), the largest difference from transformers (fp32) or the Pearson
+correlation with it (int8, bf16, fp16), pairs/s, and a verdict. The exit status is 1 when an
+engine that builds would serve wrong scores, 0 otherwise.
+
+The pairs: corpus queries each with the passage it came from and with a random one (so scores
+spread as relevant and irrelevant pairs do), an empty document, a whitespace-only one, one far
+longer than the model reads (truncation), digit runs and non-ASCII text.
+
+The worker runs the same comparison on a handful of pairs when it builds an engine
+(:func:`verify_engine`, called by :func:`engines.build_reranker`) and refuses to serve one that
+fails, naming the engine to use instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.config import EngineConfig, cuda_available
+from engines.families import RerankerKind, inspect_reranker
+from engines.fidelity import EDGE_DOCUMENTS, EngineRefused, Fidelity, check_pairs, compare, model_max_length, reference_scores
+from engines.models import ModelFolder
+from engines.reranker import RerankJob, build_reranker
+
+# -- the command -----------------------------------------------------------------------------------
+#: (engine, precision) pairs the check tries on CPU, and on CUDA where there is a GPU.
+CPU_ENGINES = [("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"),
+               ("openvino", "int8")]
+CUDA_ENGINES = [("torch", "fp16"), ("torch", "bf16"), ("onnx", "fp16"), ("onnx", "fp32")]
+
+
+def engine_scores(reranker, queries: list[str], documents: list[str]) -> np.ndarray:
+    """Scores of the pairs through a built reranker's public entry point (no prefilter)."""
+    outcomes = reranker.rerank([RerankJob(q, [d], prefilter=False) for q, d in zip(queries, documents)])
+    return np.array([o.scores[0] for o in outcomes], dtype=np.float64)
+
+
+@dataclass
+class Row:
+    engine: str
+    built: bool
+    build_s: float
+    fidelity: Fidelity | None
+    pairs_per_s: float
+    verdict: str
+    note: str = ""
+
+
+def run_check(model: str, engines: list[tuple[str, str, str]] | None = None, max_length: int | None = None,
+              cache_dir: str | None = None, n_corpus: int = 96, timing_rounds: int = 1) -> list[Row]:
+    """Check every (engine, precision, device) of ``engines`` (default: all this machine runs)."""
+    folder = ModelFolder.load(model)
+    kind = inspect_reranker(folder)
+    length = model_max_length(folder, kind, max_length)
+    if engines is None:
+        engines = [(e, p, "cpu") for e, p in CPU_ENGINES]
+        if cuda_available():
+            engines += [(e, p, "cuda") for e, p in CUDA_ENGINES]
+    queries, documents = check_pairs(n_corpus, long_words=3 * length)
+    want = reference_scores(folder, queries, documents, length, kind=kind)
+    rows = []
+    for engine, precision, device in engines:
+        name = f"{engine}-{precision}" + ("" if device == "cpu" else f" ({device})")
+        started = time.perf_counter()
+        try:
+            reranker = build_reranker(EngineConfig(engine=engine, model=model, precision=precision, device=device,
+                                                   max_length=max_length, cache_dir=cache_dir),
+                                      verify=False)
+        except (OSError, ValueError, RuntimeError) as exc:
+            refused = isinstance(exc, EngineRefused)
+            rows.append(Row(name, False, time.perf_counter() - started, None, float("nan"),
+                            "refused" if refused else "does not build", str(exc)))
+            continue
+        build_s = time.perf_counter() - started
+        served = reranker.engine_name
+        got = engine_scores(reranker, queries, documents)
+        # Throughput on the corpus pairs (passages of 40-80 words), not the edge cases: the one
+        # document far past the model's length would dominate the time.
+        best = float("inf")
+        for _ in range(timing_rounds):
+            t0 = time.perf_counter()
+            engine_scores(reranker, queries[:n_corpus], documents[:n_corpus])
+            best = min(best, time.perf_counter() - t0)
+        fidelity = compare(got, want, served.rsplit("-", 1)[1], n_corpus)
+        note = "" if served.split("-", 1)[1] == precision else f"runs as {served}"
+        rows.append(Row(name, True, build_s, fidelity, n_corpus / best, "ok" if fidelity.ok else "WRONG SCORES", note))
+    return rows
+
+
+def print_table(model: str, kind: RerankerKind, rows: list[Row], n_pairs: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{model}: {kind.architecture} ({kind.head} head, relevance = {kind.activation}), "
+                        f"{n_pairs} pairs against transformers")
+    for column in ("engine", "builds", "build s", "fidelity", "pairs/s", "verdict", "note"):
+        table.add_column(column, justify="right" if column in ("build s", "pairs/s") else "left")
+    for row in rows:
+        table.add_row(row.engine, "yes" if row.built else "no", f"{row.build_s:.1f}",
+                      row.fidelity.describe() if row.fidelity else "-",
+                      f"{row.pairs_per_s:.0f}" if np.isfinite(row.pairs_per_s) else "-",
+                      row.verdict, row.note[:160])
+    Console(width=200).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engines.check MODEL``: every engine this machine runs against transformers."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(prog="python -m engines.check", description=main.__doc__)
+    parser.add_argument("model", help="Hugging Face id or local folder of the reranker")
+    parser.add_argument("--engine", action="append", metavar="ENGINE-PRECISION[@DEVICE]",
+                        help="only these, e.g. onnx-int8 or torch-fp16@cuda (repeatable; default: all)")
+    parser.add_argument("--max-length", type=int, help="truncation length (default: the model's)")
+    parser.add_argument("--pairs", type=int, default=96, help="corpus pairs besides the edge cases (default 96)")
+    parser.add_argument("--rounds", type=int, default=1, help="timed rounds per engine; pairs/s is the best (default 1)")
+    parser.add_argument("--cache-dir", help="export cache (default $RERANK_CACHE_DIR or ~/.cache/kafka-rerank)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:  # NNCF sets its own logger to INFO when imported and then logs each node it leaves fp32
+        import nncf
+
+        nncf.set_log_level(logging.WARNING)
+    except ImportError:
+        pass
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # one "Loading weights" bar per engine otherwise
+    transformers_logging.set_verbosity_error()
+    engines = None
+    if args.engine:
+        engines = []
+        for spec in args.engine:
+            name, _, device = spec.partition("@")
+            engine, _, precision = name.rpartition("-")
+            engines.append((engine, precision, device or "cpu"))
+    try:
+        folder = ModelFolder.load(args.model)
+        kind = inspect_reranker(folder)
+    except (OSError, ValueError) as exc:
+        print(f"engines.check: {exc}", file=sys.stderr)
+        return 2
+    rows = run_check(args.model, engines, args.max_length, args.cache_dir, args.pairs, args.rounds)
+    print_table(args.model, kind, rows, args.pairs + len(EDGE_DOCUMENTS) + 2)
+    if args.json:
+        Path(args.json).write_text(json.dumps([
+            {"engine": r.engine, "built": r.built, "build_s": r.build_s, "verdict": r.verdict, "note": r.note,
+             "pairs_per_s": r.pairs_per_s if np.isfinite(r.pairs_per_s) else None,
+             "max_abs": r.fidelity.max_abs if r.fidelity else None,
+             "pearson": r.fidelity.pearson if r.fidelity else None} for r in rows], indent=2) + "\n")
+    return 1 if any(r.built and r.fidelity is not None and not r.fidelity.ok for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
