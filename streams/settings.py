@@ -63,7 +63,7 @@ class WorkerSettings(BaseSettings):
     prefilter_threshold: int = Field(100, ge=1)
     prefilter_keep: int = Field(100, ge=1)
     # The first stage when a request names none (engines.first_stage; README "Prefilter").
-    prefilter_method: Literal["bi-encoder", "static", "bm25", "client", "static+bm25"] = "bi-encoder"
+    prefilter_method: Literal["bi-encoder", "static", "bm25", "client", "static+bm25"] = "bm25"
     max_batch_tokens: int | None = Field(None, ge=64)
     max_batch_pairs: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)

@@ -42,7 +42,7 @@ def test_prefilter_method_reaches_the_engine_and_names_what_engines_and_contract
     from schemas.request import PrefilterMethod
     from streams.settings import WorkerSettings
 
-    assert load_settings().engine_config().prefilter_method == "bi-encoder"  # the default
+    assert load_settings().engine_config().prefilter_method == "bm25"  # the default
     monkeypatch.setenv("RERANK_PREFILTER_METHOD", "static")
     assert load_settings().engine_config().prefilter_method == "static"
     allowed = get_args(WorkerSettings.model_fields["prefilter_method"].annotation)
