@@ -166,7 +166,8 @@ def _check_prefiltered(outcome, cosine, keep):
 def test_prefilter_auto_forced_and_keep(engines):
     rng = random.Random(fresh_seed("prefilter"))
     passages = load_passages()
-    reranker = engines("openvino", "int8", prefilter_threshold=30, prefilter_keep=10)
+    # The bi-encoder first stage: its cosines are what the tail of the order is checked against.
+    reranker = engines("openvino", "int8", prefilter_threshold=30, prefilter_keep=10, prefilter_method="bi-encoder")
     docs = rng.sample(passages, 45)
     query = queries(1, seed=rng.randrange(1000))[0]
     cosine = reranker.bi_encoder.cosine(query, docs)

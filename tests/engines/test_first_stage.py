@@ -227,7 +227,7 @@ def test_one_window_mixes_methods(reranker):
     together = reranker.rerank(jobs)
     for job, outcome in zip(jobs, together):
         [alone] = reranker.rerank([job])
-        assert outcome.first_stage == (job.method or "bi-encoder")
+        assert outcome.first_stage == (job.method or reranker.config.prefilter_method)
         assert list(outcome.cross_encoded) == list(alone.cross_encoded)
         np.testing.assert_allclose(outcome.scores, alone.scores, atol=1e-4)
 
