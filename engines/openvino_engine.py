@@ -78,7 +78,8 @@ HEAD_MATMUL = re.compile(r"/(classifier|pooler|head)/")
 #: attention output projection of DeBERTa-v2, XLM-RoBERTa and ELECTRA. With it int8, documents of
 #: repeated characters, whitespace or non-ASCII text moved by 1-3 logits (up to 40 % of the
 #: corpus pairs' ranking) on their stand-ins, while corpus pairs kept a Pearson of 0.998; fp32
-#: there, every edge document stayed within 0.9. It is 1/12 of a layer's weight-MatMul work.
+#: there, every edge document stayed within 0.9. It is 1/12 of a layer's weight-MatMul work, but
+#: costs 9-15% of int8's pairs/s at base size (BENCHMARKS.md, ``python -m loadgen.bench.int8_recipe``).
 #: (BERT, MiniLM-L6's real encoder and ModernBERT were within the limits without it; on the real
 #: encoder it changed nothing: Pearson 0.9994 vs 0.9993.)
 _ATTENTION_OUTPUT = re.compile(r"attention/output/dense/MatMul$")
