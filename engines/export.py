@@ -6,8 +6,10 @@ this module's recipe version. Inside, one file per precision/variant::
 
     model.fp32.onnx         the export (run by ONNX Runtime and OpenVINO, input of the quantizers)
     model.int8.onnx         ONNX Runtime dynamic int8 (per-channel weights)
+    model.int8-reduced-range.onnx  the same with 7-bit weights, for CPUs without VNNI or AMX
     model.fp16.onnx         fp16 weights and activations, for the CUDA execution provider
-    model.int8-<cal>.xml    OpenVINO IR (+ .bin), NNCF static int8 (see engines.openvino_engine)
+    model.int8-<cal>.xml    OpenVINO IR (+ .bin), NNCF static int8 (see engines.openvino_engine);
+                            ``-overflow-fix`` before ``.xml`` for CPUs without VNNI or AMX
     info.json               what was exported, from what, with which library versions
 
 No offline graph fusion is done: ONNX Runtime's session optimizer (ORT_ENABLE_ALL) already fuses
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.config import cpu_has_int8_dot_product
 from engines.models import ModelFolder, file_lock
 from engines.families import RerankerKind, inspect_reranker
 from engines.torch_engine import CROSS, load_scoring_module, uses_token_types
@@ -260,8 +263,15 @@ def onnx_int8_dynamic(cache: ExportCache) -> Path:
     per batch as one tensor with one scale, and that is where int8 lost the ranking: with them
     in fp32, rank agreement with fp32 rose from 0.976 to 0.986 and NDCG@10 retention from 0.987
     to 0.999 on the demo cross-encoder, at 0.8x the all-int8 speed (docs/evaluation.md).
+
+    On a CPU without VNNI or AMX the weights use 7 bits (``reduce_range``): AVX2's int8 kernels
+    add pairs of u8 x s8 products in 16 bits, which saturate with full-range weights. Full range
+    there cost the family stand-ins' ranking (Pearson with fp32 0.89-0.98, edge documents moved up
+    to 8 logits, on a Zen 3 EPYC); 7 bits kept them within the limits (0.995). It is a separate
+    artefact, so a cache shared between CPUs never hands one CPU the other's.
     """
     source = onnx_fp32(cache)
+    reduce_range = cpu_has_int8_dot_product() is False
 
     def make(out: Path) -> None:
         import onnx
@@ -272,11 +282,13 @@ def onnx_int8_dynamic(cache: ExportCache) -> Path:
             str(out),
             weight_type=QuantType.QInt8,
             per_channel=True,  # rank agreement with fp32 0.987 vs 0.957 per-tensor, at the same speed
+            reduce_range=reduce_range,
             nodes_to_exclude=ffn_output_matmuls(onnx.load(str(source), load_external_data=False)),
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # for tensors shape inference leaves untyped
         )
 
-    return cache.get_or_make("model.int8.onnx", make, "quantized (dynamic int8)")
+    name = "model.int8-reduced-range.onnx" if reduce_range else "model.int8.onnx"
+    return cache.get_or_make(name, make, "quantized (dynamic int8" + (", 7-bit weights for a CPU without VNNI)" if reduce_range else ")"))
 
 
 def onnx_fp16(cache: ExportCache) -> Path:
