@@ -8,7 +8,7 @@ OUT := out
 RERANK_GROUP_ID ?= rerank-workers
 
 .PHONY: help venv kafka-jars kafka-up kafka-up-secure kafka-down topics lag model model-trained \
-	demo worker test test-faults test-security soak bench bench-replicas scaleout loadtest eval eval-quick clean check-model standins
+	demo worker test test-faults test-security soak bench bench-peer bench-replicas scaleout loadtest eval eval-quick clean check-model standins
 
 # Every target is listed here (tests/test_makefile.py checks it).
 help:
@@ -33,6 +33,7 @@ help:
 	@echo "  make test-security    the security tests (their own SASL_SSL broker, ~1.5 min)"
 	@echo "  make soak        steady load for SOAK_MINUTES (10): throughput drift and worker RSS growth"
 	@echo "  make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
+	@echo "  make bench-peer  ours beside sentence-transformers' OpenVINO static int8 (its own .venv-peer; $(OUT)/peer.json)"
 	@echo "  make check-model MODEL=...  every engine against transformers on your reranker (hub id or folder)"
 	@echo "  make standins    build the family stand-ins (random weights; for fidelity checks only)"
 	@echo "  make bench-replicas  2 engine processes x 1 thread against 1, per engine ($(OUT)/replicas.json)"
@@ -117,6 +118,17 @@ worker: venv
 bench: venv
 	@mkdir -p $(OUT)
 	$(RUN) -m loadgen.bench.engine_speed --json $(OUT)/bench.json $(BENCH_ARGS)
+
+# The peer to beat on CPU: sentence-transformers' own OpenVINO static int8, in .venv-peer (optimum-intel
+# needs transformers < 5.6, the project pins 5.17), rebuilt when its requirements change; then side
+# by side with our default engine (~5 min).
+bench-peer: venv
+	@mkdir -p $(OUT)
+	@cmp -s loadgen/bench/peer_requirements.txt .venv-peer/requirements.txt || { \
+	  rm -rf .venv-peer && $${PYTHON:-python3} -m venv .venv-peer && \
+	  .venv-peer/bin/python -m pip install -q --progress-bar off -r loadgen/bench/peer_requirements.txt && \
+	  cp loadgen/bench/peer_requirements.txt .venv-peer/requirements.txt; }
+	$(RUN) -m loadgen.bench.peer --json $(OUT)/peer.json $(PEER_ARGS)
 
 # Do replicas on one host add up? One 1-thread engine process against two at once, per engine
 # (~10 min; REPLICAS_ARGS="--pinning both" adds the pinned contrast). Exits 1 below 1.6x.
