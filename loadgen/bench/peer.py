@@ -98,6 +98,7 @@ def agreement(scores, reference) -> dict:
 def run(peer_python: Path, quick: bool) -> dict:
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
+    machine_at_start = machine()  # its load average is the quiet machine's, not this run's
     model_path = str(ensure_test_model())
     passages = load_passages()
     n_rounds, per_round = (2, 20) if quick else (3, 80)
@@ -138,7 +139,7 @@ def run(peer_python: Path, quick: bool) -> dict:
     ours_pps = best[fastest]["pairs_per_s"]
     return {
         "command": "python -m loadgen.bench.peer " + " ".join(sys.argv[1:]),
-        "machine": {**machine(), "load_average_at_end": list(os.getloadavg())},
+        "machine": {**machine_at_start, "load_average_at_end": list(os.getloadavg())},
         "model": "test-cross-encoder-minilm-l6: MiniLM-L6-H384 with an UNTRAINED head (same cost as "
                  "cross-encoder/ms-marco-MiniLM-L-6-v2; scores are not relevance)",
         "workload": {"rounds": n_rounds, "requests_per_round": per_round, "documents_per_request": "4-15",
