@@ -121,7 +121,7 @@ bench: venv
 
 # The peer to beat on CPU: sentence-transformers' own OpenVINO static int8, in .venv-peer (optimum-intel
 # needs transformers < 5.6, the project pins 5.17), rebuilt when its requirements change; then side
-# by side with our default engine (~5 min).
+# by side with our default engine and our int8 engines (~10 min).
 bench-peer: venv
 	@mkdir -p $(OUT)
 	@cmp -s loadgen/bench/peer_requirements.txt .venv-peer/requirements.txt || { \

@@ -24,6 +24,7 @@ which makes rank agreement a harsh test).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ class PeerContender:
 
     @staticmethod
     def start(peer_python: Path, model_path: str, passages: list[str]) -> tuple[subprocess.Popen, float]:
-        work_dir = default_cache_dir() / "peer-st-openvino"
+        work_dir = default_cache_dir() / "peer-st-openvino" / model_key(Path(model_path), passages[:CALIBRATION_TEXTS])
         work_dir.mkdir(parents=True, exist_ok=True)
         calibration = work_dir / "calibration.json"
         calibration.write_text(json.dumps(passages[:CALIBRATION_TEXTS]), encoding="utf-8")
@@ -77,6 +78,16 @@ class PeerContender:
         answer = self.ask({"cmd": "measure", "requests": requests, "per_request": self.per_request})
         self.last_scores = answer["scores"]
         return {"pairs_per_s": answer["pairs_per_s"]}
+
+
+def model_key(model_dir: Path, calibration: list[str]) -> str:
+    """Names the peer's quantized copy after the model's files and the calibration texts, so that a
+    rebuilt model or another corpus is quantized again rather than served from a stale copy."""
+    digest = hashlib.sha256(json.dumps(calibration).encode())
+    for file in sorted(f for f in model_dir.rglob("*") if f.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(model_dir)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _read_answer(process: subprocess.Popen) -> dict:

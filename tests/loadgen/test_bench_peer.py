@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from loadgen.bench.peer import agreement, main, run
+from loadgen.bench.peer import agreement, main, model_key, run
 
 
 def test_a_missing_peer_environment_names_the_make_target(tmp_path):
@@ -29,3 +29,12 @@ def test_agreement_of_scores_with_the_reference():
     assert same["pearson"] == pytest.approx(1.0) and same["max_abs_diff"] == 0
     reversed_ = agreement([3.0, 2.0, 1.0], [1.0, 2.0, 3.0])
     assert reversed_["spearman"] == pytest.approx(-1.0) and reversed_["max_abs_diff"] == 2.0
+
+
+def test_the_peers_copy_is_keyed_by_the_model_files_and_the_calibration(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    key = model_key(tmp_path, ["a text"])
+    assert model_key(tmp_path, ["a text"]) == key
+    assert model_key(tmp_path, ["another text"]) != key
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    assert model_key(tmp_path, ["a text"]) != key
