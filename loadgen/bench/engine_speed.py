@@ -91,6 +91,20 @@ def make_requests(n: int, seed: int, passages: list[str]) -> list[tuple[str, lis
     return [(query, rng.sample(passages, rng.randint(4, 15))) for query in queries(n, seed=seed)]
 
 
+def make_rounds(quick: bool, passages: list[str]) -> tuple[list, list]:
+    """The measured rounds (2 of 20 requests when ``quick``, else 3 of 80) and the warm-up requests,
+    drawn with fixed seeds so that every benchmark that uses them measures the same requests."""
+    n_rounds, per_round = (2, 20) if quick else (3, 80)
+    rounds = [make_requests(per_round, seed=7 + r, passages=passages) for r in range(n_rounds)]
+    return rounds, make_requests(max(10, per_round // 2), seed=100, passages=passages)
+
+
+def engine_name(engine: str, precision: str) -> str:
+    """The name ``Reranker.engine_name`` will have on the CPU, e.g. ``openvino-fp32`` for ``auto``
+    on a CPU without VNNI: known before building it."""
+    return f"{engine}-{resolve_precision(precision, engine, 'cpu')}"
+
+
 def windows(requests, max_pairs: int = WINDOW_MAX_PAIRS):
     """Group requests into windows of up to ``max_pairs`` pairs, as the worker does."""
     window, pairs = [], 0
@@ -331,9 +345,7 @@ def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None, hybrid
     started = time.perf_counter()
     model_path = str(ensure_test_model())
     passages = load_passages()
-    n_rounds, per_round = (2, 20) if quick else (3, 80)
-    rounds = [make_requests(per_round, seed=7 + r, passages=passages) for r in range(n_rounds)]
-    warm = make_requests(max(10, per_round // 2), seed=100, passages=passages)
+    rounds, warm = make_rounds(quick, passages)
     report: dict = {
         "command": "python -m loadgen.bench.engine_speed " + " ".join(sys.argv[1:]),
         "quick": quick,
@@ -345,8 +357,8 @@ def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None, hybrid
             "untrained_head": True,
         },
         "workload": {
-            "rounds": n_rounds,
-            "requests_per_round": per_round,
+            "rounds": len(rounds),
+            "requests_per_round": len(rounds[0]),
             "pairs_per_round": [sum(len(d) for _, d in r) for r in rounds],
             "documents_per_request": "4-15",
             "window_max_pairs": WINDOW_MAX_PAIRS,
@@ -375,8 +387,7 @@ def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None, hybrid
     report["engine_details"] = details
     cross = {name: row for name, row in details.items() if not name.startswith("bi-encoder")}
     top = max(cross, key=lambda name: cross[name]["pairs_per_s"])
-    engine, precision = DEFAULT_ENGINE
-    default_name = f"{engine}-{resolve_precision(precision, engine, 'cpu')}"
+    default_name = engine_name(*DEFAULT_ENGINE)
     report["default_engine"] = default_name
     report["tokenize_share"] = details.get(default_name, details[top])["tokenize_share"]
     report["ratios"] = {

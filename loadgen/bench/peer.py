@@ -38,10 +38,12 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from engines import RerankJob
-from engines.config import default_cache_dir, resolve_precision
+from engines.config import default_cache_dir
 from engines.corpus import load_passages
+from engines.models import model_fingerprint
 from engines.testmodel import ensure_test_model
-from loadgen.bench.engine_speed import DEFAULT_ENGINE, EngineContender, NaiveContender, machine, make_requests, measure_rounds
+from loadgen.bench.engine_speed import (DEFAULT_ENGINE, EngineContender, NaiveContender, engine_name, machine,
+                                        make_rounds, measure_rounds)
 
 REPO = Path(__file__).resolve().parents[2]
 PEER_SCRIPT = Path(__file__).with_name("peer_st_openvino.py")
@@ -83,11 +85,7 @@ class PeerContender:
 def model_key(model_dir: Path, calibration: list[str]) -> str:
     """Names the peer's quantized copy after the model's files and the calibration texts, so that a
     rebuilt model or another corpus is quantized again rather than served from a stale copy."""
-    digest = hashlib.sha256(json.dumps(calibration).encode())
-    for file in sorted(f for f in model_dir.rglob("*") if f.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(model_dir)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+    return hashlib.sha256(f"{model_fingerprint(model_dir)}|{json.dumps(calibration)}".encode()).hexdigest()[:16]
 
 
 def _read_answer(process: subprocess.Popen) -> dict:
@@ -112,9 +110,7 @@ def run(peer_python: Path, quick: bool) -> dict:
     machine_at_start = machine()  # its load average is the quiet machine's, not this run's
     model_path = str(ensure_test_model())
     passages = load_passages()
-    n_rounds, per_round = (2, 20) if quick else (3, 80)
-    rounds = [make_requests(per_round, seed=7 + r, passages=passages) for r in range(n_rounds)]
-    warm = make_requests(max(10, per_round // 2), seed=100, passages=passages)
+    rounds, warm = make_rounds(quick, passages)
 
     process, peer_build_s = PeerContender.start(peer_python, model_path, passages)
     try:
@@ -124,7 +120,7 @@ def run(peer_python: Path, quick: bool) -> dict:
         naive = NaiveContender(model_path, per_request=False)
         ours: dict[str, EngineContender] = {}
         for engine, precision in OUR_ENGINES:  # "auto" resolves to one of the others, or fp32
-            if f"{engine}-{resolve_precision(precision, engine, 'cpu')}" not in ours:
+            if engine_name(engine, precision) not in ours:
                 contender = EngineContender(engine, precision, model_path, warm)
                 ours[contender.name] = contender
         default_name = next(iter(ours))
@@ -153,7 +149,7 @@ def run(peer_python: Path, quick: bool) -> dict:
         "machine": {**machine_at_start, "load_average_at_end": list(os.getloadavg())},
         "model": "test-cross-encoder-minilm-l6: MiniLM-L6-H384 with an UNTRAINED head (same cost as "
                  "cross-encoder/ms-marco-MiniLM-L-6-v2; scores are not relevance)",
-        "workload": {"rounds": n_rounds, "requests_per_round": per_round, "documents_per_request": "4-15",
+        "workload": {"rounds": len(rounds), "requests_per_round": len(rounds[0]), "documents_per_request": "4-15",
                      "pairs_per_round": [sum(len(d) for _, d in r) for r in rounds]},
         "peer": {"recipe": "CrossEncoder(backend='openvino') + export_static_quantized_openvino_model("
                            "OVQuantizationConfig()), calibrated on 300 corpus texts (SST-2 is on the hub)",
