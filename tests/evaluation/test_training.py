@@ -1,6 +1,6 @@
 """The demo cross-encoder's training code (evaluation.training), without training a model.
 
-Training itself takes minutes and is cached (``python -m engines.testmodel --trained``); what can
+Training itself takes minutes and is cached (``python -m evaluation.training``); what can
 silently go wrong in it is the split forward pass: the frozen bottom runs once, the top on every
 step, and the two halves must compute exactly what the model's own forward pass does, or the
 trained weights fit a different network from the one the engines serve.
