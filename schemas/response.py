@@ -21,7 +21,6 @@ __all__ = [
     "ErrorCode",
     "ErrorDetail",
     "ErrorResponse",
-    "RankedDocument",
     "RankedResult",
     "ResponseMeta",
     "RerankResponse",
@@ -101,10 +100,6 @@ class RankedResult(BaseModel):
         (their scores are on different scales), then relevance_score descending, then
         index ascending."""
         return (_STAGE_ORDER[self.stage], -self.relevance_score, self.index)
-
-
-#: The same thing under the name the engines use for it.
-RankedDocument = RankedResult
 
 
 def rank_results(results: Iterable[RankedResult], top_n: int | None = None) -> list[RankedResult]:

@@ -18,7 +18,6 @@ from schemas import (
     ErrorDetail,
     ErrorResponse,
     PrefilterOptions,
-    RankedDocument,
     RankedResult,
     RequestError,
     RequestLimits,
@@ -608,7 +607,6 @@ def test_response_models_take_numpy_scalars_from_engines() -> None:
 
 
 def test_public_names() -> None:
-    assert RankedDocument is RankedResult
     assert {code.value for code in ErrorCode} == {
         "invalid_request",
         "too_large",
