@@ -80,7 +80,8 @@ HEAD_MATMUL = re.compile(r"/(classifier|pooler|head)/")
 #: repeated characters, whitespace or non-ASCII text moved by 1-3 logits (up to 40 % of the
 #: corpus pairs' ranking) on their stand-ins, while corpus pairs kept a Pearson of 0.998; fp32
 #: there, every edge document stayed within 0.9. It is 1/12 of a layer's weight-MatMul work, but
-#: costs 9-15% of int8's pairs/s at base size (BENCHMARKS.md, ``python -m loadgen.bench.int8_recipe``).
+#: costs int8 more of its speed than that, as the fp32 island breaks the int8 chain around it
+#: (BENCHMARKS.md, "What the int8 recipe's fp32 layers cost": ``python -m loadgen.bench.int8_recipe``).
 #: (BERT, MiniLM-L6's real encoder and ModernBERT were within the limits without it; on the real
 #: encoder it changed nothing: Pearson 0.9994 vs 0.9993.)
 _ATTENTION_OUTPUT = re.compile(r"attention/output/dense/MatMul$")
@@ -149,8 +150,8 @@ def compile_config(precision: str, threads: int | None, cpu_pinning: bool) -> di
         # bf16 only when asked: it changes scores, and some CPUs would pick it by default.
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         # The plugin pins its threads to cores by default, and every process of a host picks the
-        # same cores: two 1-thread replicas then share one core (237 pairs/s for one process,
-        # 117 + 120 for two; unpinned 211 + 224). Only a process that owns its cores pins.
+        # same cores: two 1-thread replicas then share one core, and the second adds nothing
+        # (BENCHMARKS.md, "Replicas on one host"). Only a process that owns its cores pins.
         "ENABLE_CPU_PINNING": bool(cpu_pinning),
     }
     if threads:
@@ -162,10 +163,10 @@ class OpenVinoBackend:
     """An OpenVINO ``CompiledModel`` on CPU with a single inference request."""
 
     runtime = "openvino"
-    # The CPU plugin generates and keeps code for every new input shape (~2 MiB each for this
-    # model; CPU_RUNTIME_CACHE_CAPACITY=0 does not stop it, it only changes what is kept), so a
-    # worker fed free-form shapes grew without end (+130 MiB/min in a soak). With bucketed shapes
-    # it meets a few hundred at most, and memory levels off (BENCHMARKS.md, "Soak").
+    # The CPU plugin generates and keeps code for every new input shape (CPU_RUNTIME_CACHE_CAPACITY=0
+    # does not stop it, it only changes what is kept), so a worker fed free-form shapes grew
+    # without end in a soak. With bucketed shapes it meets a few hundred at most, and memory
+    # levels off (BENCHMARKS.md, "Soak").
     shape_buckets = True
 
     def __init__(self, cache: ExportCache, tokenizer, max_length: int, pad_id: int, device: str, precision: str, threads: int | None,
