@@ -1,4 +1,9 @@
-"""Engine configuration: one plain dataclass (no pydantic, so a bare GPU box can import it)."""
+"""Engine configuration: one plain dataclass (no pydantic, so a bare GPU box can import it).
+
+It is also the worker's one definition of its engine settings: ``streams.settings`` nests it and
+reads each field from ``RERANK_<FIELD>``, and pydantic checks the ``Literal`` fields there.
+Nothing here reads the environment.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,22 @@ import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
+
+from vocabulary import PREFILTER_METHODS, PrefilterMethod
 
 log = logging.getLogger("engines")
 
-ENGINES = ("onnx", "openvino", "torch", "bi-encoder")
-PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
-RUNTIMES = ("onnx", "openvino", "torch")
-#: First stages of the prefilter (engines.first_stage): what cuts a large request before the cross-encoder.
-PREFILTER_METHODS = ("bi-encoder", "static", "bm25", "client", "static+bm25")
+Engine = Literal["onnx", "openvino", "torch", "bi-encoder"]
+Precision = Literal["auto", "fp32", "int8", "fp16", "bf16"]
+Device = Literal["auto", "cpu", "cuda"]
+Runtime = Literal["onnx", "openvino", "torch"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+DEVICES: tuple[str, ...] = get_args(Device)
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
+#: Where exported and quantized models, verdicts and distilled models are kept by default.
+DEFAULT_CACHE_DIR = Path("~/.cache/kafka-rerank")
 
 #: Micro-batch limits when nothing is configured. On CPU the cost is linear in real tokens once a
 #: batch holds a few sequences, so a modest budget keeps latency low without losing throughput
@@ -58,8 +70,8 @@ class EngineConfig:
             nothing (237 pairs/s for one 1-thread process, 117 + 120 for two), and spinning
             threads burn CPU that another replica, or the CPU quota, needs. ``False`` (default):
             no pinning, no spinning, in every runtime (see :func:`openmp_wait_policy`).
-        cache_dir: Where exported/quantized models go; ``None`` = ``$RERANK_CACHE_DIR`` or
-            ``~/.cache/kafka-rerank``.
+        cache_dir: Where exported/quantized models go; ``None`` = :data:`DEFAULT_CACHE_DIR`
+            (the worker sets it from ``RERANK_CACHE_DIR``).
         embedding_cache_size: How many document embeddings the bi-encoder keeps (LRU); 0 disables.
             Embeddings do not depend on the query, so documents that come back are not re-encoded.
         prefilter_runtime: Runtime of the bi-encoder; ``None`` = the cross-encoder's runtime
@@ -72,10 +84,10 @@ class EngineConfig:
             caller's scores) or ``static+bm25`` (reciprocal-rank fusion of the two).
     """
 
-    engine: str = "openvino"
+    engine: Engine = "openvino"
     model: str = "cross-encoder/ms-marco-MiniLM-L-6-v2"
-    precision: str = "auto"
-    device: str = "auto"
+    precision: Precision = "auto"
+    device: Device = "auto"
     prefilter_model: str | None = None
     prefilter_threshold: int = 100
     prefilter_keep: int = 100
@@ -85,11 +97,11 @@ class EngineConfig:
     threads: int | None = None
     cache_dir: str | None = None
     embedding_cache_size: int = 20_000
-    prefilter_runtime: str | None = None
+    prefilter_runtime: Runtime | None = None
     cpu_pinning: bool = False
     # bm25: the fastest first stage that keeps >= 0.98 of full cross-encoding's NDCG@10 at
     # depth 1000 with keep 100 (BENCHMARKS.md, "Hybrid"); static kept 0.90 there.
-    prefilter_method: str = "bm25"
+    prefilter_method: PrefilterMethod = "bm25"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field that is out of range."""
@@ -105,9 +117,13 @@ class EngineConfig:
             raise ValueError(f"prefilter_runtime must be one of {RUNTIMES} or None, got {self.prefilter_runtime!r}")
         if not self.model:
             raise ValueError("model must name a Hugging Face id or a local folder")
-        for name in ("prefilter_threshold", "prefilter_keep", "embedding_cache_size"):
+        for name in ("prefilter_threshold", "embedding_cache_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        # keep 0 would answer every prefiltered request by its first stage alone; a job may ask
+        # for that (RerankJob.keep), a default may not.
+        if self.prefilter_keep < 1:
+            raise ValueError(f"prefilter_keep must be >= 1, got {self.prefilter_keep}")
         for name in ("max_batch_tokens", "max_batch_pairs", "max_length", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -115,8 +131,8 @@ class EngineConfig:
 
 
 def default_cache_dir() -> Path:
-    """``$RERANK_CACHE_DIR`` or ``~/.cache/kafka-rerank``."""
-    return Path(os.environ.get("RERANK_CACHE_DIR") or "~/.cache/kafka-rerank").expanduser().resolve()
+    """:data:`DEFAULT_CACHE_DIR`, expanded: what the tools use when they are given no folder."""
+    return DEFAULT_CACHE_DIR.expanduser().resolve()
 
 
 def resolve_cache_dir(config: EngineConfig) -> Path:

@@ -33,11 +33,8 @@ import numpy as np
 
 from engines.batching import TextEncoder, TokenCache
 from engines.bi_encoder import BiEncoder
-from engines.config import PREFILTER_METHODS
+from vocabulary import BI_ENCODER, BM25, CLIENT, STATIC, STATIC_BM25
 
-#: Every first stage, by the name a request or the configuration uses.
-METHODS = PREFILTER_METHODS
-BI_ENCODER, STATIC, BM25, CLIENT, STATIC_BM25 = METHODS
 #: What the scores of a method are (``RerankOutcome.score_kind`` when no cross-encoder scored).
 SCORE_KINDS = {BI_ENCODER: "cosine", STATIC: "cosine", BM25: "bm25", CLIENT: "client", STATIC_BM25: "rrf"}
 #: Tokens of a text that ``static`` and ``bm25`` read at most. They read them from the window's

@@ -13,7 +13,7 @@ so that they come back as ``too_large`` rather than ``invalid_request``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +27,8 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
+
+from vocabulary import PrefilterMethod
 
 __all__ = [
     "Document",
@@ -169,10 +171,6 @@ DocumentInput = Annotated[
         custom_error_message="Input should be a string or an object with 'text' and optional 'id'",
     ),
 ]
-
-
-#: The prefilter's first stages (engines.first_stage.METHODS; a test keeps the two equal).
-PrefilterMethod = Literal["bi-encoder", "static", "bm25", "client", "static+bm25"]
 
 
 class PrefilterOptions(BaseModel):

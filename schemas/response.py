@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.request import REQUEST_ID_MAX_CHARS
+from vocabulary import CROSS_ENCODER_STAGE, PREFILTER_STAGE, Stage
 
 __all__ = [
     "DocumentText",
@@ -32,8 +33,7 @@ __all__ = [
 # as required: it is always present on the wire.
 _RESPONSE_CONFIG = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
 
-Stage = Literal["cross_encoder", "prefilter"]
-_STAGE_ORDER: dict[str, int] = {"cross_encoder": 0, "prefilter": 1}
+_STAGE_ORDER: dict[str, int] = {CROSS_ENCODER_STAGE: 0, PREFILTER_STAGE: 1}
 
 
 class ErrorCode(str, Enum):
@@ -84,7 +84,7 @@ class RankedResult(BaseModel):
         "client, reciprocal-rank-fusion score for static+bm25).",
     )
     stage: Stage = Field(
-        default="cross_encoder",
+        default=CROSS_ENCODER_STAGE,
         description="Which model produced relevance_score: cross_encoder, or prefilter for "
         "documents the prefilter cut and the cross-encoder never scored.",
     )
