@@ -1,7 +1,7 @@
 """Cross-encoder reranking engines: score (query, document) pairs in token-budget batches.
 
 One job: pairs in, scores out. Nothing here knows of Kafka, the wire format, Faust or pydantic, and nothing
-here imports another package of this repository (``tests/test_layering.py`` holds it to that);
+here imports another package of this repository but :mod:`vocabulary` (``tests/test_layering.py`` holds it to that);
 ``streams``, ``loadgen`` and ``evaluation`` build on it. Besides the runtimes it holds what they
 need to run offline: model folders and their export cache, the untrained-head test model
 (:mod:`engines.testmodel`) and the text int8 calibration reads (:mod:`engines.corpus`).
@@ -9,6 +9,7 @@ need to run offline: model folders and their export cache, the untrained-head te
 Public surface::
 
     from engines import EngineConfig, RerankJob, RerankOutcome, Reranker, build_reranker
+    from engines import JobPlan, JobRefused   # the request policy: Reranker.plan(job)
 
 Engines (one module each): ``openvino`` (default on CPU; NNCF static int8 where the CPU has VNNI or
 AMX, fp32 elsewhere), ``onnx`` (ONNX Runtime; CUDA execution provider when available), ``torch``
@@ -20,6 +21,8 @@ pydantic.
 """
 
 from engines.config import EngineConfig
-from engines.reranker import Reranker, RerankJob, RerankOutcome, build_reranker
+from engines.outcome import RerankOutcome
+from engines.policy import JobPlan, JobRefused, RerankJob
+from engines.reranker import Reranker, build_reranker
 
-__all__ = ["EngineConfig", "RerankJob", "RerankOutcome", "Reranker", "build_reranker"]
+__all__ = ["EngineConfig", "JobPlan", "JobRefused", "RerankJob", "RerankOutcome", "Reranker", "build_reranker"]

@@ -197,7 +197,7 @@ def _export_fp32(cache: ExportCache, out: Path) -> None:
     kind = inspect_reranker(folder) if cache.task == CROSS else None
     if kind is not None and kind.decoder:
         raise ValueError(f"model {folder.name!r} is a decoder reranker ({kind.architecture}); only the torch engine "
-                         "serves decoder rerankers (RERANK_ENGINE=torch)")
+                         "serves decoder rerankers")
     module = load_scoring_module(folder, cache.task, export=True)
     names = input_names(folder)
     length = probe_length(folder, kind)

@@ -180,9 +180,8 @@ def activate(activation: str, scores):
 
 def refusal(kind: RerankerKind, runtime: str, precision: str, device: str) -> str | None:
     """Why ``runtime`` at ``precision`` must not serve a model of this kind (known beforehand,
-    before anything is built), naming the engine to use instead; None when nothing is known
+    before anything is built; the torch engine serves every kind); None when nothing is known
     against it (the start-up check still measures it)."""
     if kind.decoder and runtime != "torch":
-        return (f"decoder rerankers are served by the torch engine only ({runtime} runs exported encoder graphs); "
-                "use RERANK_ENGINE=torch")
+        return f"decoder rerankers are served by the torch engine only ({runtime} runs exported encoder graphs)"
     return None

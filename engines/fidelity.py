@@ -209,7 +209,16 @@ STARTUP_LONG_WORDS = 1024
 
 
 class EngineRefused(ValueError):
-    """An engine does not serve this model's scores (known beforehand, or measured at start-up)."""
+    """An engine does not serve this model's scores (known beforehand, or measured at start-up).
+
+    ``alternative`` holds the :class:`~engines.config.EngineConfig` fields that serve it instead,
+    e.g. ``{"engine": "torch", "precision": "fp32"}``; the message ends by naming them.
+    """
+
+    def __init__(self, reason: str, alternative: dict[str, str]) -> None:
+        self.alternative = dict(alternative)
+        instead = ", ".join(f"{field}={value}" for field, value in self.alternative.items())
+        super().__init__(f"{reason}; use {instead} instead" if instead else reason)
 
 
 def _verdict_file(cache_root: Path, folder: ModelFolder, engine: str, device: str, artefact: str) -> Path:
@@ -232,9 +241,10 @@ def _version(package: str) -> str:
 
 
 def verify_engine(runner: BatchRunner, engine_name: str, folder: ModelFolder, kind: RerankerKind, cache_root: Path,
-                  alternative: str) -> Fidelity | None:
+                  alternative: dict[str, str]) -> Fidelity | None:
     """Score a handful of pairs with the built engine and with transformers; raise
-    :class:`EngineRefused` naming ``alternative`` when they disagree beyond the tolerance.
+    :class:`EngineRefused` naming ``alternative`` (EngineConfig fields) when they disagree beyond
+    the tolerance.
 
     The torch engine is not checked: it *is* the transformers forward pass (in fp32; bf16 and
     fp16 only round it), and a decoder reranker, which only torch serves, can be far too large
@@ -260,9 +270,8 @@ def verify_engine(runner: BatchRunner, engine_name: str, folder: ModelFolder, ki
     if not fidelity.ok:
         raise EngineRefused(
             f"engine {engine_name} does not reproduce model {folder.name!r} ({kind.architecture}): "
-            f"{fidelity.describe()} on {len(queries)} pairs against transformers; use {alternative} instead "
-            f"(python -m engines.check {folder.name} shows every engine)"
-        )
+            f"{fidelity.describe()} on {len(queries)} pairs against transformers "
+            f"(python -m engines.check {folder.name} shows every engine)", alternative)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"model": folder.name, "engine": engine_name, "device": device,
                                   "fidelity": fidelity.describe()}) + "\n")

@@ -2,13 +2,16 @@
 
 A window is scored in two stages, each batched across all its requests:
 
-1. **Prefilter** (requests with more than ``prefilter_threshold`` documents, or forced): a first
-   stage (:mod:`engines.first_stage`: the job's ``method``, else ``prefilter_method``; ``static``
-   embeddings, ``bm25``, the ``client``'s own scores, the ``bi-encoder``, or ``static+bm25``)
-   scores every document, and only the ``keep`` best go on to the cross-encoder; the others keep
-   their first-stage score and follow, in that score's order.
+1. **Prefilter** (which jobs, by which method, keeping how many: :mod:`engines.policy` decides): a
+   first stage (:mod:`engines.first_stage`: ``static`` embeddings, ``bm25``, the ``client``'s own
+   scores, the ``bi-encoder``, or ``static+bm25``) scores every document, and only the ``keep``
+   best go on to the cross-encoder; the others keep their first-stage score and follow, in that
+   score's order.
 2. **Cross-encoder**: every remaining (query, document) pair of the window is tokenized once,
    length-sorted, cut into token-budget micro-batches, run, and scattered back to its request.
+
+Each job's outcome (:mod:`engines.outcome`) carries the relevance its caller reads and the
+response order.
 
 Texts are tokenized once for both stages: the window's :class:`~engines.batching.TokenCache` is
 filled with the cross-encoder's tokenizer; ``bm25`` reads it, ``static`` and the bi-encoder read
@@ -22,14 +25,13 @@ Example::
     reranker = build_reranker(EngineConfig(model="cross-encoder/ms-marco-MiniLM-L-6-v2"))
     reranker.warmup()
     [outcome] = reranker.rerank([RerankJob("how do I open a file", ["open() returns a file object", "..."])])
-    best_first = outcome.order
+    best_first = outcome.order  # outcome.relevance[best_first[0]] is the best score
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,13 +54,7 @@ from engines.config import (
 from engines.decoder import DEFAULT_MAX_LENGTH, DecoderBatchRunner
 from engines.export import ExportCache
 from engines.first_stage import (
-    BI_ENCODER,
-    BM25,
-    CLIENT,
-    METHODS,
     SCORE_KINDS,
-    STATIC,
-    STATIC_BM25,
     BiEncoderStage,
     Bm25Stage,
     ClientStage,
@@ -73,84 +69,12 @@ from engines.models import ModelFolder, effective_max_length, load_fast_tokenize
 from engines.onnx_engine import OnnxBackend
 from engines.openvino_engine import OpenVinoBackend
 from engines.static_embeddings import STATIC_DIRNAME, StaticEmbeddings, StaticStage, ensure_static_model
+from engines.outcome import LOGIT, RerankOutcome, cosine_outcome, cross_encoder_outcome
+from engines.policy import JobPlan, JobRefused, RerankJob, plan_job
 from engines.torch_engine import CROSS, EMBED, TorchBackend
+from vocabulary import BI_ENCODER, BM25, CLIENT, PREFILTER_METHODS, STATIC, STATIC_BM25
 
 log = logging.getLogger("engines")
-
-LOGIT = "logit"
-COSINE = "cosine"
-
-
-@dataclass
-class RerankJob:
-    """One request: a query and the documents to rank for it.
-
-    Attributes:
-        query: the query text.
-        documents: the candidate texts, in the caller's order (indices refer to it).
-        prefilter: ``True``/``False`` forces the prefilter on/off; ``None`` applies it when there
-            are more than ``prefilter_threshold`` documents.
-        keep: how many documents the prefilter passes to the cross-encoder
-            (``None`` = ``prefilter_keep`` of the config).
-        method: the prefilter's first stage, one of :data:`engines.first_stage.METHODS`
-            (``None`` = ``prefilter_method`` of the config).
-        scores: the caller's own first-stage score of each document (``None`` where it has
-            none); read only by the ``client`` method, which needs a finite one for every
-            document of a job it cuts (else ``ValueError``: no guessing).
-    """
-
-    query: str
-    documents: list[str]
-    prefilter: bool | None = None
-    keep: int | None = None
-    method: str | None = None
-    scores: Sequence[float | None] | None = None
-
-
-@dataclass
-class RerankOutcome:
-    """Scores and ranking of one job.
-
-    Attributes:
-        scores: float32, one per document in the job's order. Where ``cross_encoded`` is True it is
-            the cross-encoder's raw logit (apply a sigmoid for a 0-1 score); elsewhere it is the
-            first stage's score (a cosine for ``static`` and ``bi-encoder``, a BM25 score, the
-            caller's score, or a reciprocal-rank-fusion score).
-        score_kind: ``"logit"`` when the cross-encoder scored documents; otherwise what the first
-            stage's scores are (:data:`engines.first_stage.SCORE_KINDS`; ``"cosine"`` for the
-            ``bi-encoder`` engine).
-        cross_encoded: bool mask of the documents the cross-encoder scored.
-        order: document indices, best first: cross-encoded ones by score descending (ties by
-            index), then the rest by first-stage score descending (ties by index).
-        prefiltered: whether a first stage cut this job before cross-encoding.
-        bi_encoder_scored: how many documents the bi-encoder scored.
-        cross_encoder_scored: how many documents the cross-encoder scored.
-        first_stage: the method that cut this job (``None`` when none did).
-        activation: what turns a ``"logit"`` score into the model's relevance, as
-            sentence-transformers applies it (``"sigmoid"``, ``"identity"`` or ``"tanh"``; see
-            :func:`engines.families.activate`). A two-logit head's score is the margin ``l1 - l0``
-            and a decoder's is ``logit('yes') - logit('no')``; both take a sigmoid.
-    """
-
-    scores: np.ndarray
-    score_kind: str
-    cross_encoded: np.ndarray
-    order: np.ndarray
-    prefiltered: bool
-    bi_encoder_scored: int = 0
-    cross_encoder_scored: int = 0
-    first_stage: str | None = None
-    activation: str = SIGMOID
-
-
-@dataclass
-class _Plan:
-    n: int
-    prefilter: bool
-    keep: int
-    method: str
-    client_scores: np.ndarray | None = None
-
 
 @dataclass
 class StageStats:
@@ -163,21 +87,6 @@ class StageStats:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def _client_scores(index: int, job: RerankJob) -> np.ndarray:
-    """The job's scores as float64, NaN where there is none; a ``ValueError`` naming the first
-    document without a finite score when any lacks one."""
-    n = len(job.documents)
-    if job.scores is not None and len(job.scores) != n:
-        raise ValueError(f"job {index}: {len(job.scores)} scores for {n} documents")
-    scores = np.full(n, np.nan) if job.scores is None else np.array(
-        [np.nan if s is None else float(s) for s in job.scores], dtype=np.float64)
-    unusable = np.flatnonzero(~np.isfinite(scores))
-    if len(unusable):
-        raise ValueError(f"job {index}: prefilter method 'client' needs a finite score for every document; "
-                         f"{len(unusable)} of {n} have none (first: document {int(unusable[0])})")
-    return scores
 
 
 class Reranker:
@@ -236,7 +145,7 @@ class Reranker:
         return self._static
 
     def first_stage(self, method: str) -> FirstStage:
-        """The first stage of ``method`` (one of :data:`engines.first_stage.METHODS`), built on first use."""
+        """The first stage of ``method`` (one of :data:`vocabulary.PREFILTER_METHODS`), built on first use."""
         if method not in self._stages:
             if method == BI_ENCODER:
                 stage: FirstStage = BiEncoderStage(lambda: self.bi_encoder)
@@ -249,87 +158,66 @@ class Reranker:
             elif method == STATIC_BM25:
                 stage = FusionStage(STATIC_BM25, [self.first_stage(STATIC), self.first_stage(BM25)])
             else:
-                raise ValueError(f"unknown prefilter method {method!r}; known: {', '.join(METHODS)}")
+                raise ValueError(f"unknown prefilter method {method!r}; known: {', '.join(PREFILTER_METHODS)}")
             self._stages[method] = stage
         return self._stages[method]
 
-    def _plan(self, index: int, job: RerankJob) -> _Plan:
-        if not isinstance(job.query, str):
-            raise ValueError(f"job {index}: query must be a string, got {type(job.query).__name__}")
-        if isinstance(job.documents, str) or any(not isinstance(d, str) for d in job.documents):
-            raise ValueError(f"job {index}: documents must be a list of strings")
-        n = len(job.documents)
-        keep = self.config.prefilter_keep if job.keep is None else int(job.keep)
-        if keep < 0:
-            raise ValueError(f"job {index}: keep must be >= 0, got {keep}")
-        method = job.method or self.config.prefilter_method
-        if method not in METHODS:
-            raise ValueError(f"job {index}: unknown prefilter method {method!r}; known: {', '.join(METHODS)}")
-        if self._cross is None:
-            return _Plan(n, False, n, BI_ENCODER)
-        wanted = job.prefilter if job.prefilter is not None else n > self.config.prefilter_threshold
-        # With keep >= n nothing would be cut, so the first stage would be wasted work.
-        plan = _Plan(n, bool(wanted) and keep < n, keep, method)
-        if plan.prefilter and method == CLIENT:
-            plan.client_scores = _client_scores(index, job)
-        return plan
+    def plan(self, job: RerankJob) -> JobPlan:
+        """What this engine will do with ``job`` (:func:`engines.policy.plan_job`): whether it is
+        prefiltered, how, and the pairs it costs. Raises :class:`~engines.policy.JobRefused` for a
+        job it would not score."""
+        return plan_job(job, self.config, cross_encoder=self._cross is not None)
 
-    def rerank(self, jobs: list[RerankJob]) -> list[RerankOutcome]:
-        """Score one window of jobs, batched together; one outcome per job, in order."""
+    def rerank(self, jobs: list[RerankJob], plans: list[JobPlan] | None = None) -> list[RerankOutcome]:
+        """Score one window of jobs, batched together; one outcome per job, in order. ``plans``
+        are the jobs' :meth:`plan` when the caller has them already.
+
+        Raises:
+            JobRefused (a ValueError): a job cannot be scored; the message names it.
+        """
         started = time.perf_counter()
         if not jobs:
             return []
-        plans = [self._plan(i, job) for i, job in enumerate(jobs)]
+        if plans is None:
+            plans = []
+            for i, job in enumerate(jobs):
+                try:
+                    plans.append(self.plan(job))
+                except JobRefused as refused:
+                    raise JobRefused(f"job {i}: {refused}") from None
         if self._cross is None:
             cosines = self._first_stage_scores(BI_ENCODER, jobs, plans, list(range(len(jobs))), None)
-            outcomes = [self._cosine_outcome(cosines[i]) for i in range(len(jobs))]
-            self.rerank_s += time.perf_counter() - started
-            return outcomes
-
-        tokens = self._cross.encoder.new_cache()
-        first: dict[int, np.ndarray] = {}
-        for method in dict.fromkeys(p.method for p in plans if p.prefilter):
-            which = [i for i, p in enumerate(plans) if p.prefilter and p.method == method]
-            first.update(self._first_stage_scores(method, jobs, plans, which, tokens))
-        self.first_stage_tokenize_s += tokens.seconds
-
-        selected: list[np.ndarray] = []
-        for i, plan in enumerate(plans):
-            if plan.prefilter:
-                selected.append(np.sort(ranked(np.arange(plan.n), first[i])[: plan.keep]))
-            else:
-                selected.append(np.arange(plan.n))
-        logits = self._cross_scores(jobs, selected, tokens)
-
-        outcomes = []
-        for i, plan in enumerate(plans):
-            chosen, chosen_logits = selected[i], logits[i]
-            scores = np.zeros(plan.n, dtype=np.float32)
-            mask = np.zeros(plan.n, dtype=bool)
-            mask[chosen] = True
-            scores[chosen] = chosen_logits
-            order = ranked(chosen, chosen_logits)
-            if plan.prefilter:
-                rest = np.flatnonzero(~mask)
-                scores[rest] = first[i][rest]
-                order = np.concatenate([order, ranked(rest, first[i][rest])])
-            outcomes.append(
-                RerankOutcome(
-                    scores=scores,
-                    score_kind=LOGIT if len(chosen) or not plan.prefilter else SCORE_KINDS[plan.method],
-                    cross_encoded=mask,
-                    order=order.astype(np.int64),
-                    prefiltered=plan.prefilter,
-                    bi_encoder_scored=plan.n if plan.prefilter and plan.method == BI_ENCODER else 0,
-                    cross_encoder_scored=len(chosen),
-                    first_stage=plan.method if plan.prefilter else None,
-                    activation=self.activation,
-                )
-            )
+            outcomes = [cosine_outcome(cosines[i]) for i in range(len(jobs))]
+        else:
+            outcomes = self._cross_encode(jobs, plans)
         self.rerank_s += time.perf_counter() - started
         return outcomes
 
-    def _first_stage_scores(self, method: str, jobs: list[RerankJob], plans: list[_Plan], which: list[int],
+    def _cross_encode(self, jobs: list[RerankJob], plans: list[JobPlan]) -> list[RerankOutcome]:
+        """Both stages: each first stage over the jobs it cuts, then the cross-encoder over
+        every kept pair of the window."""
+        tokens = self._cross.encoder.new_cache()
+        first: dict[int, np.ndarray] = {}
+        for method in dict.fromkeys(p.method for p in plans if p.prefilter):
+            which = [i for i, p in enumerate(plans) if p.method == method]
+            first.update(self._first_stage_scores(method, jobs, plans, which, tokens))
+        self.first_stage_tokenize_s += tokens.seconds
+
+        selected = [np.sort(ranked(np.arange(plan.documents), first[i])[: plan.keep]) if plan.prefilter
+                    else np.arange(plan.documents) for i, plan in enumerate(plans)]
+        logits = self._cross_scores(jobs, selected, tokens)
+        outcomes = []
+        for i, plan in enumerate(plans):
+            scores = first[i].astype(np.float32) if plan.prefilter else np.zeros(plan.documents, dtype=np.float32)
+            cross_encoded = np.zeros(plan.documents, dtype=bool)
+            cross_encoded[selected[i]] = True
+            scores[selected[i]] = logits[i]
+            kind = LOGIT if len(selected[i]) or not plan.prefilter else SCORE_KINDS[plan.method]
+            outcomes.append(cross_encoder_outcome(plan, scores, cross_encoded, kind, self.activation,
+                                                  jobs[i].raw_scores))
+        return outcomes
+
+    def _first_stage_scores(self, method: str, jobs: list[RerankJob], plans: list[JobPlan], which: list[int],
                             tokens: TokenCache | None) -> dict[int, np.ndarray]:
         """First-stage scores of the jobs ``which`` by ``method``, all of them in one call."""
         stage = self.first_stage(method)
@@ -338,7 +226,7 @@ class Reranker:
         stats = self.stage_stats.setdefault(method, StageStats())
         stats.calls += 1
         stats.jobs += len(which)
-        stats.documents += sum(plans[i].n for i in which)
+        stats.documents += sum(plans[i].documents for i in which)
         stats.seconds += time.perf_counter() - tick
         return dict(zip(which, scores))
 
@@ -368,18 +256,6 @@ class Reranker:
             at += count
         return out
 
-    def _cosine_outcome(self, cosine: np.ndarray) -> RerankOutcome:
-        n = len(cosine)
-        return RerankOutcome(
-            scores=cosine.astype(np.float32),
-            score_kind=COSINE,
-            cross_encoded=np.zeros(n, dtype=bool),
-            order=ranked(np.arange(n), cosine).astype(np.int64),
-            prefiltered=False,
-            bi_encoder_scored=n,
-            cross_encoder_scored=0,
-        )
-
     # -- lifecycle --------------------------------------------------------------------------------
     def warmup(self) -> None:
         """Load everything (every first stage too: a request may ask for any) and run a few batch
@@ -390,7 +266,7 @@ class Reranker:
         jobs = [RerankJob("warm up query", documents), RerankJob("another warm up", documents[:3])]
         if self._cross is not None:
             jobs += [RerankJob("warm up the prefilter", documents, prefilter=True, keep=4, method=method,
-                               scores=[float(k) for k in range(len(documents))]) for method in METHODS]
+                               scores=[float(k) for k in range(len(documents))]) for method in PREFILTER_METHODS]
         self.rerank(jobs)
         self.reset_stats()
 
@@ -511,7 +387,7 @@ def build_reranker(config: EngineConfig, verify: bool = True) -> Reranker:
         precision = resolve_precision(config.precision, config.engine, device)
         refused = refusal(kind, config.engine, precision, device)
         if refused:
-            raise EngineRefused(f"model {config.model!r} ({kind.architecture}): {refused}")
+            raise EngineRefused(f"model {config.model!r} ({kind.architecture}): {refused}", {"engine": "torch"})
         cross = _make_runner(config, folder, CROSS, config.engine, device, config.max_length, kind)
         reranker = Reranker(config, cross, None, cross.backend.device, kind)
         if verify:
@@ -521,9 +397,10 @@ def build_reranker(config: EngineConfig, verify: bool = True) -> Reranker:
     return reranker
 
 
-def alternative_engine(runtime: str, precision: str, device: str) -> str:
-    """What to run instead of an engine that fails the start-up check: the same runtime in fp32
-    when a reduced precision failed, else the torch engine (the transformers forward pass itself)."""
+def alternative_engine(runtime: str, precision: str, device: str) -> dict[str, str]:
+    """What to run instead of an engine that fails the start-up check, as EngineConfig fields:
+    the same runtime in fp32 when a reduced precision failed, else the torch engine (the
+    transformers forward pass itself; fp16 on CUDA)."""
     if precision != "fp32" and runtime != "torch":
-        return f"RERANK_ENGINE={runtime} RERANK_PRECISION=fp32"
-    return "RERANK_ENGINE=torch RERANK_PRECISION=fp32" + (" (or fp16 on CUDA)" if device == "cuda" else "")
+        return {"engine": runtime, "precision": "fp32"}
+    return {"engine": "torch", "precision": "fp16" if device == "cuda" else "fp32"}

@@ -172,7 +172,7 @@ def test_engine_scores_equal_transformers(standin, reference, name, engine, prec
     kind = inspect_reranker(ModelFolder.load(path))
     config = EngineConfig(engine=engine, model=path, precision=precision, device="cpu")
     if kind.decoder and engine != "torch":
-        with pytest.raises(EngineRefused, match="RERANK_ENGINE=torch"):
+        with pytest.raises(EngineRefused, match="use engine=torch instead"):
             build_reranker(config, verify=False)
         return
     reranker = build_reranker(config, verify=False)
@@ -271,7 +271,7 @@ def test_startup_check_refuses_an_engine_that_serves_wrong_scores(standin, tmp_p
     """Should an export ever pass its own check and still be wrong (as ModernBERT's was), the
     worker's start-up check sees it on real pairs and refuses, naming the engine to use instead."""
     _global_mask_export(monkeypatch)
-    with pytest.raises(EngineRefused, match=r"max \|Δ\| .*use RERANK_ENGINE=torch RERANK_PRECISION=fp32"):
+    with pytest.raises(EngineRefused, match=r"max \|Δ\| .*use engine=torch, precision=fp32 instead"):
         build_reranker(EngineConfig(engine="onnx", model=standin("modernbert-cls"), precision="fp32", device="cpu",
                                     cache_dir=str(tmp_path)))
 

@@ -14,12 +14,10 @@ import numpy as np
 import pytest
 from conftest_engines import NON_ASCII, fresh_seed, random_text, test_model_path, vocabulary  # noqa: F401
 
-from engines import EngineConfig, RerankJob, build_reranker
+from engines import EngineConfig, JobRefused, RerankJob, build_reranker
 from engines.batching import TextEncoder, tokenizer_signature
-from engines.config import PREFILTER_METHODS
 from engines.corpus import load_passages, queries
 from engines.first_stage import (
-    METHODS,
     READ_TOKENS,
     Bm25Stage,
     StageJob,
@@ -28,6 +26,7 @@ from engines.first_stage import (
     reciprocal_rank_fusion,
 )
 from engines.models import ModelFolder, load_fast_tokenizer, packaged_minilm_path
+from vocabulary import PREFILTER_METHODS
 from engines.static_embeddings import (
     MARKER_KEY,
     StaticEmbeddings,
@@ -92,7 +91,7 @@ def test_reciprocal_rank_fusion():
 
 
 def test_methods_are_the_configured_ones():
-    assert METHODS == PREFILTER_METHODS == ("bi-encoder", "static", "bm25", "client", "static+bm25")
+    assert PREFILTER_METHODS == ("bi-encoder", "static", "bm25", "client", "static+bm25")
     with pytest.raises(ValueError, match="prefilter_method"):
         EngineConfig(prefilter_method="tfidf").validate()
 
@@ -163,7 +162,7 @@ def _expected_first_stage(reranker, method, query, docs, client_scores, tokenize
     return reciprocal_rank_fusion([static, bm25])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PREFILTER_METHODS)
 def test_each_method_keeps_its_best_and_ranks_the_rest_by_its_score(reranker, tokenizer, method):
     rng = random.Random(fresh_seed(method))
     docs = rng.sample(load_passages(), 45)
@@ -207,8 +206,10 @@ def test_keep_zero_returns_the_first_stage_ranking(reranker, method):
 
 def test_client_method_needs_a_finite_score_on_every_document(reranker):
     docs = ["a", "b", "c", "d"]
-    for scores, first_bad in (([1.0, None, 2.0, None], 1), (None, 0), ([1.0, 2.0, float("nan"), 0.0], 2)):
-        with pytest.raises(ValueError, match=rf"'client' needs a finite score .*\(first: document {first_bad}\)"):
+    for scores, missing in (([1.0, None, 2.0, None], r"documents\[1\], documents\[3\] have none"),
+                            (None, r"documents\[0\], documents\[1\], documents\[2\] and 1 more have none"),
+                            ([1.0, 2.0, float("nan"), 0.0], r"documents\[2\] has none")):
+        with pytest.raises(JobRefused, match=rf"job 0: prefilter method 'client' .*, but {missing}"):
             reranker.rerank([RerankJob("q", docs, prefilter=True, keep=2, method="client", scores=scores)])
     with pytest.raises(ValueError, match="3 scores for 4 documents"):
         reranker.rerank([RerankJob("q", docs, prefilter=True, keep=2, method="client", scores=[1.0, 2.0, 3.0])])
@@ -223,7 +224,7 @@ def test_one_window_mixes_methods(reranker):
     rng = random.Random(fresh_seed("mixed"))
     passages = load_passages()
     jobs = [RerankJob(queries(1, seed=k)[0], rng.sample(passages, 40), method=method, keep=7,
-                      scores=[rng.random() for _ in range(40)]) for k, method in enumerate([*METHODS, None])]
+                      scores=[rng.random() for _ in range(40)]) for k, method in enumerate([*PREFILTER_METHODS, None])]
     together = reranker.rerank(jobs)
     for job, outcome in zip(jobs, together):
         [alone] = reranker.rerank([job])

@@ -1,0 +1,127 @@
+"""The request policy: what the engine will do with one job, decided in one place.
+
+:func:`plan_job` is the only place that decides, for one :class:`RerankJob`:
+
+- **whether it is prefiltered**: when the job asks (``prefilter=True``), or, when it says
+  nothing, when it has more than ``prefilter_threshold`` documents; and only where ``keep`` is
+  below its number of documents (a cut that keeps everything would be wasted work). The
+  bi-encoder engine cuts nothing: it scores every document by cosine.
+- **by which first stage**: the job's ``method``, else ``prefilter_method``; **how many it
+  keeps**: the job's ``keep``, else ``prefilter_keep``.
+- **what it costs**: the pairs the cross-encoder (or the bi-encoder engine) will score, which the
+  worker sizes its windows and backpressure by.
+- **what it needs of the caller**: a ``client`` cut ranks by the caller's own scores, so every
+  document needs a finite one; a job without is refused (:class:`JobRefused`), never guessed.
+
+The worker calls it through ``Reranker.plan`` when a request arrives (a refusal is answered at
+once, before the request takes room in a window) and hands the plan back to
+``Reranker.rerank``, which scores by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.config import EngineConfig
+from vocabulary import CLIENT, PREFILTER_METHODS
+
+
+@dataclass
+class RerankJob:
+    """One request: a query and the documents to rank for it.
+
+    Attributes:
+        query: the query text.
+        documents: the candidate texts, in the caller's order (indices refer to it).
+        prefilter: ``True``/``False`` forces the prefilter on/off; ``None`` applies it when there
+            are more than ``prefilter_threshold`` documents.
+        keep: how many documents the prefilter passes to the cross-encoder
+            (``None`` = ``prefilter_keep`` of the config; 0 = the first stage's ranking alone).
+        method: the prefilter's first stage, one of :data:`vocabulary.PREFILTER_METHODS`
+            (``None`` = ``prefilter_method`` of the config).
+        scores: the caller's own first-stage score of each document (``None`` where it has
+            none); read only by the ``client`` method, which needs a finite one for every
+            document of a job it cuts.
+        raw_scores: ``RerankOutcome.relevance`` holds the cross-encoder's raw score (the logit,
+            a margin) instead of its score through the model's activation.
+    """
+
+    query: str
+    documents: list[str]
+    prefilter: bool | None = None
+    keep: int | None = None
+    method: str | None = None
+    scores: Sequence[float | None] | None = None
+    raw_scores: bool = False
+
+
+class JobRefused(ValueError):
+    """A job the engine will not score as it is; the message says why, for the caller."""
+
+
+@dataclass(frozen=True, eq=False)
+class JobPlan:
+    """What the engine will do with one job (see the module's rules).
+
+    Attributes:
+        documents: how many documents the job has.
+        prefilter: whether a first stage cuts it before the cross-encoder.
+        method: that first stage; ``None`` when nothing is cut.
+        keep: how many documents the cross-encoder (or the bi-encoder engine) scores.
+        client_scores: the caller's scores as float64, for a ``client`` cut; else ``None``.
+    """
+
+    documents: int
+    prefilter: bool
+    method: str | None
+    keep: int
+    client_scores: np.ndarray | None = None
+
+    @property
+    def pairs(self) -> int:
+        """The pairs the job costs the engine: what windows and backpressure count."""
+        return self.keep
+
+
+def plan_job(job: RerankJob, config: EngineConfig, cross_encoder: bool = True) -> JobPlan:
+    """The plan for ``job`` under ``config``'s defaults; ``cross_encoder`` is False for the
+    bi-encoder engine. Raises :class:`JobRefused` (a ``ValueError``) for a job it cannot score."""
+    if not isinstance(job.query, str):
+        raise JobRefused(f"query must be a string, got {type(job.query).__name__}")
+    if isinstance(job.documents, str) or any(not isinstance(d, str) for d in job.documents):
+        raise JobRefused("documents must be a list of strings")
+    n = len(job.documents)
+    if not cross_encoder:
+        return JobPlan(n, False, None, n)
+    keep = config.prefilter_keep if job.keep is None else int(job.keep)
+    if keep < 0:
+        raise JobRefused(f"keep must be >= 0, got {keep}")
+    method = job.method or config.prefilter_method
+    if method not in PREFILTER_METHODS:
+        raise JobRefused(f"unknown prefilter method {method!r}; known: {', '.join(PREFILTER_METHODS)}")
+    wanted = job.prefilter if job.prefilter is not None else n > config.prefilter_threshold
+    if not wanted or keep >= n:
+        return JobPlan(n, False, None, n)
+    return JobPlan(n, True, method, keep, client_scores(job) if method == CLIENT else None)
+
+
+def client_scores(job: RerankJob) -> np.ndarray:
+    """The caller's scores of a job the ``client`` method cuts, as float64; refused unless every
+    document has a finite one."""
+    n = len(job.documents)
+    if job.scores is not None and len(job.scores) != n:
+        raise JobRefused(f"{len(job.scores)} scores for {n} documents")
+    scores = np.full(n, np.nan) if job.scores is None else np.array(
+        [np.nan if s is None else float(s) for s in job.scores], dtype=np.float64)
+    missing = np.flatnonzero(~np.isfinite(scores))
+    if len(missing):
+        shown = ", ".join(f"documents[{i}]" for i in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise JobRefused(
+            f"prefilter method 'client' ranks documents by the caller's own scores, but {shown}{more} "
+            f"{'has' if len(missing) == 1 else 'have'} none: give every document a finite score, "
+            "or choose another prefilter method")
+    return scores
