@@ -4,7 +4,7 @@ Configuration comes from the environment (see streams/settings.py and the README
 SIGTERM or Ctrl-C: no more requests are fetched, the ones taken are answered while
 RERANK_SHUTDOWN_GRACE_S allows (the rest are left to be redelivered), the offsets of the
 answered ones committed, and the process exits within RERANK_SHUTDOWN_GRACE_S, broker or
-no broker (streams/shutdown.py). A second signal exits at once.
+no broker (streams/lifecycle.py). A second signal exits at once.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import urllib.request
 import click
 
 from engines import build_reranker
-from streams.settings import load_settings
+from engines.fidelity import EngineRefused
+from streams.settings import env_name, load_settings
 from streams.topics import check_access, ensure_topics
 
 
@@ -71,21 +72,27 @@ def worker() -> None:
     check_access(settings.confluent_config(), settings.group_id, [settings.request_topic],
                  [settings.response_topic, settings.dead_letter_topic], timeout_s=settings.startup_timeout_s)
 
+    config = settings.engine_config
     try:
-        reranker = build_reranker(settings.engine_config())
+        reranker = build_reranker(config)
+    except EngineRefused as exc:
+        instead = " ".join(f"{env_name(field)}={value}" for field, value in exc.alternative.items())
+        sys.exit(f"worker: RERANK_ENGINE={config.engine} cannot serve RERANK_MODEL={config.model!r}: {exc}"
+                 + (f"; set {instead}" if instead else ""))
     except (OSError, ValueError) as exc:
-        sys.exit(f"worker: cannot load RERANK_MODEL={settings.model!r} with RERANK_ENGINE={settings.engine}: {exc}")
+        sys.exit(f"worker: cannot load RERANK_MODEL={config.model!r} with RERANK_ENGINE={config.engine}: {exc}")
     reranker.warmup()
     log.info("engine %s ready with model %s", reranker.engine_name, reranker.model_name)
 
-    # Deferred: the worker's Faust app costs a second to import, and `health` runs every 10 s as
+    # Deferred: the worker's Faust app is slow to import (faust, aiokafka, aiohttp), and `health` runs every 10 s as
     # a container healthcheck, which needs none of it.
-    from streams.shutdown import RerankWorker
-    from streams.worker import create_app
+    from streams.app import create_app
+    from streams.lifecycle import RerankWorker
 
     app = create_app(settings, reranker)
-    RerankWorker(app, grace_s=settings.shutdown_grace_s, log_repeat_s=settings.log_repeat_s,
-                 loglevel=settings.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    RerankWorker(app, drain=app.rerank_service.drain, grace_s=settings.shutdown_grace_s,
+                 log_repeat_s=settings.log_repeat_s, loglevel=settings.log_level, quiet=True,
+                 redirect_stdouts=False).execute_from_commandline()
 
 
 if __name__ == "__main__":

@@ -26,5 +26,16 @@ TOTAL_SECONDS = Histogram("rerank_total_seconds", "Receipt to answer delivered, 
 INFLIGHT_PAIRS = Gauge("rerank_inflight_pairs", "Pairs taken from Kafka and not yet answered.", registry=REGISTRY)
 ASSIGNED_PARTITIONS = Gauge("rerank_assigned_partitions", "Request-topic partitions this worker holds.",
                             registry=REGISTRY)
-CONSUMER_LAG = Gauge("rerank_consumer_lag", "Messages behind the end of the request topic, per partition.",
-                     ["partition"], registry=REGISTRY)
+
+
+def count_settled(status: str | None, code: str | None) -> None:
+    """Counts a delivered message by what it settled: its request's status, its error code."""
+    if status is not None:
+        REQUESTS.labels(status).inc()
+    if code is not None:
+        ERRORS.labels(code).inc()
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric's current value as /metrics shows it (0 before its first sample)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -2,18 +2,27 @@
 
 Every setting has an environment variable; the names are the field names upper-cased
 with the ``RERANK_`` prefix, except the Kafka ones, which use ``KAFKA_`` as Kafka
-tooling does. An unusable value stops start-up with a message naming the variable.
+tooling does. The engine's settings are ``engines.EngineConfig``'s fields, nested as
+``engine_config`` and read from the same flat names (``RERANK_MODEL``, not
+``RERANK_ENGINE_CONFIG__MODEL``). An unusable value stops start-up with a message naming
+the variable.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
-import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from engines.config import EngineConfig
 
@@ -24,10 +33,37 @@ def _kafka(name: str) -> AliasChoices:
     return AliasChoices(f"KAFKA_{name.upper()}")
 
 
+ENGINE_FIELDS = tuple(f.name for f in dataclasses.fields(EngineConfig))
+
+
+class _EngineVariables(PydanticBaseSettingsSource):
+    """``RERANK_<FIELD>`` of every ``EngineConfig`` field, from the variables (or the .env
+    file) that ``source`` read, gathered under ``engine_config``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], source: EnvSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.source = source
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the variables itself
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = self.source.env_prefix
+        if not self.source.case_sensitive:
+            prefix = prefix.lower()
+        found = {name: self.source.env_vars[f"{prefix}{name}"] for name in ENGINE_FIELDS
+                 if self.source.env_vars.get(f"{prefix}{name}") is not None}
+        return {"engine_config": found} if found else {}
+
+
 class WorkerSettings(BaseSettings):
     """All a worker needs to know; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="RERANK_", env_file=".env", extra="ignore", populate_by_name=True)
+    # dotenv_filtering: the .env file gives the fields it names, as the environment does, and
+    # nothing else (by default it would add its other RERANK_ lines as top-level extras, which
+    # _flat_engine_arguments would then take for arguments and put above the environment).
+    model_config = SettingsConfigDict(env_prefix="RERANK_", env_file=".env", extra="ignore", populate_by_name=True,
+                                      dotenv_filtering="only_existing")
 
     # --- Kafka -----------------------------------------------------------------------
     bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias=_kafka("bootstrap_servers"))
@@ -52,24 +88,10 @@ class WorkerSettings(BaseSettings):
     reply_to_prefix: str = "rerank-replies."
 
     # --- Engine ----------------------------------------------------------------------
-    # OpenVINO: fast on CPU, and its scores do not depend on which requests share a batch, so a
-    # redelivered request gets the same ranking. Precision "auto" is its static int8 on CPUs with
-    # VNNI/AMX and fp32 on the others, where int8 is the slower (engines.config.resolve_precision).
-    engine: Literal["onnx", "openvino", "torch", "bi-encoder"] = "openvino"
-    model: str = "cross-encoder/ms-marco-MiniLM-L-6-v2"
-    precision: Literal["auto", "fp32", "int8", "fp16", "bf16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    prefilter_model: str | None = None
-    prefilter_threshold: int = Field(100, ge=1)
-    prefilter_keep: int = Field(100, ge=1)
-    # The first stage when a request names none (engines.first_stage; README "Prefilter").
-    prefilter_method: Literal["bi-encoder", "static", "bm25", "client", "static+bm25"] = "bm25"
-    max_batch_tokens: int | None = Field(None, ge=64)
-    max_batch_pairs: int | None = Field(None, ge=1)
-    threads: int | None = Field(None, ge=1)
-    # Only for a worker that owns its cores (a dedicated cpuset): replicas sharing a host would
-    # otherwise be pinned to the same cores (engines.EngineConfig.cpu_pinning).
-    cpu_pinning: bool = False
+    # engines.EngineConfig is the one definition of the engine's settings and their defaults;
+    # each of its fields is read from RERANK_<FIELD> (RERANK_ENGINE, RERANK_MODEL,
+    # RERANK_CACHE_DIR, ...) by _EngineVariables below and checked by EngineConfig.validate.
+    engine_config: EngineConfig = Field(default_factory=EngineConfig)
     # Names a request's "model" field may use besides the model id itself.
     model_aliases: list[str] = []
 
@@ -102,6 +124,33 @@ class WorkerSettings(BaseSettings):
     # per this many seconds, with a count of those held back; 0 lets every one through.
     log_repeat_s: float = Field(10.0, ge=0)
     data_dir: Path = Path(os.environ.get("TMPDIR", "/tmp")) / "rerank-worker"
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: arguments, then the environment, then the .env file.
+        return (init_settings, _EngineVariables(settings_cls, env_settings), env_settings,
+                _EngineVariables(settings_cls, dotenv_settings), dotenv_settings, file_secret_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_engine_arguments(cls, data: Any) -> Any:
+        """``WorkerSettings(model=..., threads=2)`` sets the engine's fields, as the variables
+        do: arguments named after an EngineConfig field go into ``engine_config``."""
+        if not isinstance(data, dict) or not any(name in data for name in ENGINE_FIELDS):
+            return data
+        data = dict(data)
+        nested = data.get("engine_config") or {}
+        if isinstance(nested, EngineConfig):
+            nested = dataclasses.asdict(nested)
+        data["engine_config"] = {**nested, **{name: data.pop(name) for name in ENGINE_FIELDS if name in data}}
+        return data
+
+    @field_validator("engine_config")
+    @classmethod
+    def _engine_in_range(cls, value: EngineConfig) -> EngineConfig:
+        value.validate()  # its messages begin with the field's name: see _env_name
+        return value
 
     @field_validator("request_topic", "response_topic", "dead_letter_topic", "reply_to_prefix")
     @classmethod
@@ -143,16 +192,6 @@ class WorkerSettings(BaseSettings):
             return self.sasl_password_file.read_text().strip()
         return None
 
-    def engine_config(self) -> EngineConfig:
-        """The engine part of the settings, as engines.EngineConfig."""
-        return EngineConfig(
-            engine=self.engine, model=self.model, precision=self.precision, device=self.device,
-            prefilter_model=self.prefilter_model, prefilter_threshold=self.prefilter_threshold,
-            prefilter_keep=self.prefilter_keep, prefilter_method=self.prefilter_method,
-            max_batch_tokens=self.max_batch_tokens, max_batch_pairs=self.max_batch_pairs, threads=self.threads,
-            cpu_pinning=self.cpu_pinning,
-        )
-
     def confluent_config(self) -> dict[str, str]:
         """The same connection settings for confluent-kafka (librdkafka) clients."""
         conf = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
@@ -163,20 +202,6 @@ class WorkerSettings(BaseSettings):
         if self.ssl_ca_file:
             conf["ssl.ca.location"] = str(self.ssl_ca_file)
         return conf
-
-    def faust_credentials(self):
-        """The connection settings as faust/aiokafka credentials (None for PLAINTEXT)."""
-        import faust
-
-        context = None
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            context = ssl.create_default_context(cafile=str(self.ssl_ca_file) if self.ssl_ca_file else None)
-        if self.security_protocol.startswith("SASL"):
-            return faust.SASLCredentials(username=self.sasl_username, password=self.password(),
-                                         mechanism=self.sasl_mechanism, ssl_context=context)
-        if context is not None:
-            return faust.SSLCredentials(context)
-        return None
 
 
 class SettingsError(SystemExit):
@@ -189,15 +214,36 @@ def load_settings(**overrides) -> WorkerSettings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            var = _env_name(loc) if loc else "settings"
-            value = f" (got {err['input']!r})" if loc and "password" not in loc else ""
-            lines.append(f"  {var}: {err['msg']}{value}")
+            loc = tuple(str(p) for p in err["loc"])
+            var, message = _env_name(loc, err["msg"])
+            value = f" (got {err['input']!r})" if loc and loc != ("engine_config",) and "password" not in loc[-1] else ""
+            lines.append(f"  {var}: {message}{value}")
         raise SettingsError("worker: unusable configuration:\n" + "\n".join(lines)) from None
 
 
-def _env_name(field: str) -> str:
+def env_name(field: str) -> str:
+    """The environment variable of a setting, an engine's (EngineConfig) field included."""
     info = WorkerSettings.model_fields.get(field)
     if info is not None and isinstance(info.validation_alias, AliasChoices):
         return str(info.validation_alias.choices[0])
     return f"RERANK_{field.upper()}"
+
+
+def setting_variables() -> set[str]:
+    """Every environment variable the worker reads its settings from."""
+    return {env_name(field) for field in [*WorkerSettings.model_fields, *ENGINE_FIELDS] if field != "engine_config"}
+
+
+def _env_name(loc: tuple[str, ...], message: str) -> tuple[str, str]:
+    """The variable an error is about, and its message. An error of EngineConfig.validate
+    comes for ``engine_config`` as a whole, its message starting with the field's name."""
+    if not loc:
+        return "settings", message
+    if loc[0] == "engine_config":
+        if len(loc) > 1:
+            return env_name(loc[1]), message
+        text = message.removeprefix("Value error, ")
+        field = text.split(" ", 1)[0]
+        if field in ENGINE_FIELDS:
+            return env_name(field), text
+    return env_name(loc[0]), message

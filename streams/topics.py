@@ -5,8 +5,8 @@ import concurrent.futures
 import logging
 import time
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka.admin import AclOperation, AdminClient, NewTopic
 
 log = logging.getLogger("rerank.topics")
 
@@ -20,7 +20,7 @@ def ensure_topics(client_config: dict[str, str], topics: dict[str, int], replica
     """Creates each missing topic with its partition count; existing ones are left as they are
     (a smaller partition count than asked for is logged, never changed)."""
     errors: list[KafkaError] = []
-    admin = AdminClient({**client_config, "logger": _quiet(), "error_cb": errors.append})
+    admin = quiet_admin_client(client_config, error_cb=errors.append)
     existing = _list_topics(admin, client_config, errors, timeout_s)
     missing = [NewTopic(name, num_partitions=n, replication_factor=replication_factor)
                for name, n in topics.items() if name not in existing]
@@ -89,15 +89,12 @@ def check_access(client_config: dict[str, str], group_id: str, read_topics: list
     """Start-up check of what the worker's principal may do, on a cluster with ACLs.
 
     Without READ on its consumer group, faust/aiokafka retries the group join for ever and
-    logs nothing (found by tests/test_security.py), and a missing WRITE would surface only
+    logs nothing (found by tests/streams/test_security.py), and a missing WRITE would surface only
     at the first answer. Asking first turns both into one line naming what is missing.
     """
-    from confluent_kafka import TopicCollection
-    from confluent_kafka.admin import AclOperation
-
     who = f"KAFKA_SASL_USERNAME={client_config['sasl.username']}" if client_config.get("sasl.username") \
         else "this client's principal"
-    admin = AdminClient({**client_config, "logger": _quiet()})
+    admin = quiet_admin_client(client_config)
     wanted = {t: AclOperation.READ for t in read_topics} | {t: AclOperation.WRITE for t in write_topics}
     for topic, future in admin.describe_topics(TopicCollection(list(wanted)),
                                                include_authorized_operations=True,
@@ -117,7 +114,7 @@ def check_access(client_config: dict[str, str], group_id: str, read_topics: list
     deadline = time.monotonic() + timeout_s
     while True:
         # A few seconds per try: on a fresh cluster, after COORDINATOR_LOAD_IN_PROGRESS, a
-        # retried describe can stay unanswered (found by tests/test_soak.py: worker start-up
+        # retried describe can stay unanswered (found by tests/loadgen/test_bench_soak.py: worker start-up
         # died with a bare TimeoutError after startup_timeout_s).
         future = admin.describe_consumer_groups([group_id], include_authorized_operations=True,
                                                 request_timeout=5)[group_id]
@@ -148,7 +145,9 @@ _COORDINATOR_STARTING = {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COO
                          KafkaError.NOT_COORDINATOR}
 
 
-def _quiet() -> logging.Logger:
-    quiet = logging.getLogger("rerank.topics.librdkafka")
+def quiet_admin_client(client_config: dict[str, str], **settings) -> AdminClient:
+    """An admin client whose own librdkafka log lines (one a second while a broker is down) are
+    left out: aiokafka and our own messages already say what matters."""
+    quiet = logging.getLogger("rerank.librdkafka")
     quiet.setLevel(logging.CRITICAL)
-    return quiet
+    return AdminClient({**client_config, "logger": quiet, **settings})

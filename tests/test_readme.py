@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from engines.testmodel import ensure_test_model
-from pydantic import AliasChoices
 
-from streams.settings import WorkerSettings
+from streams.settings import setting_variables
 from tests.streams.conftest_workers import running_worker, unique_topics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,14 +105,9 @@ def test_the_kcat_pair_gets_its_answer(kafka_bootstrap, topics, worker, tmp_path
     assert '"status":"ok"' in value
 
 
-def env_name(field: str) -> str:
-    alias = WorkerSettings.model_fields[field].validation_alias
-    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"RERANK_{field.upper()}"
-
-
 def test_the_configuration_table_names_every_setting() -> None:
     table = section("Configuration")
     named = set(re.findall(r"`((?:RERANK|KAFKA)_[A-Z0-9_]+)`", table))
-    settings = {env_name(field) for field in WorkerSettings.model_fields}
+    settings = setting_variables()
     assert not settings - named, f"settings missing from README's configuration table: {sorted(settings - named)}"
     assert not named - settings, f"README's table names settings that do not exist: {sorted(named - settings)}"

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streams.settings import WorkerSettings, load_settings
+from streams.settings import WorkerSettings, load_settings, setting_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -36,10 +36,9 @@ KAFKA_SCALER_METADATA = {
     "excludePersistentLag", "scaleToZeroOnInvalidOffset", "limitToPartitionsWithLag",
     "ensureEvenDistributionOfPartitions", "version", "tls", "unsafeSsl", "sasl", "saslTokenProvider", "awsRegion",
 }
-#: Read from the environment outside WorkerSettings (engines.config: the model cache), and the
-#: shutdown grace until the settings have a field for it (then the field's name must match).
-OTHER_WORKER_VARIABLES = {"RERANK_CACHE_DIR"} | (
-    set() if any("shutdown" in field for field in WorkerSettings.model_fields) else {"RERANK_SHUTDOWN_GRACE_S"})
+#: Read from the environment outside the worker's settings: none (RERANK_CACHE_DIR is the engine
+#: setting cache_dir since 0.3).
+OTHER_WORKER_VARIABLES: set[str] = set()
 
 
 def _documents() -> dict[str, list[dict]]:
@@ -247,11 +246,7 @@ def test_topic_init_job_runs_the_worker_image_with_the_same_settings():
 
 
 def _known_variables() -> set[str]:
-    names = set(OTHER_WORKER_VARIABLES)
-    for field, info in WorkerSettings.model_fields.items():
-        alias = info.validation_alias
-        names |= {str(choice) for choice in alias.choices} if alias is not None else {f"RERANK_{field.upper()}"}
-    return names
+    return set(OTHER_WORKER_VARIABLES) | setting_variables()
 
 
 def test_every_setting_is_one_the_worker_knows_and_accepts(monkeypatch):
@@ -269,5 +264,5 @@ def test_every_setting_is_one_the_worker_knows_and_accepts(monkeypatch):
             monkeypatch.setenv(name, str(value))
     settings = load_settings()
     assert settings.request_partitions == int(config["RERANK_REQUEST_PARTITIONS"])
-    assert settings.engine_config().threads == int(_cpus(worker["resources"]["limits"]["cpu"]))
-    assert settings.engine_config().cpu_pinning is False
+    assert settings.engine_config.threads == int(_cpus(worker["resources"]["limits"]["cpu"]))
+    assert settings.engine_config.cpu_pinning is False

@@ -314,8 +314,8 @@ def test_secrets_never_appear_in_logs_metrics_or_settings_dumps(secure, setup, w
         assert proc.returncode != 0 and "unusable configuration" in proc.stderr, proc.stderr
         texts[f"settings error {overrides}"] = proc.stdout + proc.stderr
     dump = subprocess.run(
-        [sys.executable, "-c", "from streams.settings import load_settings; s = load_settings(); "
-         "print(repr(s)); print(s.model_dump_json()); print(s.faust_credentials())"],
+        [sys.executable, "-c", "from streams.settings import load_settings; from streams.app import faust_credentials; "
+         "s = load_settings(); print(repr(s)); print(s.model_dump_json()); print(faust_credentials(s))"],
         env=base, capture_output=True, text=True, timeout=120)
     assert dump.returncode == 0, dump.stderr
     assert setup.users["worker"][0] in dump.stdout  # the dump is real: it names the user

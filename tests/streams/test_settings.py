@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from streams.app import faust_credentials
 from streams.settings import SettingsError, load_settings
 
 
@@ -27,6 +28,11 @@ def clean_env(monkeypatch):
     ("RERANK_SHUTDOWN_GRACE_S", "0.5"),
     ("RERANK_LOG_REPEAT_S", "-3"),
     ("RERANK_PREFILTER_METHOD", "tfidf"),
+    # checked by engines.EngineConfig.validate, not by a pydantic type
+    ("RERANK_PREFILTER_KEEP", "0"),
+    ("RERANK_MAX_BATCH_TOKENS", "0"),
+    ("RERANK_THREADS", "0"),
+    ("RERANK_PREFILTER_RUNTIME", "tensorrt"),
 ])
 def test_an_unusable_setting_names_its_variable(monkeypatch, var, value):
     monkeypatch.setenv(var, value)
@@ -36,17 +42,51 @@ def test_an_unusable_setting_names_its_variable(monkeypatch, var, value):
 
 
 def test_prefilter_method_reaches_the_engine_and_names_what_engines_and_contract_know(monkeypatch):
-    from typing import get_args
+    from typing import get_args, get_type_hints
 
-    from engines.config import PREFILTER_METHODS
+    from engines import EngineConfig
     from schemas.request import PrefilterMethod
-    from streams.settings import WorkerSettings
+    from vocabulary import PREFILTER_METHODS
 
-    assert load_settings().engine_config().prefilter_method == "bm25"  # the default
+    assert load_settings().engine_config.prefilter_method == "bm25"  # the default
     monkeypatch.setenv("RERANK_PREFILTER_METHOD", "static")
-    assert load_settings().engine_config().prefilter_method == "static"
-    allowed = get_args(WorkerSettings.model_fields["prefilter_method"].annotation)
+    assert load_settings().engine_config.prefilter_method == "static"
+    allowed = get_args(get_type_hints(EngineConfig)["prefilter_method"])
     assert allowed == get_args(PrefilterMethod) == PREFILTER_METHODS
+
+
+def test_every_engine_option_is_a_worker_setting_with_the_engines_defaults(monkeypatch, tmp_path):
+    """One definition: the worker's engine settings are EngineConfig's fields and defaults,
+    each read from RERANK_<FIELD>."""
+    import dataclasses
+
+    from engines import EngineConfig
+
+    assert load_settings().engine_config == EngineConfig()
+    values = {"RERANK_ENGINE": "onnx", "RERANK_MODEL": "/models/mine", "RERANK_PRECISION": "fp32",
+              "RERANK_DEVICE": "cpu", "RERANK_PREFILTER_MODEL": "/models/bi", "RERANK_PREFILTER_THRESHOLD": "50",
+              "RERANK_PREFILTER_KEEP": "20", "RERANK_MAX_BATCH_TOKENS": "4096", "RERANK_MAX_BATCH_PAIRS": "32",
+              "RERANK_MAX_LENGTH": "256", "RERANK_THREADS": "3", "RERANK_CACHE_DIR": str(tmp_path),
+              "RERANK_EMBEDDING_CACHE_SIZE": "10", "RERANK_PREFILTER_RUNTIME": "onnx", "RERANK_CPU_PINNING": "true",
+              "RERANK_PREFILTER_METHOD": "static+bm25"}
+    assert {f"RERANK_{f.name.upper()}" for f in dataclasses.fields(EngineConfig)} == set(values)
+    for var, value in values.items():
+        monkeypatch.setenv(var, value)
+    config = load_settings().engine_config
+    assert config == EngineConfig(engine="onnx", model="/models/mine", precision="fp32", device="cpu",
+                                  prefilter_model="/models/bi", prefilter_threshold=50, prefilter_keep=20,
+                                  max_batch_tokens=4096, max_batch_pairs=32, max_length=256, threads=3,
+                                  cache_dir=str(tmp_path), embedding_cache_size=10, prefilter_runtime="onnx",
+                                  cpu_pinning=True, prefilter_method="static+bm25")
+
+
+def test_engine_settings_come_from_a_dotenv_file_below_the_environment(monkeypatch, tmp_path):
+    (tmp_path / ".env").write_text("RERANK_MODEL=/from/dotenv\nRERANK_THREADS=2\nRERANK_WINDOW_MS=7\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RERANK_THREADS", "5")
+    settings = load_settings()
+    assert settings.engine_config.model == "/from/dotenv" and settings.engine_config.threads == 5
+    assert settings.window_ms == 7
 
 
 def test_sasl_without_credentials_is_refused(monkeypatch):
@@ -73,7 +113,7 @@ def test_security_settings_reach_both_clients_and_the_password_never_prints(monk
     settings = load_settings()
     conf = settings.confluent_config()
     assert conf["sasl.mechanism"] == "SCRAM-SHA-512" and conf["sasl.password"] == secret
-    creds = settings.faust_credentials()
+    creds = faust_credentials(settings)
     assert creds.username == "rerank" and creds.password == secret
     assert secret not in repr(settings) and secret not in str(settings.model_dump())
     assert secret not in repr(creds)

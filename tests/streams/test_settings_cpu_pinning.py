@@ -16,13 +16,13 @@ def clean_env(monkeypatch):
 
 
 def test_off_by_default():
-    assert load_settings().engine_config().cpu_pinning is False
+    assert load_settings().engine_config.cpu_pinning is False
 
 
 @pytest.mark.parametrize("value,expected", [("true", True), ("1", True), ("false", False), ("0", False)])
 def test_from_the_environment(monkeypatch, value, expected):
     monkeypatch.setenv("RERANK_CPU_PINNING", value)
-    assert load_settings().engine_config().cpu_pinning is expected
+    assert load_settings().engine_config.cpu_pinning is expected
 
 
 def test_an_unusable_value_names_the_variable(monkeypatch):

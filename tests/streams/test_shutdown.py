@@ -21,7 +21,8 @@ from loadgen.client import RerankClient
 from loadgen.cluster.faults import RestartableBroker, short_requests, tally
 from loadgen.cluster.local_kafka import REPO
 from loadgen.cluster.workers import WorkerProcess
-from streams.shutdown import RepeatLimiter, Watchdog
+from streams.lifecycle import Watchdog
+from streams.logs import RepeatLimiter
 
 
 class FakeClock:
@@ -126,7 +127,7 @@ def test_the_watchdog_ends_a_process_whose_exit_is_blocked():
     script = textwrap.dedent("""
         import time
         from concurrent.futures import ThreadPoolExecutor
-        from streams.shutdown import Watchdog
+        from streams.lifecycle import Watchdog
         ThreadPoolExecutor(1).submit(time.sleep, 60)
         Watchdog().arm(0.5, "test")
         raise SystemExit(0)

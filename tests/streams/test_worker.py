@@ -11,13 +11,11 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest_workers import running_worker, unique_topics
-from engines import RerankJob, build_reranker
+from engines import EngineConfig, RerankJob, build_reranker
 from engines.static_embeddings import ensure_static_model
 from engines.testmodel import ensure_test_model
 from loadgen.client import RerankClient
 from engines.corpus import load_passages
-from streams.replies import relevance
-from streams.settings import WorkerSettings
 
 pytestmark = pytest.mark.kafka
 
@@ -60,8 +58,7 @@ def client(kafka_bootstrap, topics, worker):
 @pytest.fixture(scope="module")
 def direct(test_model):
     """The same engine in this process, scoring each request alone."""
-    settings = WorkerSettings(engine=ENGINE, model=test_model, precision=PRECISION)
-    return build_reranker(settings.engine_config())
+    return build_reranker(EngineConfig(engine=ENGINE, model=test_model, precision=PRECISION))
 
 
 def only_answer(client, request_id):
@@ -91,7 +88,7 @@ def test_ranked_responses_equal_direct_engine_scores_for_mixed_sizes(client, dir
         resp = only_answer(client, req["request_id"])
         assert resp["status"] == "ok", resp
         (outcome,) = direct.rerank([RerankJob(req["query"], req["documents"])])
-        expected = relevance(outcome, raw_scores=False)
+        expected = outcome.relevance
         results = resp["results"]
         n = len(req["documents"])
         assert resp["meta"]["documents"] == n
@@ -147,7 +144,7 @@ def test_the_prefilter_method_of_a_request_is_honoured(client, direct):
         assert resp["meta"]["prefiltered"] is True and resp["meta"]["scored_by_cross_encoder"] == 10
         (outcome,) = direct.rerank([RerankJob(query, docs, keep=10, method=method, scores=scores)])
         assert outcome.first_stage == method
-        expected = relevance(outcome, raw_scores=False)
+        expected = outcome.relevance
         results = resp["results"]
         assert [r["stage"] for r in results] == ["cross_encoder"] * 10 + ["prefilter"] * 140
         assert {r["index"] for r in results[:10]} == set(np.flatnonzero(outcome.cross_encoded))

@@ -1,0 +1,143 @@
+"""The Faust wiring of one worker: its app, agent, window task, timer and web pages.
+
+Data flow (one process; scale out with more processes in the same consumer group)::
+
+    rerank-requests ──agent──▶ RerankService.take ──▶ window task ──▶ engine thread
+          │                          │ bad input                         │
+          │                          ▼                                   ▼
+          │                error answer / rerank-dlq              ranked answers
+          └──────── offsets committed only after each request's answer is delivered
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from engines import Reranker
+from streams import metrics
+from streams.faust_adapter import use_idempotent_producer
+from streams.logs import keep_sasl_frames_out_of_logs
+from streams.service import RerankService
+from streams.settings import WorkerSettings
+
+log = logging.getLogger("rerank.worker")
+
+
+def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
+    """The Faust app of one worker: its agent, window loop, web endpoints and timers."""
+    use_idempotent_producer()
+    keep_sasl_frames_out_of_logs()
+    app = _faust_app(settings)
+    service = RerankService(app, settings, reranker)
+    app.rerank_service = service  # for tests and introspection
+    requests = app.topic(settings.request_topic, value_serializer="raw", key_serializer="raw")
+
+    # concurrency=1: with more, faust can commit past a message still in flight (#606).
+    @app.agent(requests, concurrency=1, name="rerank")
+    async def rerank(stream):
+        stream = stream.noack()
+        async for event in stream.events():
+            await service.take(stream, event)
+
+    @app.task
+    async def window_loop() -> None:
+        await service.run_windows()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app, assigned, **kwargs) -> None:
+        _holding(service, sorted(tp.partition for tp in assigned if tp.topic == settings.request_topic))
+
+    @app.timer(interval=settings.summary_every_s)
+    async def summary() -> None:
+        _log_summary(service)
+
+    _web_pages(app, service)
+    return app
+
+
+def _faust_app(settings: WorkerSettings) -> faust.App:
+    datadir = settings.data_dir / settings.worker_name
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+    return faust.App(
+        settings.group_id,
+        broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        datadir=str(datadir),
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # Small: each buffered message can hold thousands of documents; the backlog
+        # belongs in Kafka, not in this process.
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        # Topics are created by streams.topics.ensure_topics with the configured partition counts.
+        topic_allow_declare=False,
+        web_enabled=True,
+        web_bind=settings.http_host,
+        web_host=settings.http_host,
+        web_port=settings.http_port,
+        web_stats_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
+        web_router_enabled=False,
+    )
+
+
+def faust_credentials(settings: WorkerSettings) -> faust.types.auth.CredentialsT | None:
+    """The connection settings as faust/aiokafka credentials (None for PLAINTEXT)."""
+    context = None
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=str(settings.ssl_ca_file) if settings.ssl_ca_file else None)
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.sasl_username, password=settings.password(),
+                                     mechanism=settings.sasl_mechanism, ssl_context=context)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def _holding(service: RerankService, held: list[int]) -> None:
+    service.partitions_held = len(held)
+    service.joined.set()
+    metrics.ASSIGNED_PARTITIONS.set(len(held))
+    topic = service.settings.request_topic
+    if held:
+        log.info("holding partitions %s of %s", held, topic)
+    else:
+        log.warning("this replica holds no partition of %s: there are more replicas than "
+                    "partitions, so it idles until a rebalance gives it one", topic)
+
+
+def _log_summary(service: RerankService) -> None:
+    log.info("summary: %d ok, %d errors, %d documents, %d pairs scored, %d windows, "
+             "%d queued, %d pairs in flight, %d partitions",
+             metrics.sample("rerank_requests_total", status="ok"),
+             metrics.sample("rerank_requests_total", status="error"),
+             metrics.sample("rerank_documents_total"), metrics.sample("rerank_pairs_scored_total"),
+             metrics.sample("rerank_windows_total"), service.buffer.queued, service.buffer.inflight_pairs,
+             service.partitions_held)
+
+
+def _web_pages(app: faust.App, service: RerankService) -> None:
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        # aiohttp refuses a content_type with parameters; the header carries them
+        return web.bytes(generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/healthz")
+    async def liveness(web, request):
+        alive = not app.crashed
+        return web.json({"alive": alive, **service.health()}, status=200 if alive else 503)
+
+    @app.page("/ready")
+    async def readiness(web, request):
+        ready = service.joined.is_set() and not service.stopping and not app.crashed
+        return web.json({"ready": ready, **service.health()}, status=200 if ready else 503)

@@ -1,0 +1,75 @@
+"""The one place that reaches into faust's and mode's private parts, for what they offer no
+public hook for. Written against faust-streaming 0.15.3 and mode-streaming 0.7.1 (pinned);
+``tests/streams/test_faust_adapter.py`` fails if either changes under it.
+
+1. **The idempotent producer.** faust turns it on only inside its own transactions
+   (``processing_guarantee="exactly_once"``: ``Producer._settings_extra``), and that mode is
+   broken (faust #517, #323, #177: duplicates and crashes). We run at-least-once but still
+   want retries without duplicates in the log, so ``use_idempotent_producer`` makes
+   ``_settings_extra`` return acks=all with idempotence for every producer.
+2. **A hook between a stop signal and faust's own stop.** mode's ``Worker`` turns SIGTERM and
+   SIGINT into ``_schedule_shutdown`` -> ``_stop_on_signal`` -> ``stop()``; the worker must
+   drain first (answer what it took, commit) and bound the whole stop. ``DrainingWorker``
+   overrides those two methods and offers ``on_stop_signal``, ``on_repeated_signal`` and
+   ``before_stop`` instead.
+
+Everything else the worker uses of faust is public: ``App.crashed``, ``App.crash``,
+``stream.ack``, ``consumer.commit``, ``consumer.stop_flow``, ``app.flow_control``, ``conf``.
+"""
+from __future__ import annotations
+
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+#: The versions this module was written against (pyproject.toml pins them).
+FAUST_VERSION = "0.15.3"
+MODE_VERSION = "0.7.1"
+
+IDEMPOTENT_PRODUCER = {"acks": "all", "enable_idempotence": True}
+
+
+def _idempotent_settings(self: Any) -> Mapping[str, Any]:
+    return IDEMPOTENT_PRODUCER
+
+
+def use_idempotent_producer() -> None:
+    """Every faust producer made from now on is idempotent with acks=all."""
+    faust_aiokafka.Producer._settings_extra = _idempotent_settings
+
+
+def stop_fetching(app: faust.App) -> None:
+    """What faust does first when it stops, done now: no more records are fetched, and the
+    ones buffered for the agent are dropped (unacked, so redelivered)."""
+    consumer = app.consumer
+    consumer.stop_flow()
+    app.flow_control.suspend()
+    consumer.pause_partitions(consumer.assignment())
+    app.flow_control.clear()
+
+
+class DrainingWorker(faust.Worker):
+    """faust's worker with public hooks around a stop signal (see the module's docstring)."""
+
+    def on_stop_signal(self, signum: signal.Signals) -> None:
+        """The first SIGTERM/SIGINT, before anything stops."""
+
+    def on_repeated_signal(self, signum: signal.Signals) -> None:
+        """Another signal while stopping (faust ignores it)."""
+
+    async def before_stop(self, signum: signal.Signals) -> None:
+        """Awaited after the first signal, before faust's own stop begins."""
+
+    def _schedule_shutdown(self, signum: signal.Signals) -> None:
+        if self._signal_stop_time:
+            self.on_repeated_signal(signum)
+            return
+        self.on_stop_signal(signum)
+        super()._schedule_shutdown(signum)
+
+    async def _stop_on_signal(self, signum: signal.Signals) -> None:
+        await self.before_stop(signum)
+        await super()._stop_on_signal(signum)

@@ -1,0 +1,136 @@
+"""The rerank service of one worker: its parts, put together.
+
+A request's way through them::
+
+    Kafka event ──take──▶ Intake.read ──▶ WindowBuffer.put ──run_windows──▶ Scorer.score
+                            │ refused                                          │ answers
+                            ▼                                                  ▼
+                  Answers.rejection ──────────────▶ Delivery.spawn ◀───────────┘
+                                                    produce, fit, fall back, then ack
+
+At-least-once: the agent's stream does not ack on its own (``noack``); a request is acked by
+``Delivery`` once its answer is delivered, and faust commits only the contiguous acked prefix
+of each partition, so a worker that dies mid-window leaves its requests to be redelivered.
+Stopping (``drain``) is ``streams.lifecycle.Drain``. Nothing here knows faust's app beyond
+what it is handed: the Faust wiring is ``streams.app``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+
+from engines import Reranker
+from schemas import RequestError, RequestLimits
+from streams import metrics
+from streams.answers import Answers
+from streams.delivery import DELIVERY_ATTEMPTS, Delivery
+from streams.intake import Inbound, Intake
+from streams.lifecycle import Drain
+from streams.scoring import Scorer
+from streams.settings import WorkerSettings
+from streams.topic_metadata import TopicMetadata
+from streams.topics import quiet_admin_client
+from streams.windows import WindowBuffer
+
+log = logging.getLogger("rerank.worker")
+
+
+class RerankService:
+    """Owns the window buffer, the scoring thread and the replies of one worker.
+
+    ``metadata`` answers what delivery asks of the cluster about topics; by default a
+    confluent-kafka admin client with the worker's connection settings.
+    """
+
+    def __init__(self, app: faust.App, settings: WorkerSettings, reranker: Reranker,
+                 metadata: TopicMetadata | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.reranker = reranker
+        self.answers = Answers(request_topic=settings.request_topic, response_topic=settings.response_topic,
+                               dead_letter_topic=settings.dead_letter_topic, worker=settings.worker_name,
+                               model=reranker.model_name, engine=reranker.engine_name)
+        self.intake = Intake(reranker, RequestLimits(max_documents=settings.max_documents),
+                             {settings.engine_config.model, reranker.model_name, *settings.model_aliases},
+                             reply_to_prefix=settings.reply_to_prefix,
+                             forbidden_reply_topics=(settings.request_topic, settings.dead_letter_topic))
+        self.buffer: WindowBuffer[Inbound] = WindowBuffer(
+            settings.window_max_pairs, settings.window_ms, settings.max_inflight_pairs,
+            gather_ms=settings.window_gather_ms)
+        self.scorer = Scorer(reranker, self.answers, settings.window_max_pairs)
+        metadata = metadata or TopicMetadata(lambda: quiet_admin_client(settings.confluent_config()),
+                                             producer_limit=int(app.conf.producer_max_request_size))
+        self.delivery = Delivery(lambda: app.producer, metadata, self.answers, ack=self._ack,
+                                 release=self._release, on_failure=self._undeliverable)
+        self.stream: Any = None
+        self.partitions_held = 0
+        self.joined = asyncio.Event()
+        self.stopping = False
+        self._window_loop: asyncio.Task | None = None
+        self._drain = Drain(app, self.buffer, self.delivery, lambda: self._window_loop)
+
+    async def take(self, stream: Any, event: Any) -> None:
+        """One message from the agent: a good request waits for a window, a bad one is
+        answered now."""
+        self.stream = stream
+        raw: bytes = event.value if event.value is not None else b""
+        try:
+            inbound = self.intake.read(raw, event)
+        except RequestError as err:
+            outbound = self.answers.rejection(err, raw, event.key)
+            if err.request_id is None:
+                metrics.DEAD_LETTERS.inc()
+                if outbound[-1].request_id is None:
+                    log.warning("dead-lettered an unreadable request with no usable key: %s", err.message)
+            self.delivery.spawn(outbound, [event])
+            return
+        if not await self.buffer.put(inbound, inbound.pairs):
+            return  # stopping: left unacked, so it is redelivered
+        metrics.INFLIGHT_PAIRS.set(self.buffer.inflight_pairs)
+
+    async def run_windows(self) -> None:
+        """Until the buffer is closed and empty: take a window (only when the engine is free:
+        this loop scores one at a time), score it, hand its answers to delivery."""
+        self._window_loop = asyncio.current_task()
+        while window := await self.buffer.next_window():
+            for pending, outbound in await self.scorer.score(window):
+                self.delivery.spawn([outbound], [pending.item.event], pending.pairs, pending.item.received)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stops in bounded time with nothing lost (``streams.lifecycle.Drain``)."""
+        self.stopping = True
+        await self._drain(grace_s)
+
+    async def _ack(self, event: Any) -> None:
+        if self.stream is not None:
+            await self.stream.ack(event)
+        else:
+            event.ack()
+
+    async def _release(self, pairs: int) -> None:
+        await self.buffer.release(pairs)
+        metrics.INFLIGHT_PAIRS.set(self.buffer.inflight_pairs)
+
+    async def _undeliverable(self, exc: Exception) -> None:
+        if self.stopping:
+            log.warning("could not deliver an answer while stopping (%s): left to be redelivered", exc)
+            return
+        log.critical("could not deliver an answer after %d attempts (%s); stopping so that "
+                     "another replica answers it", DELIVERY_ATTEMPTS, exc)
+        await self.app.crash(exc)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "worker": self.settings.worker_name,
+            "stopping": self.stopping,
+            "engine": self.reranker.engine_name,
+            "model": self.reranker.model_name,
+            "joined_group": self.joined.is_set(),
+            "partitions": self.partitions_held,
+            "queued_requests": self.buffer.queued,
+            "inflight_pairs": self.buffer.inflight_pairs,
+            "deliveries_in_flight": len(self.delivery.in_flight),
+        }

@@ -1,0 +1,240 @@
+"""The worker's parts without a broker: intake, answers, scoring, the service's way from a
+message to its acked answer, and the drain on shutdown.
+
+The real-broker tests (test_worker.py, test_faults.py, test_shutdown.py) show the same end to
+end through Kafka and faust; here each part is checked on its own, with the stand-ins of
+fakes.py (a producer, an admin client, events, faust's app, an engine scoring by length).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from fakes import FakeAdmin, FakeApp, FakeEvent, FakeProducer, FakeStream, LengthReranker
+
+from engines import RerankJob
+from schemas import ErrorCode, RequestError, RequestLimits, parse_request, parse_response
+from streams.answers import Answers, Timing
+from streams.intake import Inbound, Intake, job_of
+from streams.lifecycle import Drain
+from streams.scoring import Scorer
+from streams.service import RerankService
+from streams.settings import WorkerSettings
+from streams.topic_metadata import TopicMetadata
+from streams.windows import Pending
+
+ANSWERS = Answers(request_topic="req", response_topic="resp", dead_letter_topic="dlq", worker="w1",
+                  model="fake-model", engine="fake-fp32")
+TIMING = Timing(queue_ms=1.0, inference_ms=2.0, total_ms=3.0)
+
+
+def request(request_id: str = "r1", documents=("aa", "a", "aaaa"), **fields) -> bytes:
+    return json.dumps({"request_id": request_id, "query": "q", "documents": list(documents), **fields}).encode()
+
+
+def intake(reranker=None, max_documents: int = 100) -> Intake:
+    return Intake(reranker or LengthReranker(), RequestLimits(max_documents=max_documents), {"fake-model"},
+                  reply_to_prefix="rerank-replies.", forbidden_reply_topics=("req", "dlq"))
+
+
+def refusal(raw: bytes, **kwargs) -> RequestError:
+    with pytest.raises(RequestError) as caught:
+        intake(**kwargs).read(raw, event=None)
+    return caught.value
+
+
+# -- intake ---------------------------------------------------------------------------------------
+def test_intake_costs_a_request_by_the_engines_plan():
+    small = intake().read(request(documents=["a", "bb"]), event="e1")
+    assert small.pairs == 2 and not small.plan.prefilter and small.event == "e1"
+    large = intake().read(request(documents=["x" * k for k in range(1, 11)]), event="e2")
+    assert large.pairs == 3 and large.plan.prefilter  # cut to the engine's keep
+    asked = intake().read(request(documents=["a"] * 10, prefilter={"enabled": False}), event="e3")
+    assert asked.pairs == 10 and asked.job.prefilter is False
+
+
+def test_intake_passes_the_requests_options_to_the_engines_job():
+    raw = request(documents=[{"text": "a", "score": 1.5}, "bb"], raw_scores=True,
+                  prefilter={"enabled": True, "keep": 1, "method": "client"})
+    job = job_of(parse_request(raw))
+    assert job == RerankJob("q", ["a", "bb"], prefilter=True, keep=1, method="client", scores=[1.5, None],
+                            raw_scores=True)
+
+
+@pytest.mark.parametrize("raw, code, words", [
+    (b"not json", ErrorCode.INVALID_REQUEST, "JSON"),
+    (request(documents=["a"] * 101), ErrorCode.TOO_LARGE, "101"),
+    (request(model="another-model"), ErrorCode.UNKNOWN_MODEL, "another-model"),
+    (request(reply_to="elsewhere"), ErrorCode.INVALID_REQUEST, "must start with 'rerank-replies.'"),
+    (request(reply_to="dlq"), ErrorCode.INVALID_REQUEST, "is not allowed"),
+    (request(documents=[{"text": "a", "score": 1.0}, "b", "c"], prefilter={"method": "client", "enabled": True, "keep": 1}),
+     ErrorCode.INVALID_REQUEST, "documents[1], documents[2] have none"),
+])
+def test_intake_refuses_what_the_worker_will_not_score_with_a_code(raw, code, words):
+    err = refusal(raw)
+    assert err.code == code and words in err.message
+    assert err.request_id == (None if raw == b"not json" else "r1")
+
+
+# -- answers --------------------------------------------------------------------------------------
+def ranked(raw: bytes, reranker=None):
+    inbound = intake(reranker).read(raw, None)
+    (outcome,) = (reranker or LengthReranker()).rerank([inbound.job], [inbound.plan])
+    message = ANSWERS.ranked(inbound.request, outcome, TIMING)
+    return message, parse_response(message.value)
+
+
+def test_a_ranked_answer_takes_the_engines_order_and_relevance_as_they_are():
+    message, response = ranked(request(documents=["aa", "a", "aaaa", {"id": "d3", "text": "aaa"}]))
+    assert (message.topic, message.key, message.status) == ("resp", b"r1", "ok")
+    assert [r.index for r in response.results] == [2, 3, 0, 1]
+    assert response.results[0].relevance_score == pytest.approx(1 / (1 + np.exp(-4)))
+    assert response.results[1].id == "d3" and response.meta.documents == 4 and response.meta.worker == "w1"
+    assert response.meta.total_ms == 3.0 and response.engine == "fake-fp32" and response.model == "fake-model"
+
+
+def test_a_ranked_answer_cuts_at_top_n_returns_documents_and_raw_scores_when_asked():
+    _, response = ranked(request(documents=["aa", "a", "aaaa"], top_n=2, return_documents=True, raw_scores=True))
+    assert [(r.index, r.relevance_score, r.document.text) for r in response.results] == [(2, 4.0, "aaaa"), (0, 2.0, "aa")]
+
+
+def test_a_prefiltered_answer_ranks_the_cut_documents_last_by_their_first_stage_score():
+    _, response = ranked(request(documents=["x" * k for k in (5, 1, 9, 3, 7, 2)]))
+    assert [r.stage for r in response.results] == ["cross_encoder"] * 3 + ["prefilter"] * 3
+    assert [r.index for r in response.results] == [2, 4, 0, 3, 5, 1]
+    assert response.meta.prefiltered and response.meta.scored_by_cross_encoder == 3
+
+
+def test_error_answers_go_to_the_reply_topic_with_the_response_topic_behind():
+    message = ANSWERS.error(RequestError(ErrorCode.INTERNAL, "boom", "r9"), reply_to="rerank-replies.a")
+    assert message.topic == "rerank-replies.a" and message.fallback.topic == "resp" and message.code == "internal"
+    assert json.loads(message.fallback.value)["error"]["code"] == "invalid_request"
+
+
+# -- scoring --------------------------------------------------------------------------------------
+def pending(raw: bytes, event=None, reranker=None) -> Pending[Inbound]:
+    inbound = intake(reranker).read(raw, event)
+    return Pending(inbound, inbound.pairs)
+
+
+def codes(answered) -> list[str]:
+    return [json.loads(outbound.value).get("error", {}).get("code", "ok") for _, outbound in answered]
+
+
+def test_a_window_is_scored_together_and_a_passed_deadline_is_not_scored():
+    reranker = LengthReranker()
+    window = [pending(request("a")), pending(request("b", deadline_ms=int(time.time() * 1000) - 1000)),
+              pending(request("c"))]
+    answered = asyncio.run(Scorer(reranker, ANSWERS, 512).score(window))
+    assert [p.item.request.request_id for p, _ in answered] == ["a", "b", "c"]
+    assert codes(answered) == ["ok", "deadline_exceeded", "ok"]
+    assert reranker.windows == [["q", "q"]]  # one engine call for both live requests
+
+
+def test_an_engine_failure_answers_every_request_of_its_window_internal():
+    answered = asyncio.run(Scorer(LengthReranker(fail=True), ANSWERS, 512).score(
+        [pending(request("a")), pending(request("b"))]))
+    assert codes(answered) == ["internal", "internal"]
+    assert "RuntimeError: the engine broke" in json.loads(answered[0][1].value)["error"]["message"]
+
+
+# -- the service: message in, answer out, then ack --------------------------------------------------
+def settings(**overrides) -> WorkerSettings:
+    return WorkerSettings(request_topic="req", response_topic="resp", dead_letter_topic="dlq", worker_name="w1",
+                          window_ms=5, window_max_pairs=512, max_inflight_pairs=64, **overrides)
+
+
+def service_with(reranker, producer: FakeProducer, app: FakeApp | None = None) -> RerankService:
+    metadata = TopicMetadata(lambda: FakeAdmin({"req", "resp", "dlq"}), producer_limit=1_000_000)
+    return RerankService(app or FakeApp(producer), settings(), reranker, metadata=metadata)
+
+
+def test_each_message_is_answered_once_and_acked_only_after_its_answer_is_sent():
+    async def scenario():
+        producer = FakeProducer()
+        service = service_with(LengthReranker(), producer)
+        windows = asyncio.create_task(service.run_windows())
+        stream, log = FakeStream(), producer.events
+        messages = [FakeEvent(request("good-1"), b"good-1", log), FakeEvent(b"{broken", b"key-2", log),
+                    FakeEvent(request("good-3", documents=["a"] * 8), b"good-3", log), FakeEvent(None, None, log)]
+        for event in messages:
+            await service.take(stream, event)
+        await service.buffer.close()
+        await windows
+        await service.delivery.wait()
+        return producer, service
+
+    producer, service = asyncio.run(scenario())
+    answers = {key: parse_response(value) for topic, key, value, _ in producer.sent if topic == "resp"}
+    assert answers[b"good-1"].status == "ok" and answers[b"good-3"].meta.scored_by_cross_encoder == 3
+    assert answers[b"key-2"].error.code == ErrorCode.INVALID_REQUEST
+    assert [t for t, *_ in producer.sent].count("dlq") == 2  # the unreadable bodies, kept for a person
+    events = producer.events
+    for key in (b"good-1", b"key-2", b"good-3", None):  # every message acked, each after its answer
+        assert events.count(f"ack {key!r}") == 1
+        assert events.index(f"ack {key!r}") > events.index(f"sent resp {key!r}" if key else "sent dlq None")
+    assert service.buffer.inflight_pairs == 0  # every pair taken was given back
+
+
+def test_an_answer_that_cannot_be_delivered_crashes_the_worker_unacked():
+    async def scenario():
+        producer = FakeProducer(refusing=frozenset({"resp"}))
+        app = FakeApp(producer)
+        service = service_with(LengthReranker(), producer, app)
+        service.delivery.backoff_s = 0.0
+        windows = asyncio.create_task(service.run_windows())
+        await service.take(FakeStream(), FakeEvent(request("lost"), b"lost", producer.events))
+        await service.buffer.close()
+        await windows
+        await service.delivery.wait()
+        return producer, app
+
+    producer, app = asyncio.run(scenario())
+    assert app.crashed and not any(e.startswith("ack") for e in producer.events)
+
+
+# -- drain ------------------------------------------------------------------------------------------
+def test_drain_answers_what_was_taken_within_the_grace_then_commits():
+    async def scenario():
+        producer = FakeProducer()
+        app = FakeApp(producer)
+        service = service_with(LengthReranker(), producer, app)
+        windows = asyncio.create_task(service.run_windows())
+        await service.take(FakeStream(), FakeEvent(request("in-time"), b"in-time", producer.events))
+        started = time.monotonic()
+        await service.drain(grace_s=10.0)
+        return producer, app, service, time.monotonic() - started, windows
+
+    producer, app, service, took, windows = asyncio.run(scenario())
+    assert "ack b'in-time'" in producer.events and took < 5.0 and windows.done()
+    assert app.calls[:4] == ["stop_flow", "suspend", "pause ['tp-0']", "clear"] and app.calls[-1] == "commit"
+    assert app.conf.stream_wait_empty is False and service.stopping
+
+
+def test_drain_abandons_what_it_cannot_answer_in_time_and_still_commits():
+    engine_free = threading.Event()
+
+    async def scenario():
+        producer = FakeProducer()
+        app = FakeApp(producer)
+        service = service_with(LengthReranker(block=engine_free), producer, app)
+        windows = asyncio.create_task(service.run_windows())
+        for name in ("scoring", "queued"):
+            await service.take(FakeStream(), FakeEvent(request(name, documents=["a"] * 40), name.encode(),
+                                                       producer.events))
+        await asyncio.sleep(0.2)  # the first request's window is in the (blocked) engine
+        started = time.monotonic()
+        await Drain(app, service.buffer, service.delivery, lambda: windows)(grace_s=1.0)
+        return producer, app, service, time.monotonic() - started
+
+    try:
+        producer, app, service, took = asyncio.run(scenario())
+    finally:
+        engine_free.set()
+    assert took < 1.5, "the drain keeps to its grace period"
+    assert not any(e.startswith("ack") for e in producer.events)  # nothing answered: nothing acked
+    assert service.buffer.queued == 0 and app.calls[-1] == "commit"
