@@ -67,7 +67,7 @@ class EngineConfig:
             parallel sections (ONNX Runtime, PyTorch's OpenMP). Only for a process that owns its cores (a dedicated cpuset, e.g. a
             Kubernetes pod with integer CPUs under the static CPU manager): OpenVINO pins every
             process of a host to the same cores, so co-located replicas would share them and add
-            nothing (237 pairs/s for one 1-thread process, 117 + 120 for two), and spinning
+            nothing (BENCHMARKS.md, "Replicas on one host"), and spinning
             threads burn CPU that another replica, or the CPU quota, needs. ``False`` (default):
             no pinning, no spinning, in every runtime (see :func:`openmp_wait_policy`).
         cache_dir: Where exported/quantized models go; ``None`` = :data:`DEFAULT_CACHE_DIR`
@@ -100,7 +100,7 @@ class EngineConfig:
     prefilter_runtime: Runtime | None = None
     cpu_pinning: bool = False
     # bm25: the fastest first stage that keeps >= 0.98 of full cross-encoding's NDCG@10 at
-    # depth 1000 with keep 100 (BENCHMARKS.md, "Hybrid"); static kept 0.90 there.
+    # depth 1000 with keep 100; static keeps less (BENCHMARKS.md, "Hybrid").
     prefilter_method: PrefilterMethod = "bm25"
 
     def validate(self) -> None:
@@ -406,8 +406,8 @@ def resolve_precision(precision: str, runtime: str, device: str) -> str:
     """Map ``"auto"`` to the precision each runtime is fastest at on this machine.
 
     * OpenVINO (CPU only, whatever the device): int8 with VNNI or AMX, fp32 without. Its static
-      int8 is 2.6x its fp32 on a VNNI CPU but 0.74x on an AVX2-only one, and costs no measured
-      relevance (BENCHMARKS.md); int8 when the flags cannot be read.
+      int8 is much faster than its fp32 on a VNNI CPU but slower on an AVX2-only one, and costs no
+      measured relevance (BENCHMARKS.md); int8 when the flags cannot be read.
     * CUDA: fp16.
     * ONNX Runtime on CPU: int8, the faster on both CPUs measured (its feed-forward output
       projections stay fp32, which keeps its relevance; BENCHMARKS.md).

@@ -261,14 +261,14 @@ def onnx_int8_dynamic(cache: ExportCache) -> Path:
 
     The feed-forward output projections stay fp32. Their input, the GELU output, is quantized
     per batch as one tensor with one scale, and that is where int8 lost the ranking: with them
-    in fp32, rank agreement with fp32 rose from 0.976 to 0.986 and NDCG@10 retention from 0.987
-    to 0.999 on the demo cross-encoder, at 0.8x the all-int8 speed (docs/evaluation.md).
+    in fp32, rank agreement with fp32 and NDCG@10 retention rose on the demo cross-encoder, for
+    some of the all-int8 speed (figures in docs/evaluation.md).
 
     On a CPU without VNNI or AMX the weights use 7 bits (``reduce_range``): AVX2's int8 kernels
     add pairs of u8 x s8 products in 16 bits, which saturate with full-range weights. Full range
-    there cost the family stand-ins' ranking (Pearson with fp32 0.89-0.98, edge documents moved up
-    to 8 logits, on a Zen 3 EPYC); 7 bits kept them within the limits (0.995). It is a separate
-    artefact, so a cache shared between CPUs never hands one CPU the other's.
+    there broke the family stand-ins' fidelity floor on a Zen 3 EPYC; 7 bits kept them within it
+    (BENCHMARKS.md). It is a separate artefact, so a cache shared between CPUs never hands one CPU
+    the other's.
     """
     source = onnx_fp32(cache)
     reduce_range = cpu_has_int8_dot_product() is False
