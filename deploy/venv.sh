@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes .venv hold exactly the dependencies pinned in pyproject.toml (runtime + test).
+# Makes .venv hold exactly the dependencies pinned in pyproject.toml: the worker's and every
+# optional group but gpu (the tools' and the tests'; deploy/requirements.py dev).
 #
 # The venv itself lives in a cache folder keyed by that dependency list and the Python
 # version, and .venv is a link to it: PyPI's torch for Linux is a ~3 GB CUDA build, and a
@@ -10,12 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
-deps=$("$PY" - <<'PYEOF'
-import tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-print("\n".join(project["dependencies"] + project["optional-dependencies"]["test"]))
-PYEOF
-)
+deps=$("$PY" deploy/requirements.py dev)
 key=$( { echo "$deps"; "$PY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)
 cache="${RERANK_VENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kafka-rerank}"
 store="$cache/venv-$key"
