@@ -50,3 +50,12 @@ def test_the_gpu_override_drops_the_cpu_limit_and_reserves_a_gpu(compose_config)
     assert worker["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert worker["stop_grace_period"] and "healthcheck" in worker
     assert {"kafka", "topic-init", "worker", "loadgen"} <= set(project["services"])
+
+
+def test_the_load_generator_runs_in_an_image_of_its_own(compose_config) -> None:
+    # the client alone (deploy/docker/Dockerfile.loadgen): the worker images hold no tool
+    for files in (["docker-compose.yaml"], ["docker-compose.yaml", "docker-compose.gpu.yaml"]):
+        loadgen = compose_config(*files)["services"]["loadgen"]
+        assert loadgen["image"] == "kafka-rerank:loadgen", files
+        assert loadgen["build"]["dockerfile"] == "deploy/docker/Dockerfile.loadgen", files
+        assert loadgen["command"][:3] == ["python", "-m", "loadgen"]
