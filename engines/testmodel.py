@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from engines.config import default_cache_dir
@@ -181,16 +180,7 @@ def ensure_test_model(path: str | os.PathLike | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m engines.testmodel [OUT_DIR]``: build (or reuse) the test model, print its folder."""
-    argv = sys.argv[1:] if argv is None else argv
-    if "--trained" in argv:
-        # Deprecated alias (removed in 0.3): training the demo model is the evaluation package's job,
-        # above this layer, so its command runs in place of this process rather than being imported.
-        print("`python -m engines.testmodel --trained` moved to `python -m evaluation.training` "
-              "(make model-trained); this alias goes in 0.3", file=sys.stderr)
-        rest = [arg for arg in argv if arg != "--trained"]
-        os.execv(sys.executable, [sys.executable, "-m", "evaluation.training", *rest])
-    parser = argparse.ArgumentParser(prog="python -m engines.testmodel", description=main.__doc__,
-                                     epilog="--trained: moved to `python -m evaluation.training`")
+    parser = argparse.ArgumentParser(prog="python -m engines.testmodel", description=main.__doc__)
     parser.add_argument("out_dir", nargs="?", help="target folder (default: under $RERANK_CACHE_DIR/models)")
     args = parser.parse_args(argv)
     print(ensure_test_model(args.out_dir))
