@@ -20,7 +20,6 @@ fails, naming the engine to use instead.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,7 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from engines.config import EngineConfig, cuda_available
 from engines.families import RerankerKind, inspect_reranker
@@ -103,9 +105,6 @@ def run_check(model: str, engines: list[tuple[str, str, str]] | None = None, max
 
 
 def print_table(model: str, kind: RerankerKind, rows: list[Row], n_pairs: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{model}: {kind.architecture} ({kind.head} head, relevance = {kind.activation}), "
                         f"{n_pairs} pairs against transformers")
     for column in ("engine", "builds", "build s", "fidelity", "pairs/s", "verdict", "note"):
@@ -118,19 +117,23 @@ def print_table(model: str, kind: RerankerKind, rows: list[Row], n_pairs: int) -
     Console(width=200).print(table)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m engines.check MODEL``: every engine this machine runs against transformers."""
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model")
+@click.option("--engine", "engine_specs", multiple=True, metavar="ENGINE-PRECISION[@DEVICE]",
+              help="only these, e.g. onnx-int8 or torch-fp16@cuda (repeatable; default: all)")
+@click.option("--max-length", type=int, help="truncation length (default: the model's)")
+@click.option("--pairs", type=int, default=96, help="corpus pairs besides the edge cases (default 96)")
+@click.option("--rounds", type=int, default=1, help="timed rounds per engine; pairs/s is the best (default 1)")
+@click.option("--cache-dir", help="export cache (default $RERANK_CACHE_DIR or ~/.cache/kafka-rerank)")
+@click.option("--json", "json_path", help="also write the rows to this file")
+def main(model: str, engine_specs: tuple[str, ...], max_length: int | None, pairs: int, rounds: int,
+         cache_dir: str | None, json_path: str | None) -> None:
+    """``python -m engines.check MODEL``: every engine this machine runs against transformers.
+
+    MODEL: Hugging Face id or local folder of the reranker. Exit status 1 when an engine that builds
+    would serve wrong scores.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = argparse.ArgumentParser(prog="python -m engines.check", description=main.__doc__)
-    parser.add_argument("model", help="Hugging Face id or local folder of the reranker")
-    parser.add_argument("--engine", action="append", metavar="ENGINE-PRECISION[@DEVICE]",
-                        help="only these, e.g. onnx-int8 or torch-fp16@cuda (repeatable; default: all)")
-    parser.add_argument("--max-length", type=int, help="truncation length (default: the model's)")
-    parser.add_argument("--pairs", type=int, default=96, help="corpus pairs besides the edge cases (default 96)")
-    parser.add_argument("--rounds", type=int, default=1, help="timed rounds per engine; pairs/s is the best (default 1)")
-    parser.add_argument("--cache-dir", help="export cache (default $RERANK_CACHE_DIR or ~/.cache/kafka-rerank)")
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:  # NNCF sets its own logger to INFO when imported and then logs each node it leaves fp32
         import nncf
@@ -143,28 +146,28 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # one "Loading weights" bar per engine otherwise
     transformers_logging.set_verbosity_error()
     engines = None
-    if args.engine:
+    if engine_specs:
         engines = []
-        for spec in args.engine:
+        for spec in engine_specs:
             name, _, device = spec.partition("@")
             engine, _, precision = name.rpartition("-")
             engines.append((engine, precision, device or "cpu"))
     try:
-        folder = ModelFolder.load(args.model)
+        folder = ModelFolder.load(model)
         kind = inspect_reranker(folder)
     except (OSError, ValueError) as exc:
-        print(f"engines.check: {exc}", file=sys.stderr)
-        return 2
-    rows = run_check(args.model, engines, args.max_length, args.cache_dir, args.pairs, args.rounds)
-    print_table(args.model, kind, rows, args.pairs + len(EDGE_DOCUMENTS) + 2)
-    if args.json:
-        Path(args.json).write_text(json.dumps([
+        click.echo(f"engines.check: {exc}", err=True)
+        sys.exit(2)
+    rows = run_check(model, engines, max_length, cache_dir, pairs, rounds)
+    print_table(model, kind, rows, pairs + len(EDGE_DOCUMENTS) + 2)
+    if json_path:
+        Path(json_path).write_text(json.dumps([
             {"engine": r.engine, "built": r.built, "build_s": r.build_s, "verdict": r.verdict, "note": r.note,
              "pairs_per_s": r.pairs_per_s if np.isfinite(r.pairs_per_s) else None,
              "max_abs": r.fidelity.max_abs if r.fidelity else None,
              "pearson": r.fidelity.pearson if r.fidelity else None} for r in rows], indent=2) + "\n")
-    return 1 if any(r.built and r.fidelity is not None and not r.fidelity.ok for r in rows) else 0
+    sys.exit(1 if any(r.built and r.fidelity is not None and not r.fidelity.ok for r in rows) else 0)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

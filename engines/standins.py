@@ -28,16 +28,15 @@ it; ``config.json`` carries a ``kafka_rerank_standin`` marker saying what it is.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata as md
 import json
 import random
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 import numpy as np
 
 from engines.config import default_cache_dir
@@ -409,23 +408,22 @@ def _build(spec: StandIn, out: Path, marker: dict, size: str = "tiny") -> None:
         "direction of its input features so that scores spread.\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m engines.standins [--out DIR] [NAME ...]``: build (or reuse) stand-ins, print their folders."""
-    parser = argparse.ArgumentParser(prog="python -m engines.standins", description=main.__doc__)
-    parser.add_argument("names", nargs="*", help=f"stand-ins to build (default all): {', '.join(STANDINS)}")
-    parser.add_argument("--out", help="parent folder (default $RERANK_CACHE_DIR/standins)")
-    parser.add_argument("--size", choices=list(SIZES), default="tiny",
-                        help="tiny: 2 layers, hidden 64 (tests); base: 12 layers, hidden 768 (throughput figures)")
-    parser.add_argument("--list", action="store_true", help="list the stand-ins and what they stand for")
-    args = parser.parse_args(argv)
-    if args.list:
+@click.command(context_settings={"help_option_names": ["-h", "--help"]},
+               help="``python -m engines.standins [--out DIR] [NAME ...]``: build (or reuse) stand-ins, print their "
+                    f"folders.\n\nNAMES: stand-ins to build (default all): {', '.join(STANDINS)}.")
+@click.argument("names", nargs=-1)
+@click.option("--out", help="parent folder (default $RERANK_CACHE_DIR/standins)")
+@click.option("--size", type=click.Choice(list(SIZES)), default="tiny", show_default=True,
+              help="tiny: 2 layers, hidden 64 (tests); base: 12 layers, hidden 768 (throughput figures)")
+@click.option("--list", "list_them", is_flag=True, help="list the stand-ins and what they stand for")
+def main(names: tuple[str, ...], out: str | None, size: str, list_them: bool) -> None:
+    if list_them:
         for spec in STANDINS.values():
-            print(f"{spec.name:20s} {spec.stands_for}: {spec.notes}")
-        return 0
-    for name in args.names or list(STANDINS):
-        print(ensure_standin(name, args.out, args.size))
-    return 0
+            click.echo(f"{spec.name:20s} {spec.stands_for}: {spec.notes}")
+        return
+    for name in names or list(STANDINS):
+        click.echo(ensure_standin(name, out, size))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

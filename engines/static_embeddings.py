@@ -22,15 +22,14 @@ BERT vocabulary), the reranker tokenizes each document once for both stages.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata as md
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import click
 import numpy as np
 
 from engines.batching import TextEncoder, TokenCache
@@ -236,15 +235,16 @@ def _unknown_token(tokenizer) -> str | None:
     return spec.get("unk_token")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m engines.static_embeddings [OUT_DIR]``: build (or reuse) the static model, print its folder."""
-    parser = argparse.ArgumentParser(prog="python -m engines.static_embeddings", description=main.__doc__)
-    parser.add_argument("out_dir", nargs="?", help="target folder (default: under $RERANK_CACHE_DIR/models)")
-    args = parser.parse_args(argv)
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("out_dir", required=False)
+def main(out_dir: str | None) -> None:
+    """``python -m engines.static_embeddings [OUT_DIR]``: build (or reuse) the static model, print its folder.
+
+    OUT_DIR: target folder (default: under $RERANK_CACHE_DIR/models).
+    """
     logging.basicConfig(level=logging.INFO)
-    print(ensure_static_model(args.out_dir))
-    return 0
+    click.echo(ensure_static_model(out_dir))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -21,12 +21,13 @@ and every engine in this package.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+
+import click
 
 from engines.config import default_cache_dir
 from engines.models import ensure_folder, packaged_minilm_path, read_marker
@@ -178,14 +179,15 @@ def ensure_test_model(path: str | os.PathLike | None = None) -> Path:
     return ensure_folder(out, lambda: _is_current(out, marker), lambda staging: _build(source, staging, marker))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m engines.testmodel [OUT_DIR]``: build (or reuse) the test model, print its folder."""
-    parser = argparse.ArgumentParser(prog="python -m engines.testmodel", description=main.__doc__)
-    parser.add_argument("out_dir", nargs="?", help="target folder (default: under $RERANK_CACHE_DIR/models)")
-    args = parser.parse_args(argv)
-    print(ensure_test_model(args.out_dir))
-    return 0
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("out_dir", required=False)
+def main(out_dir: str | None) -> None:
+    """``python -m engines.testmodel [OUT_DIR]``: build (or reuse) the test model, print its folder.
+
+    OUT_DIR: target folder (default: under $RERANK_CACHE_DIR/models).
+    """
+    click.echo(ensure_test_model(out_dir))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -22,6 +22,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from conftest_engines import NON_ASCII, fresh_seed, random_text, vocabulary  # noqa: F401
 import engines.export as export
@@ -298,21 +299,21 @@ def test_decoder_scores_do_not_depend_on_left_padding(standin):
         np.testing.assert_allclose(alone.scores, outcome.scores, atol=1e-4, rtol=0)
 
 
-def test_check_command_prints_a_table_and_fails_on_wrong_scores(standin, capsys, monkeypatch, tmp_path):
-    path = standin("electra")
-    assert check_main([path, "--engine", "onnx-fp32", "--engine", "torch-bf16", "--pairs", "24",
-                       "--cache-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "ElectraForSequenceClassification" in out and "onnx-fp32" in out and "torch-bf16" in out
+def test_check_command_prints_a_table_and_fails_on_wrong_scores(standin, monkeypatch, tmp_path):
+    def check(*args: str):
+        return CliRunner().invoke(check_main, [*args, "--cache-dir", str(tmp_path)])
+
+    done = check(standin("electra"), "--engine", "onnx-fp32", "--engine", "torch-bf16", "--pairs", "24")
+    assert done.exit_code == 0, done.output
+    assert "ElectraForSequenceClassification" in done.output and "onnx-fp32" in done.output
+    assert "torch-bf16" in done.output
     # An engine that builds but serves wrong scores: the command says so and exits 1.
     _global_mask_export(monkeypatch)
-    assert check_main([standin("modernbert-cls"), "--engine", "openvino-fp32", "--pairs", "8",
-                       "--cache-dir", str(tmp_path)]) == 1
-    assert "WRONG SCORES" in capsys.readouterr().out
+    done = check(standin("modernbert-cls"), "--engine", "openvino-fp32", "--pairs", "8")
+    assert done.exit_code == 1 and "WRONG SCORES" in done.output, done.output
     # An engine that cannot run the model at all (a decoder on ONNX) is listed as refused.
-    assert check_main([standin("qwen3-reranker"), "--engine", "onnx-fp32", "--engine", "torch-fp32", "--pairs", "8",
-                       "--cache-dir", str(tmp_path)]) == 0
-    assert "refused" in capsys.readouterr().out
+    done = check(standin("qwen3-reranker"), "--engine", "onnx-fp32", "--engine", "torch-fp32", "--pairs", "8")
+    assert done.exit_code == 0 and "refused" in done.output, done.output
 
 
 def test_a_position_table_smaller_than_model_max_length_truncates_at_the_table(standin, tmp_path):
