@@ -45,7 +45,6 @@ docs/evaluation.md has the figures and the recipes tried.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -56,6 +55,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import click
 
 from engines.config import default_cache_dir, default_threads
 from engines.models import ensure_folder, packaged_minilm_path, read_marker
@@ -437,15 +438,16 @@ def ensure_trained_model(path: str | os.PathLike | None = None, *, threads: int 
                          lambda staging: _train(base, staging, RECIPE, marker, threads or default_threads()))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m evaluation.training [OUT_DIR]``: train (or reuse) the demo cross-encoder, print its folder."""
-    parser = argparse.ArgumentParser(prog="python -m evaluation.training", description=main.__doc__)
-    parser.add_argument("out_dir", nargs="?", help="target folder (default: under $RERANK_CACHE_DIR/models)")
-    args = parser.parse_args(argv)
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("out_dir", required=False)
+def main(out_dir: str | None) -> None:
+    """``python -m evaluation.training [OUT_DIR]``: train (or reuse) the demo cross-encoder, print its folder.
+
+    OUT_DIR: target folder (default: under $RERANK_CACHE_DIR/models).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(ensure_trained_model(args.out_dir))
-    return 0
+    click.echo(ensure_trained_model(out_dir))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
