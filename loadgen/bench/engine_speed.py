@@ -29,7 +29,6 @@ that separately from the throughput.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -38,6 +37,10 @@ import random
 import sys
 import time
 from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
 
 from engines import EngineConfig, RerankJob, build_reranker
 from engines.config import PREFILTER_METHODS, cpu_flags, cpu_model, default_threads, resolve_precision
@@ -277,9 +280,6 @@ def _hybrid_lines(report: dict) -> list[str]:
 
 
 def print_report(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(width=150)  # wide enough for the table when not on a terminal
     m = report["machine"]
     console.print(
@@ -406,30 +406,28 @@ def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None, hybrid
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadgen.bench.engine_speed", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--quick", action="store_true", help="fewer requests and engines (under a minute)")
-    parser.add_argument("--engines", help="comma-separated engine:precision list, e.g. openvino:int8,onnx:fp32")
-    parser.add_argument("--markdown", action="store_true", help="also print the figures as a Markdown table")
-    parser.add_argument("--hybrid-methods", default=",".join(PREFILTER_METHODS),
-                        help="first stages of the hybrid_1000 test (default: all)")
-    args = parser.parse_args(argv)
-    wanted = [tuple(item.split(":", 1)) for item in args.engines.split(",")] if args.engines else None
-    methods = tuple(m.strip() for m in args.hybrid_methods.split(",") if m.strip())
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__.split("\n\n")[0])
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the results here")
+@click.option("--quick", is_flag=True, help="fewer requests and engines (under a minute)")
+@click.option("--engines", "engines_text", help="comma-separated engine:precision list, e.g. openvino:int8,onnx:fp32")
+@click.option("--markdown", "show_markdown", is_flag=True, help="also print the figures as a Markdown table")
+@click.option("--hybrid-methods", default=",".join(PREFILTER_METHODS),
+              help="first stages of the hybrid_1000 test (default: all)")
+def main(json_path: Path | None, quick: bool, engines_text: str | None, show_markdown: bool, hybrid_methods: str) -> None:
+    wanted = [tuple(item.split(":", 1)) for item in engines_text.split(",")] if engines_text else None
+    methods = tuple(m.strip() for m in hybrid_methods.split(",") if m.strip())
     unknown = sorted(set(methods) - set(PREFILTER_METHODS))
     if unknown:
-        parser.error(f"unknown --hybrid-methods {unknown}; known: {', '.join(PREFILTER_METHODS)}")
-    report = run(args.quick, wanted, methods)
+        raise click.BadParameter(f"unknown {unknown}; known: {', '.join(PREFILTER_METHODS)}", param_hint="--hybrid-methods")
+    report = run(quick, wanted, methods)
     print_report(report)
-    if args.markdown:
+    if show_markdown:
         print(markdown(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

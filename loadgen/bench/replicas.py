@@ -27,7 +27,6 @@ contrast. Run it on a quiet machine: figures taken while other work shares the c
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
@@ -38,6 +37,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
 
 from engines import RerankJob
 from engines.config import cpu_budget
@@ -274,9 +277,6 @@ HEADERS = ("engine", "pinning", "one process, pairs/s", "together, each", "toget
 
 
 def print_report(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(width=150)
     m, w = report["machine"], report["workload"]
     console.print(
@@ -312,47 +312,46 @@ def _engine_list(text: str) -> list[tuple[str, str]]:
     return [(p[0], p[1] if len(p) == 2 else "auto") for p in pairs]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engines", help="engine:precision list (default openvino:auto,onnx:int8,torch:fp32)")
-    parser.add_argument("--processes", type=int, default=2, help="processes run together (default 2)")
-    parser.add_argument("--threads", type=int, default=1, help="inference threads per process (default 1)")
-    parser.add_argument("--seconds", type=float, help="length of each run (default 30; torch fp32 at 1 thread takes ~10 s a window)")
-    parser.add_argument("--rounds", type=int, help="rounds (default 3); each figure is the best round")
-    parser.add_argument("--window-pairs", type=int, default=None, help=f"pairs per window (default {WINDOW_MAX_PAIRS}, the worker's)")
-    parser.add_argument("--pinning", choices=("off", "on", "both"), default="off", help="cpu_pinning of the engines (default off)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: the default engine, 1 round of 8 s, 32-pair windows")
-    parser.add_argument("--require", type=float, help="exit 1 when an unpinned engine scales below this (e.g. 1.6)")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
-    args = parser.parse_args(argv)
-    if args.processes < 1 or args.threads < 1:
-        parser.error("--processes and --threads must be >= 1")
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__.split("\n\n")[0])
+@click.option("--engines", "engines_text", help="engine:precision list (default openvino:auto,onnx:int8,torch:fp32)")
+@click.option("--processes", type=click.IntRange(min=1), default=2, help="processes run together (default 2)")
+@click.option("--threads", type=click.IntRange(min=1), default=1, help="inference threads per process (default 1)")
+@click.option("--seconds", type=float, help="length of each run (default 30; torch fp32 at 1 thread takes ~10 s a window)")
+@click.option("--rounds", type=int, help="rounds (default 3); each figure is the best round")
+@click.option("--window-pairs", type=int, help=f"pairs per window (default {WINDOW_MAX_PAIRS}, the worker's)")
+@click.option("--pinning", type=click.Choice(["off", "on", "both"]), default="off",
+              help="cpu_pinning of the engines (default off)")
+@click.option("--quick", is_flag=True, help="smoke run: the default engine, 1 round of 8 s, 32-pair windows")
+@click.option("--require", type=float, help="exit 1 when an unpinned engine scales below this (e.g. 1.6)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the results here")
+@click.option("--markdown", "show_markdown", is_flag=True, help="also print the table as Markdown")
+def main(engines_text: str | None, processes: int, threads: int, seconds: float | None, rounds: int | None,
+         window_pairs: int | None, pinning: str, quick: bool, require: float | None, json_path: Path | None,
+         show_markdown: bool) -> None:
     plan = Plan(
-        engines=_engine_list(args.engines) if args.engines else (QUICK_ENGINES if args.quick else DEFAULT_ENGINES),
-        processes=args.processes,
-        threads=args.threads,
-        seconds=args.seconds or (8.0 if args.quick else 30.0),
-        rounds=args.rounds or (1 if args.quick else 3),
-        requests_per_round=40 if args.quick else 200,
-        window_pairs=args.window_pairs or (32 if args.quick else WINDOW_MAX_PAIRS),
-        pinning={"off": (False,), "on": (True,), "both": (False, True)}[args.pinning],
+        engines=_engine_list(engines_text) if engines_text else (QUICK_ENGINES if quick else DEFAULT_ENGINES),
+        processes=processes,
+        threads=threads,
+        seconds=seconds or (8.0 if quick else 30.0),
+        rounds=rounds or (1 if quick else 3),
+        requests_per_round=40 if quick else 200,
+        window_pairs=window_pairs or (32 if quick else WINDOW_MAX_PAIRS),
+        pinning={"off": (False,), "on": (True,), "both": (False, True)}[pinning],
     )
-    report = run(plan, quick=args.quick)
+    report = run(plan, quick=quick)
     print_report(report)
-    if args.markdown:
+    if show_markdown:
         print(markdown(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    if args.require is not None:
-        missed = shortfalls(report, args.require)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {json_path}")
+    if require is not None:
+        missed = shortfalls(report, require)
         if missed:
             print("below the required scaling: " + "; ".join(missed))
-            return 1
-    return 0
+            sys.exit(1)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from click.testing import CliRunner
 
 from loadgen.bench.replicas import main, markdown, shortfalls, summarise
 
@@ -43,8 +44,9 @@ def test_shortfalls_name_the_unpinned_engines_below_the_target():
 @pytest.mark.timeout(600)
 def test_two_processes_for_a_few_seconds(tmp_path):
     out = tmp_path / "replicas.json"
-    assert main(["--engines", "onnx:fp32", "--rounds", "1", "--seconds", "8", "--window-pairs", "16",
-                 "--json", str(out)]) == 0
+    done = CliRunner().invoke(main, ["--engines", "onnx:fp32", "--rounds", "1", "--seconds", "8", "--window-pairs",
+                                     "16", "--json", str(out)])
+    assert done.exit_code == 0, done.output
     report = json.loads(out.read_text())
     [row] = report["results"]
     assert row["engine"] == "onnx-fp32" and row["processes"] == 2 and row["threads_per_process"] == 1
