@@ -10,4 +10,7 @@
 * :mod:`loadgen.bench.plan` (``python -m loadgen.plan``) and :mod:`loadgen.bench.queueing`: the
   capacity plan for a given load, from the scale-out report and a simulation of windows on
   replicas; ``--validate`` puts its predictions beside the measured runs.
+
+Each writes its report through :mod:`loadgen.bench.report` (the command line, the JSON and Markdown
+files, Markdown tables) and describes the machine with :mod:`loadgen.bench.machine`.
 """

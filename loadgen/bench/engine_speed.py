@@ -29,12 +29,9 @@ that separately from the throughput.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -43,9 +40,11 @@ from rich.console import Console
 from rich.table import Table
 
 from engines import EngineConfig, RerankJob, build_reranker
-from engines.config import PREFILTER_METHODS, cpu_flags, cpu_model, default_threads, resolve_precision
+from engines.config import PREFILTER_METHODS, resolve_precision
 from engines.corpus import load_passages, queries
 from engines.testmodel import ensure_test_model
+from loadgen.bench.machine import machine
+from loadgen.bench.report import command, table, write_json
 
 # Read by huggingface_hub and tokenizers when they are first imported (by the engines, lazily).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,29 +63,6 @@ FULL_ENGINES = [
     ("bi-encoder", "int8"),
 ]
 QUICK_ENGINES = [DEFAULT_ENGINE, ("bi-encoder", "auto")]
-
-
-def machine() -> dict:
-    flags = cpu_flags() or frozenset()
-    return {
-        "cpu_model": cpu_model(),
-        "cpus": default_threads(),
-        "avx512_vnni": "avx512_vnni" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx": "amx_tile" in flags,
-        "gpu": _gpu_name(),
-        "python": platform.python_version(),
-        "load_average_at_start": list(os.getloadavg()),
-    }
-
-
-def _gpu_name() -> str | None:
-    try:
-        import torch
-
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except Exception:  # noqa: BLE001 - informational only
-        return None
 
 
 def make_requests(n: int, seed: int, passages: list[str]) -> list[tuple[str, list[str]]]:
@@ -263,20 +239,21 @@ def bench_hybrid(reranker, passages: list[str], seed: int, repeats: int, methods
     return out
 
 
+def _hybrid_rows(hybrid: dict) -> list[tuple[str, ...]]:
+    """Per first stage: cold, full ÷ cold, warm, full ÷ warm, prefilter share, and the cold run's parts."""
+    return [(method, f"{row['cold_s']:.3f} s", f"{row['speedup']:.2f}x", f"{row['warm_s']:.3f} s",
+             f"{row['speedup_warm']:.2f}x", f"{100 * row['prefilter_share']:.1f}%",
+             f"{1000 * row['cold']['prefilter_s']:.0f} ms", f"{1000 * row['cold']['prefilter_tokenize_s']:.0f} ms",
+             f"{1000 * row['cold']['cross_encoder_s']:.0f} ms")
+            for method, row in hybrid["methods"].items()]
+
+
 def _hybrid_lines(report: dict) -> list[str]:
     h = report["hybrid_1000"]
-    lines = [f"Hybrid, one request of {h['documents']} documents, {report['hybrid_engine']}, keep {h['kept']}: "
-             f"full {h['full_s']:.2f} s (tokenizing {1000 * h['full_tokenize_s']:.0f} ms)."]
-    lines += ["",
-              "| first stage | cold | full ÷ cold | warm | full ÷ warm | prefilter share (cold) | first stage | its tokenizing | cross-encoder (100 pairs) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for method, row in h["methods"].items():
-        cold = row["cold"]
-        lines.append(
-            f"| {method} | {row['cold_s']:.3f} s | {row['speedup']:.2f}x | {row['warm_s']:.3f} s | {row['speedup_warm']:.2f}x "
-            f"| {100 * row['prefilter_share']:.1f}% | {1000 * cold['prefilter_s']:.0f} ms | {1000 * cold['prefilter_tokenize_s']:.0f} ms "
-            f"| {1000 * cold['cross_encoder_s']:.0f} ms |")
-    return lines
+    return [f"Hybrid, one request of {h['documents']} documents, {report['hybrid_engine']}, keep {h['kept']}: "
+            f"full {h['full_s']:.2f} s (tokenizing {1000 * h['full_tokenize_s']:.0f} ms).", "",
+            *table(["first stage", "cold", "full ÷ cold", "warm", "full ÷ warm", "prefilter share (cold)",
+                    "first stage", "its tokenizing", "cross-encoder (100 pairs)"], _hybrid_rows(h), align="lrrrrrrrr")]
 
 
 def print_report(report: dict) -> None:
@@ -287,11 +264,11 @@ def print_report(report: dict) -> None:
         f"model: {report['model']['label']}"
     )
     naive_r, naive_b = report["naive_per_request_pairs_per_s"], report["naive_batched_pairs_per_s"]
-    table = Table("engine", "pairs/s (best round)", "rounds", "vs naive per request", "vs naive batched", "window p50", "tokenize", "padding", "build")
-    table.add_row("naive CrossEncoder.predict per request", f"{naive_r:.1f}", "", "1.00x", f"{naive_r / naive_b:.2f}x", "", "", "", "")
-    table.add_row("naive CrossEncoder.predict batched (32)", f"{naive_b:.1f}", "", f"{naive_b / naive_r:.2f}x", "1.00x", "", "", "", "")
+    engines = Table("engine", "pairs/s (best round)", "rounds", "vs naive per request", "vs naive batched", "window p50", "tokenize", "padding", "build")
+    engines.add_row("naive CrossEncoder.predict per request", f"{naive_r:.1f}", "", "1.00x", f"{naive_r / naive_b:.2f}x", "", "", "", "")
+    engines.add_row("naive CrossEncoder.predict batched (32)", f"{naive_b:.1f}", "", f"{naive_b / naive_r:.2f}x", "1.00x", "", "", "", "")
     for name, row in report["engine_details"].items():
-        table.add_row(
+        engines.add_row(
             name,
             f"{row['pairs_per_s']:.1f}",
             " ".join(f"{x:.0f}" for x in row["rounds_pairs_per_s"]),
@@ -302,18 +279,14 @@ def print_report(report: dict) -> None:
             f"{100 * row['padding_overhead']:.1f}%",
             f"{row['build_s']:.1f} s",
         )
-    console.print(table)
+    console.print(engines)
     h = report["hybrid_1000"]
     hybrid = Table("first stage", "cold", "full ÷ cold", "warm", "full ÷ warm", "prefilter share", "first stage",
                    "its tokenizing", "cross-encoder",
                    title=f"hybrid: 1 request x {h['documents']} documents, {report['hybrid_engine']}, keep {h['kept']}; "
                          f"full {h['full_s']:.2f} s")
-    for method, row in h["methods"].items():
-        cold = row["cold"]
-        hybrid.add_row(method, f"{row['cold_s']:.3f} s", f"{row['speedup']:.2f}x", f"{row['warm_s']:.3f} s",
-                       f"{row['speedup_warm']:.2f}x", f"{100 * row['prefilter_share']:.1f}%",
-                       f"{1000 * cold['prefilter_s']:.0f} ms", f"{1000 * cold['prefilter_tokenize_s']:.0f} ms",
-                       f"{1000 * cold['cross_encoder_s']:.0f} ms")
+    for row in _hybrid_rows(h):
+        hybrid.add_row(*row)
     console.print(hybrid)
     r = report["ratios"]
     console.print(
@@ -325,19 +298,17 @@ def print_report(report: dict) -> None:
 def markdown(report: dict) -> str:
     """The figures as a Markdown table, for BENCHMARKS.md."""
     naive_r, naive_b = report["naive_per_request_pairs_per_s"], report["naive_batched_pairs_per_s"]
-    lines = [
-        "| engine | pairs/s | vs naive per request | vs naive batched | window p50 | tokenize | padding |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        f"| naive `CrossEncoder.predict`, each request alone | {naive_r:.1f} | 1.00x | {naive_r / naive_b:.2f}x | | | |",
-        f"| naive `CrossEncoder.predict`, all pairs, batch_size=32 | {naive_b:.1f} | {naive_b / naive_r:.2f}x | 1.00x | | | |",
-    ]
-    for name, row in report["engine_details"].items():
-        lines.append(
-            f"| {name} | {row['pairs_per_s']:.1f} | {row['pairs_per_s'] / naive_r:.2f}x | {row['pairs_per_s'] / naive_b:.2f}x "
-            f"| {row['window_p50_ms']:.0f} ms | {100 * row['tokenize_share']:.1f}% | {100 * row['padding_overhead']:.1f}% |"
-        )
-    lines += ["", *_hybrid_lines(report)]
-    return "\n".join(lines)
+    rows = [("naive `CrossEncoder.predict`, each request alone", f"{naive_r:.1f}", "1.00x", f"{naive_r / naive_b:.2f}x",
+             "", "", ""),
+            ("naive `CrossEncoder.predict`, all pairs, batch_size=32", f"{naive_b:.1f}", f"{naive_b / naive_r:.2f}x",
+             "1.00x", "", "", "")]
+    rows += [(name, f"{row['pairs_per_s']:.1f}", f"{row['pairs_per_s'] / naive_r:.2f}x",
+              f"{row['pairs_per_s'] / naive_b:.2f}x", f"{row['window_p50_ms']:.0f} ms",
+              f"{100 * row['tokenize_share']:.1f}%", f"{100 * row['padding_overhead']:.1f}%")
+             for name, row in report["engine_details"].items()]
+    lines = table(["engine", "pairs/s", "vs naive per request", "vs naive batched", "window p50", "tokenize",
+                   "padding"], rows, align="lrrrrrr")
+    return "\n".join([*lines, "", *_hybrid_lines(report)])
 
 
 def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None, hybrid_methods=PREFILTER_METHODS) -> dict:
@@ -347,7 +318,7 @@ def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None, hybrid
     passages = load_passages()
     rounds, warm = make_rounds(quick, passages)
     report: dict = {
-        "command": "python -m loadgen.bench.engine_speed " + " ".join(sys.argv[1:]),
+        "command": command("loadgen.bench.engine_speed"),
         "quick": quick,
         "machine": machine(),
         "model": {
@@ -423,9 +394,7 @@ def main(json_path: Path | None, quick: bool, engines_text: str | None, show_mar
     print_report(report)
     if show_markdown:
         print(markdown(report))
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    if write_json(json_path, report):
         print(f"wrote {json_path}")
 
 

@@ -17,13 +17,12 @@ sentence-transformers and onnxruntime are enough) it:
 """
 from __future__ import annotations
 
-import json
-import platform
 import time
-from pathlib import Path
 
 import click
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from engines import EngineConfig, RerankJob, build_reranker
 from engines.config import default_cache_dir
@@ -33,6 +32,8 @@ from engines.models import ModelFolder
 from engines.onnx_engine import OnnxBackend
 from engines.testmodel import ensure_test_model
 from engines.torch_engine import CROSS, TorchBackend
+from loadgen.bench.machine import machine
+from loadgen.bench.report import write_json
 
 SEQ_LENS = (64, 128, 256)
 BATCH_SIZES = (64, 256, 1024)
@@ -84,7 +85,7 @@ def run(cpu_smoke: bool, json_path: str | None, seconds: float) -> dict:
     import onnxruntime as ort
 
     report: dict = {
-        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or 'unknown'})",
+        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({machine()['cpu_model']})",
         "cpu_smoke": cpu_smoke, "torch": torch.__version__, "onnxruntime": ort.__version__,
         "ort_providers": ort.get_available_providers(), "model": str(model_path),
         "model_note": "MiniLM-L6 cross-encoder, untrained head: same cost as ms-marco-MiniLM-L-6-v2",
@@ -159,9 +160,7 @@ def run(cpu_smoke: bool, json_path: str | None, seconds: float) -> dict:
     best = max((v for per in report["pairs_per_s"].values() for v in per.values()), default=0.0)
     report["best_pairs_per_s"] = best
     report["meets_target"] = best >= TARGET_PAIRS_PER_S
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=2))
+    write_json(json_path, report)
     return report
 
 
@@ -171,9 +170,6 @@ def run(cpu_smoke: bool, json_path: str | None, seconds: float) -> dict:
 @click.option("--seconds", default=2.0, show_default=True, help="Timing per shape.")
 def main(cpu_smoke: bool, json_path: str, seconds: float) -> None:
     report = run(cpu_smoke, json_path, seconds)
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     table = Table(title=f"{report['device']}: pairs/s (target {TARGET_PAIRS_PER_S:,})")
     table.add_column("runtime")

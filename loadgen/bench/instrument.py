@@ -14,7 +14,6 @@ writes all of it, per answer included.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import tempfile
 import uuid
@@ -25,6 +24,7 @@ from rich.console import Console
 
 from engines.testmodel import ensure_test_model
 from loadgen.__main__ import print_check, print_result
+from loadgen.bench.report import write_json
 from loadgen.client import RerankClient
 from loadgen.cluster.local_kafka import kafka_cluster
 from loadgen.cluster.workers import WorkerProcess
@@ -71,10 +71,8 @@ def main(rate, docs, seconds, bootstrap, engine, precision, model, json_path) ->
             check = compare_with_plain(result, client.snapshot(), arrivals)
     print_result(result, console, title=f"loadgen: {rate}/s of {docs} documents for {seconds:.0f} s")
     print_check(check, console)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps({**result.summary(), "docs": docs, "plain_consumer_check": check,
-                                               "per_answer": result.per_answer}, indent=2))
+    write_json(json_path, {**result.summary(), "docs": docs, "plain_consumer_check": check,
+                           "per_answer": result.per_answer})
     sys.exit(1 if result.lost else 0)
 
 

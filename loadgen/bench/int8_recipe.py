@@ -11,7 +11,6 @@ side. A measurement of the recipe, not a way to serve the all-int8 model.
 """
 from __future__ import annotations
 
-import json
 import random
 import tempfile
 import time
@@ -23,6 +22,7 @@ import engines.openvino_engine as openvino_engine
 from engines import EngineConfig, RerankJob, build_reranker
 from engines.corpus import load_passages, queries
 from engines.standins import ensure_standin
+from loadgen.bench.report import write_json
 
 SHIPPED = "shipped (family MatMuls fp32)"
 ALL_INT8 = "family MatMuls int8 too"
@@ -55,9 +55,7 @@ def main(standins, size, rounds, requests, json_path):
     with tempfile.TemporaryDirectory(prefix="int8-recipe-") as scratch:
         for name in standins:
             report[name] = _measure(name, size, rounds, jobs, scratch)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=1))
+    write_json(json_path, report)
 
 
 def _measure(name: str, size: str, rounds: int, jobs: list, scratch: str) -> dict:

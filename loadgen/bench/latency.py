@@ -24,7 +24,6 @@ variable of this shell (plus ``--worker-env KEY=VALUE``).
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import sys
 import time
@@ -37,7 +36,8 @@ from rich.console import Console
 from rich.table import Table
 
 from engines.testmodel import ensure_test_model
-from loadgen.bench.loadtest import machine
+from loadgen.bench.machine import machine, summary
+from loadgen.bench.report import write_json
 from loadgen.client import RerankClient
 from loadgen.cluster.local_kafka import kafka_cluster
 from loadgen.cluster.workers import WorkerProcess
@@ -142,7 +142,7 @@ def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone:
               "RERANK_DEAD_LETTER_TOPIC": f"lat-dlq-{tag}", "RERANK_GROUP_ID": f"lat-{tag}"}
     worker = WorkerProcess({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **topics, **worker_env}, log_path,
                            "latency-worker").start()
-    report: dict = {"machine": machine(), "worker_env": worker_env, "arrivals": arrivals}
+    report: dict = {"machine": summary(machine()), "worker_env": worker_env, "arrivals": arrivals}
     try:
         console.print(f"latency: starting a worker on {bootstrap} (log {log_path})")
         worker.wait_ready()
@@ -272,9 +272,7 @@ def main(bootstrap, lone, lone_pause, small_docs, small_rate, background_docs, b
                          capacity_s=capacity_s, capacity_concurrency=capacity_concurrency, duration_s=duration,
                          arrivals=arrivals, timeout_s=timeout, console=console)
     print_report(report, Console())
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=2))
+    write_json(json_path, report)
     lost = sum(report.get(k, {}).get("lost", 0) for k in ("lone", "small_alone", "small_with_background", "background"))
     sys.exit(1 if lost or report.get("worker_exit") != 0 else 0)
 

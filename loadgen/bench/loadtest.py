@@ -13,9 +13,7 @@ names another: speed is the same as ms-marco-MiniLM-L-6-v2, the scores mean noth
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import tempfile
 import time
 import uuid
@@ -27,6 +25,8 @@ from rich.console import Console
 
 from engines import RerankJob, build_reranker
 from engines.testmodel import ensure_test_model
+from loadgen.bench.machine import machine, summary
+from loadgen.bench.report import table, write_json, write_text
 from loadgen.client import RerankClient
 from loadgen.cluster.local_kafka import kafka_cluster
 from loadgen.cluster.workers import WorkerProcess
@@ -52,18 +52,6 @@ STRATEGIES = [
 ]
 BUCKETS = ["4-15", "50-100", "100-200", "300-1000"]
 WINDOW_ENV = {"RERANK_WINDOW_MAX_PAIRS": "512", "RERANK_WINDOW_MS": "20"}
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {len(os.sched_getaffinity(0))} cores"
 
 
 def measure_bucket(client: RerankClient, bucket: str, bound_s: float, run_s: float, console: Console) -> dict:
@@ -123,21 +111,19 @@ def offline_docs_per_s(env: dict[str, str], model: str, bucket: str, seconds: fl
 
 
 def markdown(report: dict) -> str:
+    rows = [(row["bucket"], row["strategy"],
+             f"{row['sustained_docs_per_s']:.0f}" if row["sustained_docs_per_s"] else "not within bound",
+             f"{row['sustained_p99']:.2f}" if row["sustained_p99"] else "-",
+             f"{row['sustained_rate']:.2f}" if row["sustained_rate"] else "-",
+             f"{row['saturated_docs_per_s']:.0f}", row["lost"]) for row in report["rows"]]
+    o = report["streaming_overhead"]
     lines = [f"Machine: {report['machine']}. Model: {report['model_note']}. p99 bound: {report['p99_bound_s']} s. "
              f"Command: `{report['command']}`.", "",
-             "| documents/request | strategy | sustained docs/s (p99 ≤ bound) | p99 there (s) | req/s there | "
-             "saturated docs/s | lost |",
-             "|---|---|---|---|---|---|---|"]
-    for row in report["rows"]:
-        sustained = f"{row['sustained_docs_per_s']:.0f}" if row["sustained_docs_per_s"] else "not within bound"
-        p99 = f"{row['sustained_p99']:.2f}" if row["sustained_p99"] else "-"
-        rate = f"{row['sustained_rate']:.2f}" if row["sustained_rate"] else "-"
-        lines.append(f"| {row['bucket']} | {row['strategy']} | {sustained} | {p99} | {rate} | "
-                     f"{row['saturated_docs_per_s']:.0f} | {row['lost']} |")
-    o = report["streaming_overhead"]
-    lines += ["", f"Streaming overhead ({o['strategy']}, {o['bucket']} documents): through Kafka "
-              f"{o['kafka_docs_per_s']:.0f} docs/s ÷ offline {o['offline_docs_per_s']:.0f} docs/s = "
-              f"**{o['ratio']:.2f}** (target ≥ 0.9)."]
+             *table(["documents/request", "strategy", "sustained docs/s (p99 ≤ bound)", "p99 there (s)", "req/s there",
+                     "saturated docs/s", "lost"], rows),
+             "", f"Streaming overhead ({o['strategy']}, {o['bucket']} documents): through Kafka "
+                 f"{o['kafka_docs_per_s']:.0f} docs/s ÷ offline {o['offline_docs_per_s']:.0f} docs/s = "
+                 f"**{o['ratio']:.2f}** (target ≥ 0.9)."]
     return "\n".join(lines) + "\n"
 
 
@@ -155,7 +141,7 @@ def main(json_path, md_path, p99_bound, run_seconds, strategies, buckets) -> Non
         "local MiniLM-L6 test cross-encoder (untrained head: same cost as ms-marco-MiniLM-L-6-v2, scores meaningless)"
     chosen = [s for s in STRATEGIES if strategies == "all" or any(k.strip().lower() in s.name.lower()
                                                                    for k in strategies.split(","))]
-    report = {"machine": machine(), "model": model, "model_note": model_note, "p99_bound_s": p99_bound,
+    report = {"machine": summary(machine()), "model": model, "model_note": model_note, "p99_bound_s": p99_bound,
               "command": "make loadtest", "rows": []}
     started = time.monotonic()
     logs = Path(tempfile.mkdtemp(prefix="rerank-loadtest-"))
@@ -189,9 +175,8 @@ def main(json_path, md_path, p99_bound, run_seconds, strategies, buckets) -> Non
     report["streaming_overhead"] = overhead or {"strategy": "-", "bucket": "-", "kafka_docs_per_s": 0,
                                                 "offline_docs_per_s": 1, "ratio": 0}
     report["wall_s"] = time.monotonic() - started
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps(report, indent=2))
-    Path(md_path).write_text(markdown(report))
+    write_json(json_path, report)
+    write_text(md_path, markdown(report))
     console.print(markdown(report))
     console.print(f"wrote {json_path} and {md_path} in {report['wall_s']:.0f} s")
 

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -42,8 +41,10 @@ from engines.config import default_cache_dir
 from engines.corpus import load_passages
 from engines.models import model_fingerprint
 from engines.testmodel import ensure_test_model
-from loadgen.bench.engine_speed import (DEFAULT_ENGINE, EngineContender, NaiveContender, engine_name, machine,
-                                        make_rounds, measure_rounds)
+from loadgen.bench.engine_speed import (DEFAULT_ENGINE, EngineContender, NaiveContender, engine_name, make_rounds,
+                                        measure_rounds)
+from loadgen.bench.machine import machine
+from loadgen.bench.report import command, table, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 PEER_SCRIPT = Path(__file__).with_name("peer_st_openvino.py")
@@ -145,7 +146,7 @@ def run(peer_python: Path, quick: bool) -> dict:
     fastest = max(ours, key=lambda name: best[name]["pairs_per_s"])
     ours_pps = best[fastest]["pairs_per_s"]
     return {
-        "command": "python -m loadgen.bench.peer " + " ".join(sys.argv[1:]),
+        "command": command("loadgen.bench.peer"),
         "machine": {**machine_at_start, "load_average_at_end": list(os.getloadavg())},
         "model": "test-cross-encoder-minilm-l6: MiniLM-L6-H384 with an UNTRAINED head (same cost as "
                  "cross-encoder/ms-marco-MiniLM-L-6-v2; scores are not relevance)",
@@ -182,13 +183,12 @@ def markdown(report: dict) -> str:
         role = "the default here" if name == default else ""
         label = f"ours: {name}" + (f" ({role})" if role else "")
         rows.append((f"**{label}**" if name == fastest else label, name, name))
-    lines = [f"| contender | pairs/s (rounds) | vs naive batched | {fastest} ÷ it | Pearson / Spearman vs torch fp32 |",
-             "|---|---:|---:|---:|---:|"]
-    for label, key, fid_key in rows:
-        agree = f"{fid[fid_key]['pearson']:.4f} / {fid[fid_key]['spearman']:.4f}" if fid_key else "(reference)"
-        lines.append(f"| {label} | {pps[key]:.1f} ({' / '.join(f'{x:.0f}' for x in rounds[key])}) "
-                     f"| {pps[key] / naive_b:.2f}x | {pps[fastest] / pps[key]:.2f}x | {agree} |")
-    return "\n".join(lines)
+    cells = [(label, f"{pps[key]:.1f} ({' / '.join(f'{x:.0f}' for x in rounds[key])})", f"{pps[key] / naive_b:.2f}x",
+              f"{pps[fastest] / pps[key]:.2f}x",
+              f"{fid[fid_key]['pearson']:.4f} / {fid[fid_key]['spearman']:.4f}" if fid_key else "(reference)")
+             for label, key, fid_key in rows]
+    return "\n".join(table(["contender", "pairs/s (rounds)", "vs naive batched", f"{fastest} ÷ it",
+                             "Pearson / Spearman vs torch fp32"], cells, align="lrrrr"))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
@@ -201,9 +201,7 @@ def main(json_path: Path | None, peer_python: Path, quick: bool) -> None:
         raise click.UsageError(f"{peer_python} does not exist: `make bench-peer` builds the peer's environment "
                                "(.venv-peer, from loadgen/bench/peer_requirements.txt)")
     report = run(peer_python, quick)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_json(json_path, report)
     m = report["machine"]
     click.echo(f"{m['cpu_model']} x{m['cpus']}, load {m['load_average_at_start'][0]:.2f} at start; "
                f"peer {report['peer']['versions']}")

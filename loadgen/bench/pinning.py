@@ -13,7 +13,6 @@ cores). This measures the other side of that choice, in one process with nothing
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +23,9 @@ from rich.console import Console
 from engines import EngineConfig, RerankJob, build_reranker
 from engines.corpus import load_passages, queries
 from engines.testmodel import ensure_test_model
-from loadgen.bench.engine_speed import EngineContender, machine, make_requests, measure_rounds
+from loadgen.bench.engine_speed import EngineContender, make_requests, measure_rounds
+from loadgen.bench.machine import machine
+from loadgen.bench.report import table, write_json
 
 LONE_DOCUMENTS = 10
 
@@ -82,16 +83,17 @@ def lone_windows(engines: list[tuple[str, str]], model: str, threads_list: list[
 
 
 def markdown(report: dict) -> str:
-    lines = ["| engine | pinning / spin-waiting | pairs/s, best round | median round |", "|---|---|---:|---:|"]
-    for row in report["throughput"].values():
-        lines.append(f"| {row['engine']} | {'on' if row['cpu_pinning'] else 'off'} | "
-                     f"{row['best_pairs_per_s']:.1f} | {row['median_pairs_per_s']:.1f} |")
-    lines += ["", f"| engine | threads | pinning / spin-waiting | lone {LONE_DOCUMENTS}-document window p50 | p90 |",
-              "|---|---:|---|---:|---:|"]
-    for row in report["lone_windows"]:
-        lines.append(f"| {row['engine']} | {row['threads']} | {'on' if row['cpu_pinning'] else 'off'} | "
-                     f"{row['p50_ms']:.1f} ms | {row['p90_ms']:.1f} ms |")
-    return "\n".join(lines)
+    def pinned(row: dict) -> str:
+        return "on" if row["cpu_pinning"] else "off"
+
+    throughput = [(row["engine"], pinned(row), f"{row['best_pairs_per_s']:.1f}", f"{row['median_pairs_per_s']:.1f}")
+                  for row in report["throughput"].values()]
+    lone = [(row["engine"], row["threads"], pinned(row), f"{row['p50_ms']:.1f} ms", f"{row['p90_ms']:.1f} ms")
+            for row in report["lone_windows"]]
+    return "\n".join([*table(["engine", "pinning / spin-waiting", "pairs/s, best round", "median round"], throughput,
+                              align="llrr"), "",
+                       *table(["engine", "threads", "pinning / spin-waiting",
+                               f"lone {LONE_DOCUMENTS}-document window p50", "p90"], lone, align="lrlrr")])
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,9 +119,7 @@ def main(engines_text, model, threads, lone_threads, rounds, requests, lone_requ
               "lone_windows": lone_windows(engines, model, [int(t) for t in lone_threads.split(",")], lone_requests)}
     report["elapsed_s"] = time.perf_counter() - started
     console.print(markdown(report), markup=False, highlight=False, soft_wrap=True)  # table rows stay whole
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=1))
+    if write_json(json_path, report):
         console.print(f"wrote {json_path} in {report['elapsed_s']:.0f} s")
 
 

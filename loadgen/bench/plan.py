@@ -44,6 +44,7 @@ import click
 import numpy as np
 
 from loadgen.bench.queueing import ServiceModel, SystemPrediction, WindowPolicy, mean_docs, predict, saturated_rate
+from loadgen.bench.report import table, write_json, write_text
 from loadgen.distributions import DISTRIBUTIONS, Mix, parse_distribution
 
 
@@ -269,15 +270,15 @@ def plan_markdown(result: dict) -> str:
     lines = [f"Target: {t['rate']:g} requests/s of {t['docs']} documents (mean {t['mean_documents']:.0f}, "
              f"{t['docs_per_s']:.0f} docs/s), p99 ≤ {t['p99_bound_s']:g} s, {t['arrivals']} arrivals, "
              f"no replica above {t['max_load']:.0%} of its capacity. Measured on: {result['measured']['machine']}, "
-             f"{result['measured']['engine']}.", "",
-             "| replica | built from | capacity / replica (req/s) | docs/s | replicas | cores | load / capacity | "
-             "p50 (s) | p99 (s) | requests / window |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for o in result["options"]:
-        lines.append(f"| {o['threads']} thread(s) | {o['profile']} | {o['capacity_rps']:.2f} | "
-                     f"{o['capacity_docs_per_s']:.0f} | {o['replicas'] or '-'} | {o['cores'] or '-'} | "
-                     f"{'-' if o['load_over_capacity'] is None else format(o['load_over_capacity'], '.0%')} | "
-                     f"{_s(o['p50_s'])} | {_s(o['p99_s'])} | "
-                     f"{'-' if o['mean_window_requests'] is None else format(o['mean_window_requests'], '.1f')} |")
+             f"{result['measured']['engine']}.", ""]
+    rows = [(f"{o['threads']} thread(s)", o["profile"], f"{o['capacity_rps']:.2f}", f"{o['capacity_docs_per_s']:.0f}",
+             o["replicas"] or "-", o["cores"] or "-",
+             "-" if o["load_over_capacity"] is None else format(o["load_over_capacity"], ".0%"),
+             _s(o["p50_s"]), _s(o["p99_s"]),
+             "-" if o["mean_window_requests"] is None else format(o["mean_window_requests"], ".1f"))
+            for o in result["options"]]
+    lines += table(["replica", "built from", "capacity / replica (req/s)", "docs/s", "replicas", "cores",
+                    "load / capacity", "p50 (s)", "p99 (s)", "requests / window"], rows, align="llrrrrrrrr")
     for o in result["options"]:
         if o["why_not"]:
             lines.append(f"\n{o['threads']} thread(s): {o['why_not']}.")
@@ -351,27 +352,27 @@ def validate(report: dict, seed: int = 0, requests: int = 20_000) -> dict:
 
 
 def validation_markdown(result: dict) -> str:
+    def ratio(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    rows = []
+    for r in result["rows"]:
+        if r["kind"] == "closed":
+            rows.append((r["config"], r["docs"], "capacity (docs/s)", f"{r['measured_docs_per_s']:.0f}",
+                         f"{r['profile_docs_per_s']:.0f}", ratio(r["profile_ratio"]), _n(r["own_docs_per_s"]),
+                         ratio(r["own_ratio"])))
+        else:
+            rows.append((r["config"], r["docs"], f"p50 / p99 (s) at {r['rate']:.2f} req/s ({r['of_own_capacity']:.0%})",
+                         f"{_s(r['measured_p50_s'])} / {_s(r['measured_p99_s'])}",
+                         f"{_s(r['profile_p50_s'])} / {_s(r['profile_p99_s'])}", ratio(r["profile_ratio"]),
+                         f"{_s(r['own_p50_s'])} / {_s(r['own_p99_s'])}", ratio(r["own_ratio"])))
     lines = [f"Planner against the measured runs ({result['machine']}, {result['engine']}). *profile*: the model "
              "of a replica from the 1-replica runs of its thread count, as `python -m loadgen.plan` uses it (are "
              "replicas independent, is a service time fitted over all sizes and loads right?); *own*: from the "
              "windows of that very run (is the queueing model right, given the service times the run saw?). "
              "Ratio = predicted / measured.", "",
-             "| replicas × threads | documents | run | measured | predicted (profile) | ratio | "
-             "predicted (own) | ratio |", "|---|---|---|---:|---:|---:|---:|---:|"]
-
-    def ratio(v):
-        return "-" if v is None else f"{v:.2f}"
-
-    for r in result["rows"]:
-        if r["kind"] == "closed":
-            lines.append(f"| {r['config']} | {r['docs']} | capacity (docs/s) | {r['measured_docs_per_s']:.0f} | "
-                         f"{r['profile_docs_per_s']:.0f} | {ratio(r['profile_ratio'])} | {_n(r['own_docs_per_s'])} | "
-                         f"{ratio(r['own_ratio'])} |")
-        else:
-            lines.append(f"| {r['config']} | {r['docs']} | p50 / p99 (s) at {r['rate']:.2f} req/s "
-                         f"({r['of_own_capacity']:.0%}) | {_s(r['measured_p50_s'])} / {_s(r['measured_p99_s'])} | "
-                         f"{_s(r['profile_p50_s'])} / {_s(r['profile_p99_s'])} | {ratio(r['profile_ratio'])} | "
-                         f"{_s(r['own_p50_s'])} / {_s(r['own_p99_s'])} | {ratio(r['own_ratio'])} |")
+             *table(["replicas × threads", "documents", "run", "measured", "predicted (profile)", "ratio",
+                     "predicted (own)", "ratio"], rows, align="lllrrrrr")]
     lines.append("")
     names = {"profile": "from the 1-replica profile", "own": "from each run's own windows"}
     for key, s in result["summary"].items():
@@ -379,12 +380,6 @@ def validation_markdown(result: dict) -> str:
         lines.append(f"- {figure}, {names[name]}: median error {s['median_error']:.0%}, worst {s['worst_error']:.0%} "
                      f"over {s['runs']} runs (median ratio {s['median_ratio']:.2f}).")
     return "\n".join(lines) + "\n"
-
-
-def _write(path: str | None, text: str) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -435,8 +430,8 @@ def main(capacity_path, rate, docs, p99_bound, max_load, growth, min_partitions,
                       thread_list, seed, requests, extra_ms)
         text = plan_markdown(result)
     click.echo(text, nl=False)  # not through rich: it would wrap the tables' rows
-    _write(md_path, text)
-    _write(json_path, json.dumps(result, indent=1, default=str))
+    write_text(md_path, text)
+    write_json(json_path, result, indent=1)
     sys.exit(0 if validate_path or result["recommendation"] else 2)
 
 

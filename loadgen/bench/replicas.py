@@ -28,7 +28,6 @@ contrast. Run it on a quiet machine: figures taken while other work shares the c
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import multiprocessing
 import os
@@ -46,7 +45,9 @@ from engines import RerankJob
 from engines.config import cpu_budget
 from engines.corpus import load_passages
 from engines.testmodel import ensure_test_model
-from loadgen.bench.engine_speed import WINDOW_MAX_PAIRS, EngineContender, machine, make_requests, windows
+from loadgen.bench.engine_speed import WINDOW_MAX_PAIRS, EngineContender, make_requests, windows
+from loadgen.bench.machine import machine
+from loadgen.bench.report import command, table, write_json
 
 DEFAULT_ENGINES = [("openvino", "auto"), ("onnx", "int8"), ("torch", "fp32")]
 QUICK_ENGINES = [("openvino", "auto")]
@@ -229,7 +230,7 @@ def run(plan: Plan, quick: bool = False) -> dict:
     model_path = str(ensure_test_model())
     budget = cpu_budget()
     report: dict = {
-        "command": "python -m loadgen.bench.replicas " + " ".join(sys.argv[1:]),
+        "command": command("loadgen.bench.replicas"),
         "quick": quick,
         "machine": {**machine(), "cpu_budget": budget.describe()},
         "model": {"path": model_path, "label": "test-cross-encoder-minilm-l6 (untrained head; same cost as ms-marco-MiniLM-L-6-v2)"},
@@ -284,18 +285,16 @@ def print_report(report: dict) -> None:
         f"{m['load_average_at_start'][0]:.2f}): {w['processes']} processes x {w['threads_per_process']} thread(s), "
         f"best of {w['rounds']} rounds of {w['seconds_per_run']:g} s"
     )
-    table = Table(*HEADERS)
+    results = Table(*HEADERS)
     for row in _rows(report):
-        table.add_row(*row)
-    console.print(table)
+        results.add_row(*row)
+    console.print(results)
     if report.get("warning"):
         console.print(f"[yellow]{report['warning']}[/]")
 
 
 def markdown(report: dict) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|---|---|---:|---:|---:|---:|---:|"]
-    lines += ["| " + " | ".join(row) + " |" for row in _rows(report)]
-    return "\n".join(lines)
+    return "\n".join(table(HEADERS, _rows(report), align="llrrrrr"))
 
 
 def shortfalls(report: dict, required: float) -> list[str]:
@@ -342,9 +341,7 @@ def main(engines_text: str | None, processes: int, threads: int, seconds: float 
     print_report(report)
     if show_markdown:
         print(markdown(report))
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    if write_json(json_path, report):
         print(f"wrote {json_path}")
     if require is not None:
         missed = shortfalls(report, require)

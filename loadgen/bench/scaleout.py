@@ -29,7 +29,6 @@ local test cross-encoder (MiniLM-L6, untrained head: same cost as ms-marco-MiniL
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -46,7 +45,8 @@ import psutil
 from rich.console import Console
 
 from engines.testmodel import ensure_test_model
-from loadgen.bench.loadtest import machine
+from loadgen.bench.machine import machine, summary
+from loadgen.bench.report import command, table, write_json, write_text
 from loadgen.client import RerankClient, SentRequest
 from loadgen.cluster.local_kafka import REPO, kafka_cluster
 from loadgen.cluster.workers import WorkerProcess
@@ -342,35 +342,31 @@ def markdown(report: dict) -> str:
              f"{report['min_answers']} answers each). Command: `{report['command']}` "
              f"({report['wall_s'] / 60:.0f} min).", "",
              "**Capacity** (closed loop, two full windows in flight per replica; CPU in cores, "
-             f"of {report['cores']}):", "",
-             "| documents | replicas × threads | docs/s | × 1st | req/s | p50 (s) | p99 (s) | in flight | lost | "
-             "workers | broker | loadgen | other |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"of {report['cores']}):", ""]
     first: dict[str, float] = {}
+    closed = []
     for r in (r for r in runs if r["kind"] == "closed"):
         base = first.setdefault(r["docs"], r["docs_per_s"])
         c = r["cpu"]
-        lines.append(f"| {r['docs']} | {r['config']} | {r['docs_per_s']:.0f} | {r['docs_per_s'] / base:.2f} | "
-                     f"{r['requests_per_s']:.2f} | {_fmt(r['p50'])} | {_fmt(r['p99'])} | {r['concurrency']} | "
-                     f"{r['lost']} | {c['workers_cores']:.2f} | {_fmt(c['broker_cores'])} | "
-                     f"{_fmt(c['loadgen_cores'])} | {c['other_cores']:.2f} |")
+        closed.append((r["docs"], r["config"], f"{r['docs_per_s']:.0f}", f"{r['docs_per_s'] / base:.2f}",
+                       f"{r['requests_per_s']:.2f}", _fmt(r["p50"]), _fmt(r["p99"]), r["concurrency"], r["lost"],
+                       f"{c['workers_cores']:.2f}", _fmt(c["broker_cores"]), _fmt(c["loadgen_cores"]),
+                       f"{c['other_cores']:.2f}"))
+    lines += table(["documents", "replicas × threads", "docs/s", "× 1st", "req/s", "p50 (s)", "p99 (s)", "in flight",
+                    "lost", "workers", "broker", "loadgen", "other"], closed, align="llrrrrrrrrrrr")
+    opened = [(r["docs"], r["config"], f"{r['rate']:.2f}", f"{r['of_own_capacity']:.0%}", f"{r['docs_per_s']:.0f}",
+               _fmt(r["p50"]), _fmt(r["p99"]), r["lost"], f"{r['cpu']['workers_cores']:.2f}",
+               _fmt(r["cpu"]["broker_cores"]), _fmt(r["cpu"]["loadgen_cores"]))
+              for r in runs if r["kind"] == "open"]
     lines += ["", "**Latency** (open loop, regular sends at the rate):", "",
-              "| documents | replicas × threads | req/s | of own capacity | docs/s | p50 (s) | p99 (s) | lost | "
-              "workers | broker | loadgen |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in (r for r in runs if r["kind"] == "open"):
-        c = r["cpu"]
-        lines.append(f"| {r['docs']} | {r['config']} | {r['rate']:.2f} | {r['of_own_capacity']:.0%} | "
-                     f"{r['docs_per_s']:.0f} | {_fmt(r['p50'])} | {_fmt(r['p99'])} | {r['lost']} | "
-                     f"{c['workers_cores']:.2f} | {_fmt(c['broker_cores'])} | {_fmt(c['loadgen_cores'])} |")
+              *table(["documents", "replicas × threads", "req/s", "of own capacity", "docs/s", "p50 (s)", "p99 (s)",
+                      "lost", "workers", "broker", "loadgen"], opened, align="llrrrrrrrrr")]
     for comp in report["comparisons"]:
+        pairs = [(row["figure"], *((f"{row['a']:.0f}", f"{row['b']:.0f}") if row["unit"] == "docs/s" else
+                                   (f"{_fmt(x[0])} / {_fmt(x[1])}" for x in (row["a"], row["b"]))))
+                 for row in comp["rows"]]
         lines += ["", f"**{comp['a']} against {comp['b']}** ({comp['docs']} documents; replicas × threads):", "",
-                  f"| | {comp['a']} | {comp['b']} |", "|---|---:|---:|"]
-        for row in comp["rows"]:
-            if row["unit"] == "docs/s":
-                a, b = f"{row['a']:.0f}", f"{row['b']:.0f}"
-            else:
-                a, b = (f"{_fmt(x[0])} / {_fmt(x[1])}" for x in (row["a"], row["b"]))
-            lines.append(f"| {row['figure']} | {a} | {b} |")
+                  *table(["", comp["a"], comp["b"]], pairs, align="lrr")]
     cpu = report["cpu_summary"]
     if cpu:
         lines += ["", f"At saturation the broker used {cpu['broker']} cores, the load generator {cpu['loadgen']} "
@@ -495,7 +491,7 @@ def main(replicas, threads, docs, partitions, run_seconds, min_answers, max_run_
         broker = broker_process(bootstrap)
         console.print(f"kafka: {bootstrap} ({source}); broker process: "
                       f"{broker.pid if broker else 'not on this machine: its CPU is not measured'}; "
-                      f"machine: {machine()}; worker logs: {logs}")
+                      f"machine: {summary(machine())}; worker logs: {logs}")
         for config in configs:
             config_runs, info = measure_config(bootstrap, config, buckets, base_env, settings, args, reference, logs,
                                                broker, console)
@@ -504,7 +500,7 @@ def main(replicas, threads, docs, partitions, run_seconds, min_answers, max_run_
     mark_shared_reference(runs)
     engines_seen = sorted({i["engine"] for i in infos})
     report = {
-        "kind": "scaleout", "version": 1, "machine": machine(), "cores": psutil.cpu_count() or 1,
+        "kind": "scaleout", "version": 1, "machine": summary(machine()), "cores": psutil.cpu_count() or 1,
         "engine": ", ".join(engines_seen), "engine_requested": engine or "worker default", "model": model,
         "model_note": model_note, "partitions": partitions, "run_seconds": run_seconds,
         "max_run_seconds": max(run_seconds, max_run_seconds), "min_answers": min_answers, "fractions": fraction_list,
@@ -512,14 +508,12 @@ def main(replicas, threads, docs, partitions, run_seconds, min_answers, max_run_
                      "window_gather_ms": settings.window_gather_ms,
                      "prefilter_threshold": settings.prefilter_threshold if settings.engine != "bi-encoder" else None,
                      "prefilter_keep": settings.prefilter_keep, "max_inflight_pairs": settings.max_inflight_pairs},
-        "command": "python -m loadgen.bench.scaleout " + " ".join(sys.argv[1:]),
+        "command": command("loadgen.bench.scaleout"),
         "configs": infos, "runs": runs, "comparisons": comparisons(runs), "cpu_summary": cpu_summary(runs),
         "wall_s": time.monotonic() - started,
     }
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps(report, indent=1))
-    Path(md_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(md_path).write_text(markdown(report))
+    write_json(json_path, report, indent=1)  # thousands of samples: one space of indent
+    write_text(md_path, markdown(report))
     print(markdown(report))  # not through rich: it would wrap the tables' rows
     console.print(f"wrote {json_path} and {md_path} in {report['wall_s'] / 60:.1f} min")
     sys.exit(1 if any(r["lost"] for r in runs) else 0)

@@ -14,7 +14,6 @@ RSS samples after it.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engines.testmodel import ensure_test_model
+from loadgen.bench.report import write_json
 from loadgen.client import RerankClient
 from loadgen.cluster.local_kafka import kafka_cluster
 from loadgen.cluster.workers import WorkerProcess
@@ -230,9 +230,7 @@ def main(minutes, interval_s, bootstrap, concurrency, rate, docs, engine, precis
         report = soak(bootstrap, minutes, interval_s, concurrency, rate, docs, env, Path(log_path),
                       show_progress=not quiet, console=console)
     print_report(report, Console())
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report.to_json(), indent=2))
+    write_json(json_path, report.to_json())
     if plot_path:
         Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
         plot_report(report, plot_path)
