@@ -124,7 +124,7 @@ def print_table(model: str, kind: RerankerKind, rows: list[Row], n_pairs: int) -
 @click.option("--max-length", type=int, help="truncation length (default: the model's)")
 @click.option("--pairs", type=int, default=96, help="corpus pairs besides the edge cases (default 96)")
 @click.option("--rounds", type=int, default=1, help="timed rounds per engine; pairs/s is the best (default 1)")
-@click.option("--cache-dir", help="export cache (default $RERANK_CACHE_DIR or ~/.cache/kafka-rerank)")
+@click.option("--cache-dir", help="export cache (default ~/.cache/kafka-rerank)")
 @click.option("--json", "json_path", help="also write the rows to this file")
 def main(model: str, engine_specs: tuple[str, ...], max_length: int | None, pairs: int, rounds: int,
          cache_dir: str | None, json_path: str | None) -> None:

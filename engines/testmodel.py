@@ -13,7 +13,7 @@ Usage::
     python -m engines.testmodel [OUT_DIR]      # idempotent; prints the folder
 
     from engines.testmodel import ensure_test_model
-    path = ensure_test_model()                 # $RERANK_CACHE_DIR/models/test-cross-encoder-minilm-l6
+    path = ensure_test_model()                 # ~/.cache/kafka-rerank/models/test-cross-encoder-minilm-l6
 
 The folder loads like any hub model: ``CrossEncoder(path)``, ``AutoModelForSequenceClassification``,
 and every engine in this package.
@@ -70,7 +70,7 @@ Use `cross-encoder/ms-marco-MiniLM-L-6-v2` (or another trained cross-encoder) fo
 
 
 def default_test_model_path() -> Path:
-    """``$RERANK_CACHE_DIR/models/test-cross-encoder-minilm-l6`` (default cache ``~/.cache/kafka-rerank``)."""
+    """``~/.cache/kafka-rerank/models/test-cross-encoder-minilm-l6``."""
     return default_cache_dir() / "models" / TEST_MODEL_DIRNAME
 
 
@@ -165,7 +165,7 @@ def ensure_test_model(path: str | os.PathLike | None = None) -> Path:
     """Return the folder of the test cross-encoder, building it first if it is missing or stale.
 
     Args:
-        path: Target folder. ``None`` means ``$RERANK_CACHE_DIR/models/test-cross-encoder-minilm-l6``.
+        path: Target folder. ``None`` means ``~/.cache/kafka-rerank/models/test-cross-encoder-minilm-l6``.
 
     Returns:
         The absolute folder path, loadable with ``CrossEncoder(str(path))`` and by every engine.
@@ -184,7 +184,7 @@ def ensure_test_model(path: str | os.PathLike | None = None) -> Path:
 def main(out_dir: str | None) -> None:
     """``python -m engines.testmodel [OUT_DIR]``: build (or reuse) the test model, print its folder.
 
-    OUT_DIR: target folder (default: under $RERANK_CACHE_DIR/models).
+    OUT_DIR: target folder (default: under ~/.cache/kafka-rerank/models).
     """
     click.echo(ensure_test_model(out_dir))
 

@@ -334,7 +334,7 @@ def dataset_key(root: Path | None = None) -> str:
 
 
 def default_dataset_path() -> Path:
-    """``$RERANK_CACHE_DIR/eval/stdlib-docstrings-v<recipe>-<key>`` (default cache ``~/.cache/kafka-rerank``)."""
+    """``~/.cache/kafka-rerank/eval/stdlib-docstrings-v<recipe>-<key>``."""
     return default_cache_dir() / "eval" / f"stdlib-docstrings-v{RECIPE_VERSION}-{dataset_key()}"
 
 

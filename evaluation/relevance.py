@@ -53,10 +53,11 @@ import click
 import numpy as np
 
 from engines import EngineConfig, RerankJob, build_reranker
-from engines.config import PREFILTER_METHODS, cpu_model, default_cache_dir, default_threads
+from engines.config import cpu_model, default_cache_dir, default_threads
 from engines.models import model_fingerprint, packaged_minilm_path
 from evaluation.dataset import BeirData, ensure_dataset, read_beir
 from evaluation.training import ensure_trained_model
+from vocabulary import PREFILTER_METHODS
 
 log = logging.getLogger("evaluation.relevance")
 

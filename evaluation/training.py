@@ -35,7 +35,7 @@ Usage::
     python -m evaluation.training [OUT_DIR]    # make model-trained; idempotent; prints the folder
 
     from evaluation.training import ensure_trained_model
-    path = ensure_trained_model()   # $RERANK_CACHE_DIR/models/trained-cross-encoder-minilm-l6
+    path = ensure_trained_model()   # ~/.cache/kafka-rerank/models/trained-cross-encoder-minilm-l6
 
 The folder loads with ``CrossEncoder(path)`` and every engine; ``config.json`` carries a
 ``kafka_rerank_trained_model`` marker and a README.md model card says what it is.
@@ -166,7 +166,7 @@ def _model_card(recipe: TrainingRecipe, marker: dict, queries: int) -> str:
 
 
 def default_trained_model_path() -> Path:
-    """``$RERANK_CACHE_DIR/models/trained-cross-encoder-minilm-l6`` (default cache ``~/.cache/kafka-rerank``)."""
+    """``~/.cache/kafka-rerank/models/trained-cross-encoder-minilm-l6``."""
     return default_cache_dir() / "models" / TRAINED_MODEL_DIRNAME
 
 
@@ -421,7 +421,7 @@ def ensure_trained_model(path: str | os.PathLike | None = None, *, threads: int 
     """Return the folder of the demo cross-encoder, training it first if it is missing or stale.
 
     Args:
-        path: Target folder. ``None`` means ``$RERANK_CACHE_DIR/models/trained-cross-encoder-minilm-l6``.
+        path: Target folder. ``None`` means ``~/.cache/kafka-rerank/models/trained-cross-encoder-minilm-l6``.
         threads: PyTorch threads for training; ``None`` = every core this process may use.
 
     Returns:
@@ -443,7 +443,7 @@ def ensure_trained_model(path: str | os.PathLike | None = None, *, threads: int 
 def main(out_dir: str | None) -> None:
     """``python -m evaluation.training [OUT_DIR]``: train (or reuse) the demo cross-encoder, print its folder.
 
-    OUT_DIR: target folder (default: under $RERANK_CACHE_DIR/models).
+    OUT_DIR: target folder (default: under ~/.cache/kafka-rerank/models).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     click.echo(ensure_trained_model(out_dir))

@@ -16,12 +16,12 @@ in the descriptions. The response schemas describe messages as ``encode`` writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import click
 from pydantic import BaseModel
 
 from schemas.request import RerankRequest
@@ -73,24 +73,18 @@ def stale_files(out_dir: Path = DEFAULT_OUT_DIR) -> list[Path]:
     return stale
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m schemas.export", description="Write the message JSON Schemas."
-    )
-    parser.add_argument("out_dir", nargs="?", type=Path, default=DEFAULT_OUT_DIR)
-    parser.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 if the files are stale"
-    )
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_files(args.out_dir)
+@click.command(name="python -m schemas.export", help="Write the message JSON Schemas.")
+@click.argument("out_dir", required=False, type=click.Path(path_type=Path), default=DEFAULT_OUT_DIR)
+@click.option("--check", is_flag=True, help="write nothing; exit 1 if the files are stale")
+def main(out_dir: Path, check: bool) -> None:
+    if check:
+        stale = stale_files(out_dir)
         for path in stale:
-            print(f"stale: {path} (run python -m schemas.export)", file=sys.stderr)
-        return 1 if stale else 0
-    for path in write_json_schemas(args.out_dir):
-        print(path)
-    return 0
+            click.echo(f"stale: {path} (run python -m schemas.export)", err=True)
+        sys.exit(1 if stale else 0)
+    for path in write_json_schemas(out_dir):
+        click.echo(path)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -136,7 +136,8 @@ class RerankResponse(BaseModel):
     Each index appears at most once.
     """
 
-    # Build `results` with rank_results(); the validator below refuses any other order.
+    # Build `results` in that order (the worker takes the engine's `RerankOutcome.order`;
+    # rank_results() sorts any list); the validator below refuses any other order.
 
     model_config = _RESPONSE_CONFIG
 

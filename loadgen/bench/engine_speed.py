@@ -40,11 +40,12 @@ from rich.console import Console
 from rich.table import Table
 
 from engines import EngineConfig, RerankJob, build_reranker
-from engines.config import PREFILTER_METHODS, resolve_precision
+from engines.config import resolve_precision
 from engines.corpus import load_passages, queries
 from engines.testmodel import ensure_test_model
 from loadgen.bench.machine import machine
 from loadgen.bench.report import command, table, write_json
+from vocabulary import PREFILTER_METHODS
 
 # Read by huggingface_hub and tokenizers when they are first imported (by the engines, lazily).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

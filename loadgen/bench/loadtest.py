@@ -95,7 +95,7 @@ def offline_docs_per_s(env: dict[str, str], model: str, bucket: str, seconds: fl
     settings = WorkerSettings(model=model, engine=env["RERANK_ENGINE"], precision=env["RERANK_PRECISION"],
                               prefilter_threshold=int(env["RERANK_PREFILTER_THRESHOLD"]),
                               prefilter_keep=int(env.get("RERANK_PREFILTER_KEEP", "100")))
-    reranker = build_reranker(settings.engine_config())
+    reranker = build_reranker(settings.engine_config)
     reranker.warmup()
     factory = RequestFactory(parse_distribution(bucket), seed=7)
     docs, started = 0, time.monotonic()

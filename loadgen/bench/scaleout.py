@@ -201,7 +201,8 @@ def concurrency_for(bucket: str, replicas: int, settings: WorkerSettings) -> int
     only lengthen the queue."""
     mix = parse_distribution(bucket)
     total = sum(w for w, _, _ in mix)
-    pairs = sum(w * min((lo + hi) / 2, settings.prefilter_keep if (lo + hi) / 2 > settings.prefilter_threshold
+    engine = settings.engine_config
+    pairs = sum(w * min((lo + hi) / 2, engine.prefilter_keep if (lo + hi) / 2 > engine.prefilter_threshold
                         else math.inf) for w, lo, hi in mix) / total
     return replicas * max(4, math.ceil(2 * settings.window_max_pairs / max(pairs, 1)))
 
@@ -506,8 +507,10 @@ def main(replicas, threads, docs, partitions, run_seconds, min_answers, max_run_
         "max_run_seconds": max(run_seconds, max_run_seconds), "min_answers": min_answers, "fractions": fraction_list,
         "settings": {"window_max_pairs": settings.window_max_pairs, "window_ms": settings.window_ms,
                      "window_gather_ms": settings.window_gather_ms,
-                     "prefilter_threshold": settings.prefilter_threshold if settings.engine != "bi-encoder" else None,
-                     "prefilter_keep": settings.prefilter_keep, "max_inflight_pairs": settings.max_inflight_pairs},
+                     "prefilter_threshold": (settings.engine_config.prefilter_threshold
+                                             if settings.engine_config.engine != "bi-encoder" else None),
+                     "prefilter_keep": settings.engine_config.prefilter_keep,
+                     "max_inflight_pairs": settings.max_inflight_pairs},
         "command": command("loadgen.bench.scaleout"),
         "configs": infos, "runs": runs, "comparisons": comparisons(runs), "cpu_summary": cpu_summary(runs),
         "wall_s": time.monotonic() - started,

@@ -228,7 +228,7 @@ def test_probes_use_the_worker_endpoints():
     assert (worker["readinessProbe"]["httpGet"]["path"], worker["livenessProbe"]["httpGet"]["path"]) == ("/ready", "/healthz")
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert worker[probe]["httpGet"]["port"] == "http"
-    source = (ROOT / "streams" / "worker.py").read_text()
+    source = (ROOT / "streams" / "app.py").read_text()
     for path in ("/ready", "/healthz", "/metrics"):
         assert f'@app.page("{path}")' in source, f"the worker no longer serves {path}"
     # The first start may quantize the model: the startup probe allows minutes before liveness.

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from engines import EngineConfig, build_reranker
-from engines.config import PREFILTER_METHODS
+from vocabulary import PREFILTER_METHODS
 from engines.corpus import load_passages
 from engines.testmodel import ensure_test_model
 from loadgen.bench.engine_speed import _hybrid_lines, bench_hybrid
