@@ -27,7 +27,7 @@ import json
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -66,6 +66,22 @@ class BatchStats:
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class PreparedPairs:
+    """Pairs tokenized and assembled, ready to be cut into micro-batches in any order.
+
+    Attributes:
+        lengths: each pair's sequence length, special tokens included.
+        build: ``build(rows, width)`` pads the pairs ``rows`` to ``width`` tokens: the backend's
+            ``(input_ids, attention_mask, token_type_ids)``.
+        tokenize_s: what tokenizing and assembling them took.
+    """
+
+    lengths: np.ndarray
+    build: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    tokenize_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -339,9 +355,18 @@ class BatchRunner:
         stage with the same tokenizer read them) are not tokenized again.
         """
         started = time.perf_counter()
-        n = len(pair_query)
-        if n == 0:
+        if len(pair_query) == 0:
             return np.zeros((0,), dtype=np.float32)
+        prepared = self.prepare_pairs(queries, documents, pair_query, pair_doc, tokens)
+        return self._run(prepared.lengths, prepared.build, started, started + prepared.tokenize_s)
+
+    def prepare_pairs(self, queries: Sequence[str], documents: Sequence[str], pair_query: np.ndarray,
+                      pair_doc: np.ndarray, tokens: TokenCache | None = None) -> PreparedPairs:
+        """Steps 1 and 2 for pairs (as :meth:`score_pairs` takes them): their lengths, and what pads
+        any of them into a micro-batch, so that a scheduler may run them in any order and mix them
+        with other jobs' pairs (:meth:`run_micro_batch`)."""
+        started = time.perf_counter()
+        n = len(pair_query)
         q_texts = self._encode(queries, tokens)
         d_texts = self._encode(documents, tokens)
         n1 = np.empty(n, dtype=np.int64)
@@ -358,7 +383,6 @@ class BatchRunner:
                     self._encode_whole(documents, d_texts, [di])
                 a, b = q_texts.lengths[qi], d_texts.lengths[di]
             n1[k], n2[k] = self._pair_lengths(a, b)
-        tokenized = time.perf_counter()
         lengths = n1 + n2 + self.template.pair_added
         prefix, middle, suffix, prefix_t, middle_t, suffix_t, type_a, type_b = self.template.pair
 
@@ -383,7 +407,7 @@ class BatchRunner:
                 mask[r, : o + s] = 1
             return ids, mask, types
 
-        return self._run(lengths, build, started, tokenized)
+        return PreparedPairs(lengths, build, time.perf_counter() - started)
 
     def embed_texts(self, texts: Sequence[str], tokens: TokenCache | None = None) -> np.ndarray:
         """Run single texts; one output row per text (texts in ``tokens`` are not tokenized again)."""
@@ -454,6 +478,35 @@ class BatchRunner:
         with self._lock:
             self.stats.add(stats)
         return out
+
+    def count_tokenizing(self, seconds: float) -> None:
+        """Adds tokenizing done outside :meth:`score_pairs` (a scheduler's
+        :meth:`prepare_pairs`) to ``stats``."""
+        with self._lock:
+            self.stats.tokenize_s += seconds
+            self.stats.total_s += seconds
+
+    def run_micro_batch(self, parts: Sequence[tuple[PreparedPairs, np.ndarray]], width: int,
+                        size: int | None = None) -> np.ndarray:
+        """Run one micro-batch of pairs from several :class:`PreparedPairs` (``(prepared, rows)``
+        each) at ``width`` tokens; one output row per pair, in the order given. ``size`` pads the
+        batch to that many sequences with copies of its last one (a shape-bucketed backend meets
+        only bucketed sizes); their outputs are dropped."""
+        started = time.perf_counter()
+        built = [prepared.build(np.asarray(rows), width) for prepared, rows in parts]
+        arrays = [np.concatenate([b[i] for b in built]) for i in range(3)]
+        count = len(arrays[0])
+        if size is not None and size > count:
+            arrays = [np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in arrays]
+        prepared_at = time.perf_counter()
+        result, seconds = self._timed_run(arrays)
+        real = sum(int(prepared.lengths[np.asarray(rows)].sum()) for prepared, rows in parts)
+        stats = BatchStats(calls=1, sequences=count, batches=1, real_tokens=real,
+                           padded_tokens=len(arrays[0]) * width, tokenize_s=prepared_at - started, run_s=seconds,
+                           total_s=time.perf_counter() - started)
+        with self._lock:
+            self.stats.add(stats)
+        return np.asarray(result, dtype=np.float32)[:count]
 
     def _submit(self, arrays) -> Future:
         if not self.overlap:

@@ -24,10 +24,13 @@ Engine = Literal["onnx", "openvino", "torch", "bi-encoder"]
 Precision = Literal["auto", "fp32", "int8", "fp16", "bf16"]
 Device = Literal["auto", "cpu", "cuda"]
 Runtime = Literal["onnx", "openvino", "torch"]
+#: The fair order of engines.scheduler: what goes next among the pending pairs of every job.
+SchedulerPolicy = Literal["aged", "shortest", "fifo"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 DEVICES: tuple[str, ...] = get_args(Device)
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
+SCHEDULER_POLICIES: tuple[str, ...] = get_args(SchedulerPolicy)
 #: Where exported and quantized models, verdicts and distilled models are kept by default.
 DEFAULT_CACHE_DIR = Path("~/.cache/kafka-rerank")
 
@@ -82,6 +85,9 @@ class EngineConfig:
             ``prefilter_model`` embeddings), ``static`` (static embeddings distilled from the
             packaged all-MiniLM-L6-v2), ``bm25`` (over the request's documents), ``client`` (the
             caller's scores) or ``static+bm25`` (reciprocal-rank fusion of the two).
+        scheduler_policy: The fair order in which :class:`engines.scheduler.Scheduler` takes the
+            pending pairs of many jobs: ``aged`` (default: least remaining work first, with
+            ageing), ``shortest`` (least remaining work first) or ``fifo``.
     """
 
     engine: Engine = "openvino"
@@ -102,6 +108,9 @@ class EngineConfig:
     # bm25: the fastest first stage that keeps >= 0.98 of full cross-encoding's NDCG@10 at
     # depth 1000 with keep 100; static keeps less (BENCHMARKS.md, "Hybrid").
     prefilter_method: PrefilterMethod = "bm25"
+    # aged: small jobs first, waiting counts; measured against shortest and fifo (BENCHMARKS.md,
+    # "Small requests beside large ones").
+    scheduler_policy: SchedulerPolicy = "aged"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field that is out of range."""
@@ -111,6 +120,8 @@ class EngineConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.scheduler_policy not in SCHEDULER_POLICIES:
+            raise ValueError(f"scheduler_policy must be one of {SCHEDULER_POLICIES}, got {self.scheduler_policy!r}")
         if self.prefilter_method not in PREFILTER_METHODS:
             raise ValueError(f"prefilter_method must be one of {PREFILTER_METHODS}, got {self.prefilter_method!r}")
         if self.prefilter_runtime is not None and self.prefilter_runtime not in RUNTIMES:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.batching import BatchRunner, TokenCache
+from engines.batching import BatchRunner, PreparedPairs, TokenCache
 
 #: The model card's default instruction.
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -73,17 +73,13 @@ class DecoderBatchRunner(BatchRunner):
         if self.body_budget < 1:
             raise ValueError(f"max_length {self.max_length} leaves no room between the prompt's prefix and suffix")
 
-    def score_pairs(self, queries: Sequence[str], documents: Sequence[str], pair_query: np.ndarray,
-                    pair_doc: np.ndarray, tokens: TokenCache | None = None) -> np.ndarray:
+    def prepare_pairs(self, queries: Sequence[str], documents: Sequence[str], pair_query: np.ndarray,
+                      pair_doc: np.ndarray, tokens: TokenCache | None = None) -> PreparedPairs:
         # ``tokens`` (a first stage's token ids of the documents) is not used: a decoder reads each
         # document inside its prompt, where a document's tokens can merge with the text around it.
         started = time.perf_counter()
-        n = len(pair_query)
-        if n == 0:
-            return np.zeros((0,), dtype=np.float32)
         bodies = self._encode([self.prompt.body(queries[int(q)], documents[int(d)]) for q, d in zip(pair_query, pair_doc)])
         kept = np.minimum(np.asarray(bodies.lengths, dtype=np.int64), self.body_budget)
-        tokenized = time.perf_counter()
         prefix, suffix = self.prefix_ids, self.suffix_ids
         lengths = kept + len(prefix) + len(suffix)
 
@@ -100,7 +96,7 @@ class DecoderBatchRunner(BatchRunner):
                 mask[r, start:] = 1
             return ids, mask, np.zeros_like(ids)
 
-        return self._run(lengths, build, started, tokenized)
+        return PreparedPairs(lengths, build, time.perf_counter() - started)
 
 
 def reference_decoder_inputs(tokenizer, queries: Sequence[str], documents: Sequence[str], max_length: int,

@@ -129,6 +129,11 @@ class Reranker:
 
     # -- stages ---------------------------------------------------------------------------------
     @property
+    def cross_encoder(self) -> BatchRunner | None:
+        """The cross-encoder's batch runner (None for the bi-encoder engine)."""
+        return self._cross
+
+    @property
     def bi_encoder(self) -> BiEncoder:
         """The prefilter's bi-encoder, built on first use (``warmup`` builds it ahead)."""
         if self._bi_encoder is None:
@@ -220,15 +225,24 @@ class Reranker:
     def _first_stage_scores(self, method: str, jobs: list[RerankJob], plans: list[JobPlan], which: list[int],
                             tokens: TokenCache | None) -> dict[int, np.ndarray]:
         """First-stage scores of the jobs ``which`` by ``method``, all of them in one call."""
+        scores = self.score_first_stage(method, [jobs[i] for i in which], [plans[i] for i in which], tokens)
+        return dict(zip(which, scores))
+
+    def score_first_stage(self, method: str, jobs: list[RerankJob], plans: list[JobPlan],
+                          tokens: TokenCache | None) -> list[np.ndarray]:
+        """Scores of every document of ``jobs`` by the first stage ``method``, in one call (its
+        cost is counted in ``stage_stats``); ``tokens``: the cross-encoder's token cache it may
+        read and fill."""
         stage = self.first_stage(method)
         tick = time.perf_counter()
-        scores = stage.score([StageJob(jobs[i].query, jobs[i].documents, plans[i].client_scores) for i in which], tokens)
+        scores = stage.score([StageJob(job.query, job.documents, plan.client_scores) for job, plan in zip(jobs, plans)],
+                             tokens)
         stats = self.stage_stats.setdefault(method, StageStats())
         stats.calls += 1
-        stats.jobs += len(which)
-        stats.documents += sum(plans[i].documents for i in which)
+        stats.jobs += len(jobs)
+        stats.documents += sum(plan.documents for plan in plans)
         stats.seconds += time.perf_counter() - tick
-        return dict(zip(which, scores))
+        return scores
 
     def _cross_scores(self, jobs: list[RerankJob], selected: list[np.ndarray], tokens: TokenCache | None) -> list[np.ndarray]:
         """Cross-encoder logits of the selected documents of every job, as one batch of pairs."""
