@@ -5,7 +5,7 @@
     python -m loadgen --rate 4 --docs 10 --duration 30 --check-with-plain-consumer
 
 Each answer is timed as it arrives, and its latency is split into parts (client → broker,
-broker → worker, waiting for a window, inference, building the answer, worker → client;
+broker → worker, waiting for the engine, inference, building the answer, worker → client;
 see loadgen.run.BREAKDOWN). ``--check-with-plain-consumer`` also reads the answers with a
 plain per-message consumer in a process of its own and prints both latencies side by
 side: the check that loadgen measures the service and not itself.

@@ -74,10 +74,11 @@ BREAKDOWN = [
          "parsing; also the worker handing the finished answer to its producer "
          "(= answer record timestamp - total_ms - the request's ack time)",
          "worker + client wall"),
-    Part("window_ms", "waiting for a window",
-         "meta.queue_ms: taken from the stream until its window formed (window_ms, a busy "
-         "engine, backpressure)", "worker"),
-    Part("inference_ms", "inference", "meta.inference_ms: the whole window's time in the models", "worker"),
+    Part("queue_ms", "waiting for the engine",
+         "meta.queue_ms: taken from the stream until the engine began on it (requests ahead of "
+         "it in the scheduler's order, backpressure)", "worker"),
+    Part("inference_ms", "inference", "meta.inference_ms: from the engine's first work on it until its last "
+         "pair was scored (micro-batches shared with other requests included)", "worker"),
     Part("answering_ms", "building the answer", "meta.total_ms - queue_ms - inference_ms", "worker"),
     Part("to_client_ms", "worker → client",
          "answer record timestamp until the client's poll() returned it: the worker's producer, "
@@ -105,7 +106,7 @@ def answer_breakdown(pending: SentRequest, answer: Answer) -> dict[str, float] |
     parts = {
         "to_broker_ms": to_broker_ms,
         "to_worker_ms": answer_ts_ms - total_ms - (pending.sent_wall * 1000 + to_broker_ms),
-        "window_ms": queue_ms,
+        "queue_ms": queue_ms,
         "inference_ms": inference_ms,
         "answering_ms": total_ms - queue_ms - inference_ms,
         "to_client_ms": answer.received_wall * 1000 - answer_ts_ms,

@@ -90,6 +90,8 @@ def _integral_float_as_int(value: Any) -> Any:
 _INTEGRAL_FLOAT_AS_INT = BeforeValidator(_integral_float_as_int)
 PositiveJsonInteger = Annotated[int, Field(ge=1), _INTEGRAL_FLOAT_AS_INT]
 NonNegativeJsonInteger = Annotated[int, Field(ge=0), _INTEGRAL_FLOAT_AS_INT]
+PRIORITY_BOUND = 1000
+Priority = Annotated[int, Field(ge=-PRIORITY_BOUND, le=PRIORITY_BOUND), _INTEGRAL_FLOAT_AS_INT]
 
 _ILLEGAL_TOPIC_CHAR = "[^a-zA-Z0-9._-]"
 _ILLEGAL_TOPIC_CHAR_RE = re.compile(_ILLEGAL_TOPIC_CHAR)
@@ -249,6 +251,13 @@ class RerankRequest(BaseModel):
         default=None,
         description="Unix epoch milliseconds after which no answer is useful; the worker "
         "answers deadline_exceeded instead of scoring after it.",
+    )
+    priority: Priority = Field(
+        default=0,
+        description=f"Among the requests a worker holds, one with a higher priority has its pairs "
+        f"scored first (-{PRIORITY_BOUND} to {PRIORITY_BOUND}; default 0). Among equal priorities "
+        "the worker's fair order decides: the least remaining work first, and a request that has "
+        "waited long gains on newer ones.",
     )
     reply_to: KafkaTopicName | None = Field(
         default=None,

@@ -131,11 +131,11 @@ class Answers:
         return self.error(RequestError(
             ErrorCode.DEADLINE_EXCEEDED,
             f"deadline_ms {request.deadline_ms} passed {now_ms - request.deadline_ms:.0f} ms "
-            "before the request's window formed; it was not scored", request.request_id), request.reply_to)
+            "before the engine began on the request; it was not scored", request.request_id), request.reply_to)
 
     def scoring_failed(self, request: RerankRequest, failure: BaseException) -> Outbound:
         return self.error(RequestError(
-            ErrorCode.INTERNAL, f"the worker failed while scoring this request's window: "
+            ErrorCode.INTERNAL, f"the engine failed while scoring this request: "
             f"{type(failure).__name__}: {failure}", request.request_id), request.reply_to)
 
     def rejection(self, err: RequestError, raw: bytes, key: bytes | None) -> list[Outbound]:

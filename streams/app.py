@@ -1,11 +1,11 @@
-"""The Faust wiring of one worker: its app, agent, window task, timer and web pages.
+"""The Faust wiring of one worker: its app, agent, engine task, timer and web pages.
 
 Data flow (one process; scale out with more processes in the same consumer group)::
 
-    rerank-requests ──agent──▶ RerankService.take ──▶ window task ──▶ engine thread
+    rerank-requests ──agent──▶ RerankService.take ──▶ engine task ──▶ engine thread (scheduler steps)
           │                          │ bad input                         │
           │                          ▼                                   ▼
-          │                error answer / rerank-dlq              ranked answers
+          │                error answer / rerank-dlq              ranked answers, each when ready
           └──────── offsets committed only after each request's answer is delivered
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ log = logging.getLogger("rerank.worker")
 
 
 def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
-    """The Faust app of one worker: its agent, window loop, web endpoints and timers."""
+    """The Faust app of one worker: its agent, engine loop, web endpoints and timers."""
     use_idempotent_producer()
     keep_sasl_frames_out_of_logs()
     app = _faust_app(settings)
@@ -43,8 +43,8 @@ def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
             await service.take(stream, event)
 
     @app.task
-    async def window_loop() -> None:
-        await service.run_windows()
+    async def engine_loop() -> None:
+        await service.run_engine()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs) -> None:
@@ -117,13 +117,13 @@ def _holding(service: RerankService, held: list[int]) -> None:
 
 
 def _log_summary(service: RerankService) -> None:
-    log.info("summary: %d ok, %d errors, %d documents, %d pairs scored, %d windows, "
+    log.info("summary: %d ok, %d errors, %d documents, %d pairs scored, %d micro-batches, "
              "%d queued, %d pairs in flight, %d partitions",
              metrics.sample("rerank_requests_total", status="ok"),
              metrics.sample("rerank_requests_total", status="error"),
              metrics.sample("rerank_documents_total"), metrics.sample("rerank_pairs_scored_total"),
-             metrics.sample("rerank_windows_total"), service.buffer.queued, service.buffer.inflight_pairs,
-             service.partitions_held)
+             metrics.sample("rerank_scheduler_steps_total", kind="micro_batch"), service.inbox.queued,
+             service.inbox.inflight_pairs, service.partitions_held)
 
 
 def _web_pages(app: faust.App, service: RerankService) -> None:

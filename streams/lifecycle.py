@@ -25,7 +25,7 @@ from streams import metrics
 from streams.delivery import Delivery
 from streams.faust_adapter import DrainingWorker, stop_fetching
 from streams.logs import RepeatLimiter
-from streams.windows import WindowBuffer
+from streams.inbox import Inbox
 
 log = logging.getLogger("rerank.shutdown")
 
@@ -39,16 +39,16 @@ DRAIN_RESERVE_S = 8.0
 class Drain:
     """Stops one worker's intake and settles what it took.
 
-    ``window_loop`` is the task scoring windows (it returns once the closed buffer is
-    empty); ``delivery`` holds the answers on their way out.
+    ``engine_loop`` is the task running the engine's steps (it returns once the closed inbox is
+    empty and every request taken is answered); ``delivery`` holds the answers on their way out.
     """
 
-    def __init__(self, app: faust.App, buffer: WindowBuffer, delivery: Delivery,
-                 window_loop: Callable[[], asyncio.Task | None]) -> None:
+    def __init__(self, app: faust.App, inbox: Inbox, delivery: Delivery,
+                 engine_loop: Callable[[], asyncio.Task | None]) -> None:
         self.app = app
-        self.buffer = buffer
+        self.inbox = inbox
         self.delivery = delivery
-        self._window_loop = window_loop
+        self._engine_loop = engine_loop
 
     async def __call__(self, grace_s: float) -> None:
         """Stops taking requests, answers the ones taken for as long as ``grace_s`` allows
@@ -56,13 +56,13 @@ class Drain:
         the offsets of what was answered. Never raises; never waits past its share of grace_s."""
         started = time.monotonic()
         reserve = min(DRAIN_RESERVE_S, grace_s / 2)  # for the commit and faust's own stop
-        await self.buffer.close()
+        await self.inbox.close()
         try:
             stop_fetching(self.app)
         except Exception as exc:  # not started yet, or already stopped
             log.warning("stopping: could not pause fetching: %r", exc)
         log.info("stopping: taking no more requests; answering the %d pairs taken (%d requests not yet "
-                 "in a window) within %.0f s", self.buffer.inflight_pairs, self.buffer.queued, grace_s - reserve)
+                 "at the engine) within %.0f s", self.inbox.inflight_pairs, self.inbox.queued, grace_s - reserve)
         try:
             await asyncio.wait_for(self._all_answered(), max(0.0, grace_s - reserve))
             log.info("stopping: every request taken is answered (%.1f s)", time.monotonic() - started)
@@ -73,22 +73,22 @@ class Drain:
         self.app.conf.stream_wait_empty = False
 
     async def _all_answered(self) -> None:
-        loop = self._window_loop()
-        if loop is not None:  # it returns once the closed buffer is drained
+        loop = self._engine_loop()
+        if loop is not None:  # it returns once the closed inbox is drained and all is answered
             await asyncio.wait([loop])
         await self.delivery.wait()
 
     async def _abandon(self) -> None:
-        dropped = await self.buffer.drop_queued()
-        loop = self._window_loop()
+        dropped = await self.inbox.drop_queued()
+        loop = self._engine_loop()
         scoring = loop is not None and not loop.done()
         if scoring:
             loop.cancel()
         undelivered = await self.delivery.cancel()
         log.warning("stopping: grace period over; abandoned %d queued requests, %s and %d answers "
                     "not yet delivered: they stay unacked and are redelivered", len(dropped),
-                    "the window being scored" if scoring else "no window", undelivered)
-        metrics.INFLIGHT_PAIRS.set(self.buffer.inflight_pairs)
+                    "the requests at the engine" if scoring else "nothing at the engine", undelivered)
+        metrics.INFLIGHT_PAIRS.set(self.inbox.inflight_pairs)
 
     async def _commit(self, timeout_s: float) -> None:
         try:
@@ -107,7 +107,7 @@ class Watchdog:
     Why a thread and os._exit: stopping can block where no timeout of ours reaches. faust's
     stop awaits the broker (commit, producer flush, leaving the group) without a bound; a
     crash while stopping makes mode run a stop that never ends (seen: 20 minutes, until
-    SIGKILL); the interpreter's own exit joins the engine thread, which may be mid-window.
+    SIGKILL); the interpreter's own exit joins the engine thread, which may be mid-step.
     A thread outside the event loop still runs then, and os._exit skips the exit handlers
     that would block. Nothing is lost by it: what was committed stays committed, and every
     request not committed is redelivered (at least once).
@@ -200,7 +200,7 @@ class RerankWorker(DrainingWorker):
         """Runs the worker; once it has stopped, exits at once with its status.
 
         At once, with os._exit: the interpreter's own exit would then join the engine thread
-        (mid-window if answering was cut short) and destroy the librdkafka clients, and both
+        (mid-step if answering was cut short) and destroy the librdkafka clients, and both
         can block for seconds; once the interpreter is finalizing, the watchdog's daemon
         thread gets no time to end it (seen: exit 0 seconds after the grace period)."""
         try:

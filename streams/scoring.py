@@ -1,78 +1,96 @@
-"""Scoring: one window of accepted requests in, one answer per request out.
+"""Scoring: accepted requests in, one answer per request out, each the moment it is ready.
 
-A request whose ``deadline_ms`` has passed when its window forms is answered
-deadline_exceeded without being scored. The others go to the engine together, in one
-thread of their own (the engine is not re-entrant, and two windows at once would only split
-the same cores), so the event loop keeps taking requests and delivering answers meanwhile.
-If the engine fails on a window, every request in it is answered ``internal``: nothing is
-dropped.
+The engine's :class:`~engines.scheduler.Scheduler` decides what runs next at every step (a
+first stage, or one micro-batch taken from the pending pairs of every request taken so far, in
+its fair order). This loop feeds it: before each step it submits every request that arrived
+meanwhile (so a request that arrives while a micro-batch runs can be in the next one), runs the
+step in a thread of its own (the engine is not re-entrant, and two steps at once would only split
+the same cores), and hands over the answer of each request the step finished:
+
+- ranked, with ``meta.queue_ms`` (receipt to the engine's first work on it), ``inference_ms``
+  (from then until its last pair was scored) and ``total_ms``;
+- ``deadline_exceeded`` for a request whose ``deadline_ms`` passed before any work on it began
+  (it is not scored);
+- ``internal`` for the requests of a micro-batch (or first stage) the engine failed on: nothing
+  is dropped, and the other requests go on.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from engines import Reranker
+from engines.scheduler import Finished, Scheduler, StepResult
 from streams import metrics
 from streams.answers import Answers, Outbound, Timing
+from streams.inbox import Inbox, Pending
 from streams.intake import Inbound
-from streams.windows import Pending
 
 log = logging.getLogger("rerank.worker")
 
-Answered = tuple[Pending[Inbound], Outbound]
+Answer = Callable[[Pending[Inbound], Outbound], None]
 
 
 class Scorer:
-    """Scores windows with ``reranker``; ``window_max_pairs`` only sizes the fill metric."""
+    """Runs ``reranker``'s scheduler (in the order of its ``scheduler_policy``) over the requests
+    of an inbox."""
 
-    def __init__(self, reranker: Reranker, answers: Answers, window_max_pairs: int) -> None:
-        self.reranker = reranker
+    def __init__(self, reranker: Reranker, answers: Answers) -> None:
+        self.scheduler = Scheduler(reranker)
         self.answers = answers
-        self.window_max_pairs = window_max_pairs
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self._keys = itertools.count()
+        self._live: dict[int, Pending[Inbound]] = {}
 
-    async def score(self, window: list[Pending[Inbound]]) -> list[Answered]:
-        """The answer to every request of ``window``, in window order."""
-        formed = time.monotonic()
-        now_ms = time.time() * 1000
-        live, answered = [], {}
-        for k, pending in enumerate(window):
-            deadline = pending.item.request.deadline_ms
-            if deadline is not None and deadline <= now_ms:
-                answered[k] = self.answers.deadline_exceeded(pending.item.request, now_ms)
-            else:
-                live.append(k)
-        if live:
-            scored = await self._run([window[k] for k in live], formed)
-            answered.update(zip(live, scored))
-        return [(pending, answered[k]) for k, pending in enumerate(window)]
+    async def run(self, inbox: Inbox[Inbound], answer: Answer) -> None:
+        """Until ``inbox`` is closed and every request taken from it is answered."""
+        loop = asyncio.get_running_loop()
+        while True:
+            for pending in await inbox.take(wait=not self._live):
+                self._submit(pending)
+            if not self._live:
+                if inbox.closed:
+                    return
+                continue
+            started = time.monotonic()
+            step = await loop.run_in_executor(self.executor, self.scheduler.step)
+            metrics.observe_step(step, time.monotonic() - started)
+            for pending, outbound in self._answers(step):
+                answer(pending, outbound)
 
-    async def _run(self, live: list[Pending[Inbound]], formed: float) -> list[Outbound]:
-        jobs = [pending.item.job for pending in live]
-        plans = [pending.item.plan for pending in live]
-        metrics.WINDOWS.inc()
-        metrics.WINDOW_REQUESTS.observe(len(live))
-        metrics.WINDOW_FILL.observe(sum(p.pairs for p in live) / self.window_max_pairs)
-        started = time.monotonic()
-        try:
-            outcomes = await asyncio.get_running_loop().run_in_executor(self.executor, self.reranker.rerank, jobs, plans)
-            if len(outcomes) != len(jobs):
-                raise RuntimeError(f"engine returned {len(outcomes)} outcomes for {len(jobs)} requests")
-        except Exception as exc:  # the whole window is answered with `internal`, not dropped
-            log.exception("scoring a window of %d requests failed", len(jobs))
-            return [self.answers.scoring_failed(pending.item.request, exc) for pending in live]
-        done = time.monotonic()
-        metrics.INFERENCE_SECONDS.observe(done - started)
+    def _submit(self, pending: Pending[Inbound]) -> None:
+        request = pending.item.request
+        key = next(self._keys)
+        self._live[key] = pending
+        deadline = None if request.deadline_ms is None else request.deadline_ms / 1000
+        self.scheduler.submit(key, pending.item.job, pending.item.plan, priority=request.priority, deadline=deadline)
+
+    def _answers(self, step: StepResult) -> list[tuple[Pending[Inbound], Outbound]]:
         out = []
-        for pending, outcome in zip(live, outcomes):
-            inbound = pending.item
-            metrics.QUEUE_SECONDS.observe(formed - inbound.received)
-            metrics.DOCUMENTS.inc(len(inbound.job.documents))
-            metrics.PAIRS.inc(int(outcome.cross_encoder_scored))
-            timing = Timing(queue_ms=(formed - inbound.received) * 1000, inference_ms=(done - started) * 1000,
-                            total_ms=(time.monotonic() - inbound.received) * 1000)
-            out.append(self.answers.ranked(inbound.request, outcome, timing))
+        for finished in step.finished:
+            pending = self._live.pop(finished.key)
+            out.append((pending, self._ranked(pending, finished)))
+        for key, failure in step.failed:
+            pending = self._live.pop(key)
+            log.error("the engine failed on request %s: %s: %s", pending.item.request.request_id,
+                      type(failure).__name__, failure, exc_info=failure)
+            out.append((pending, self.answers.scoring_failed(pending.item.request, failure)))
+        for key in step.expired:
+            pending = self._live.pop(key)
+            out.append((pending, self.answers.deadline_exceeded(pending.item.request, time.time() * 1000)))
         return out
+
+    def _ranked(self, pending: Pending[Inbound], finished: Finished) -> Outbound:
+        inbound, outcome = pending.item, finished.outcome
+        now = time.monotonic()
+        queued_s = max(0.0, now - finished.worked_s - inbound.received)
+        metrics.QUEUE_SECONDS.labels(metrics.size_label(pending.pairs)).observe(queued_s)
+        metrics.DOCUMENTS.inc(len(inbound.job.documents))
+        metrics.PAIRS.inc(int(outcome.cross_encoder_scored))
+        timing = Timing(queue_ms=queued_s * 1000, inference_ms=finished.worked_s * 1000,
+                        total_ms=(now - inbound.received) * 1000)
+        return self.answers.ranked(inbound.request, outcome, timing)

@@ -2,15 +2,15 @@
 
 A request's way through them::
 
-    Kafka event ──take──▶ Intake.read ──▶ WindowBuffer.put ──run_windows──▶ Scorer.score
-                            │ refused                                          │ answers
-                            ▼                                                  ▼
-                  Answers.rejection ──────────────▶ Delivery.spawn ◀───────────┘
+    Kafka event ──take──▶ Intake.read ──▶ Inbox.put ──run_engine──▶ Scorer.run (the scheduler's steps)
+                            │ refused                                      │ each answer when ready
+                            ▼                                              ▼
+                  Answers.rejection ──────────────▶ Delivery.spawn ◀───────┘
                                                     produce, fit, fall back, then ack
 
 At-least-once: the agent's stream does not ack on its own (``noack``); a request is acked by
 ``Delivery`` once its answer is delivered, and faust commits only the contiguous acked prefix
-of each partition, so a worker that dies mid-window leaves its requests to be redelivered.
+of each partition, so a worker that dies mid-request leaves its requests to be redelivered.
 Stopping (``drain``) is ``streams.lifecycle.Drain``. Nothing here knows faust's app beyond
 what it is handed: the Faust wiring is ``streams.app``.
 """
@@ -25,21 +25,21 @@ import faust
 from engines import Reranker
 from schemas import RequestError, RequestLimits
 from streams import metrics
-from streams.answers import Answers
+from streams.answers import Answers, Outbound
 from streams.delivery import DELIVERY_ATTEMPTS, Delivery
+from streams.inbox import Inbox, Pending
 from streams.intake import Inbound, Intake
 from streams.lifecycle import Drain
 from streams.scoring import Scorer
 from streams.settings import WorkerSettings
 from streams.topic_metadata import TopicMetadata
 from streams.topics import quiet_admin_client
-from streams.windows import WindowBuffer
 
 log = logging.getLogger("rerank.worker")
 
 
 class RerankService:
-    """Owns the window buffer, the scoring thread and the replies of one worker.
+    """Owns the inbox, the scoring thread and the replies of one worker.
 
     ``metadata`` answers what delivery asks of the cluster about topics; by default a
     confluent-kafka admin client with the worker's connection settings.
@@ -57,10 +57,8 @@ class RerankService:
                              {settings.engine_config.model, reranker.model_name, *settings.model_aliases},
                              reply_to_prefix=settings.reply_to_prefix,
                              forbidden_reply_topics=(settings.request_topic, settings.dead_letter_topic))
-        self.buffer: WindowBuffer[Inbound] = WindowBuffer(
-            settings.window_max_pairs, settings.window_ms, settings.max_inflight_pairs,
-            gather_ms=settings.window_gather_ms)
-        self.scorer = Scorer(reranker, self.answers, settings.window_max_pairs)
+        self.inbox: Inbox[Inbound] = Inbox(settings.max_inflight_pairs)
+        self.scorer = Scorer(reranker, self.answers)
         metadata = metadata or TopicMetadata(lambda: quiet_admin_client(settings.confluent_config()),
                                              producer_limit=int(app.conf.producer_max_request_size))
         self.delivery = Delivery(lambda: app.producer, metadata, self.answers, ack=self._ack,
@@ -69,12 +67,12 @@ class RerankService:
         self.partitions_held = 0
         self.joined = asyncio.Event()
         self.stopping = False
-        self._window_loop: asyncio.Task | None = None
-        self._drain = Drain(app, self.buffer, self.delivery, lambda: self._window_loop)
+        self._engine_loop: asyncio.Task | None = None
+        self._drain = Drain(app, self.inbox, self.delivery, lambda: self._engine_loop)
 
     async def take(self, stream: Any, event: Any) -> None:
-        """One message from the agent: a good request waits for a window, a bad one is
-        answered now."""
+        """One message from the agent: a good request goes to the engine, a bad one is answered
+        now."""
         self.stream = stream
         raw: bytes = event.value if event.value is not None else b""
         try:
@@ -87,17 +85,18 @@ class RerankService:
                     log.warning("dead-lettered an unreadable request with no usable key: %s", err.message)
             self.delivery.spawn(outbound, [event])
             return
-        if not await self.buffer.put(inbound, inbound.pairs):
+        if not await self.inbox.put(inbound, inbound.pairs):
             return  # stopping: left unacked, so it is redelivered
-        metrics.INFLIGHT_PAIRS.set(self.buffer.inflight_pairs)
+        metrics.INFLIGHT_PAIRS.set(self.inbox.inflight_pairs)
 
-    async def run_windows(self) -> None:
-        """Until the buffer is closed and empty: take a window (only when the engine is free:
-        this loop scores one at a time), score it, hand its answers to delivery."""
-        self._window_loop = asyncio.current_task()
-        while window := await self.buffer.next_window():
-            for pending, outbound in await self.scorer.score(window):
-                self.delivery.spawn([outbound], [pending.item.event], pending.pairs, pending.item.received)
+    async def run_engine(self) -> None:
+        """Until the inbox is closed and every request taken is answered: the engine's steps,
+        each answer handed to delivery the moment its request is done."""
+        self._engine_loop = asyncio.current_task()
+        await self.scorer.run(self.inbox, self._deliver)
+
+    def _deliver(self, pending: Pending[Inbound], outbound: Outbound) -> None:
+        self.delivery.spawn([outbound], [pending.item.event], pending.pairs, pending.item.received)
 
     async def drain(self, grace_s: float) -> None:
         """Stops in bounded time with nothing lost (``streams.lifecycle.Drain``)."""
@@ -111,8 +110,8 @@ class RerankService:
             event.ack()
 
     async def _release(self, pairs: int) -> None:
-        await self.buffer.release(pairs)
-        metrics.INFLIGHT_PAIRS.set(self.buffer.inflight_pairs)
+        await self.inbox.release(pairs)
+        metrics.INFLIGHT_PAIRS.set(self.inbox.inflight_pairs)
 
     async def _undeliverable(self, exc: Exception) -> None:
         if self.stopping:
@@ -130,7 +129,7 @@ class RerankService:
             "model": self.reranker.model_name,
             "joined_group": self.joined.is_set(),
             "partitions": self.partitions_held,
-            "queued_requests": self.buffer.queued,
-            "inflight_pairs": self.buffer.inflight_pairs,
+            "queued_requests": self.inbox.queued,
+            "inflight_pairs": self.inbox.inflight_pairs,
             "deliveries_in_flight": len(self.delivery.in_flight),
         }

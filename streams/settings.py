@@ -95,13 +95,7 @@ class WorkerSettings(BaseSettings):
     # Names a request's "model" field may use besides the model id itself.
     model_aliases: list[str] = []
 
-    # --- Windows and limits ----------------------------------------------------------
-    window_max_pairs: int = Field(512, ge=1)
-    # With the engine free, a window closes once no request has arrived for window_gather_ms
-    # (requests fetched together are parsed one by one), and never later than window_ms after
-    # its first request; see streams/windows.py.
-    window_ms: float = Field(20.0, ge=0)
-    window_gather_ms: float = Field(1.0, ge=0)
+    # --- Limits ---------------------------------------------------------------------
     # Bound on pairs taken from Kafka but not yet answered: backpressure beyond it.
     max_inflight_pairs: int = Field(4096, ge=1)
     max_documents: int = Field(2000, ge=1)

@@ -9,8 +9,11 @@ ms-marco-MiniLM-L-6-v2, scores are not relevance), in one process:
 * ``naive_per_request_pairs_per_s``: ``CrossEncoder.predict`` on each request alone (4-15 documents).
 * ``naive_batched_pairs_per_s``: ``CrossEncoder.predict`` on all pairs at once, ``batch_size=32``.
 * ``engines``: pairs/s of each engine through ``Reranker.rerank`` on the same requests, grouped in
-  windows of up to 512 pairs as the worker groups them (its default ``window_max_pairs``);
-  ``engine_details`` adds per-round figures, window latency, tokenize share and padding.
+  windows of up to 512 pairs (how the worker of 0.2 grouped them); ``engine_details`` adds
+  per-round figures, window latency, tokenize share and padding. The default engine also runs
+  the same requests the worker's way, through :class:`engines.scheduler.Scheduler` (``<engine>
+  scheduler``: requests submitted while fewer than 1,024 of their pairs are pending, as in a
+  saturated worker, one micro-batch per step; "window p50" is then a step's).
 * ``hybrid_1000``: one 1000-document request, cross-encoded in full vs prefiltered to 100 by each
   first stage (``static``, ``bm25``, ``client``, ``bi-encoder``, ``static+bm25``), side by side,
   with nothing cached (cold: new documents; the bi-encoder's embedding cache emptied) and with
@@ -29,10 +32,12 @@ that separately from the throughput.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -42,6 +47,7 @@ from rich.table import Table
 from engines import EngineConfig, RerankJob, build_reranker
 from engines.config import resolve_precision
 from engines.corpus import load_passages, queries
+from engines.scheduler import Scheduler
 from engines.testmodel import ensure_test_model
 from loadgen.bench.machine import machine
 from loadgen.bench.report import command, table, write_json
@@ -52,6 +58,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WINDOW_MAX_PAIRS = 512
+#: Pairs a saturated worker holds pending (as its windows of 0.2 held two windows' worth).
+SCHEDULER_IN_FLIGHT_PAIRS = 1024
 DEFAULT_ENGINE = ("openvino", "auto")  # the worker's default; "auto" resolves by CPU flags
 FULL_ENGINES = [
     ("openvino", "int8"),
@@ -86,7 +94,7 @@ def engine_name(engine: str, precision: str) -> str:
 
 
 def windows(requests, max_pairs: int = WINDOW_MAX_PAIRS):
-    """Group requests into windows of up to ``max_pairs`` pairs, as the worker does."""
+    """Group requests into windows of up to ``max_pairs`` pairs, as the worker of 0.2 did."""
     window, pairs = [], 0
     for request in requests:
         if window and pairs + len(request[1]) > max_pairs:
@@ -149,6 +157,67 @@ class EngineContender:
             "tokenize_share": stage["tokenize_s"] / stats["rerank_s"],
             "padding_overhead": stage["padded_tokens"] / max(1, stage["real_tokens"]) - 1,
         }
+
+
+class SchedulerContender:
+    """``reranker``'s engine the worker's way: jobs submitted to a :class:`Scheduler` while fewer
+    than ``in_flight_pairs`` of their pairs are pending (a saturated worker's backlog), then one
+    step at a time until every job is done."""
+
+    def __init__(self, reranker, in_flight_pairs: int = SCHEDULER_IN_FLIGHT_PAIRS):
+        self.reranker = reranker
+        self.name = f"{reranker.engine_name} scheduler"
+        self.in_flight_pairs = in_flight_pairs
+        self.build_s = 0.0  # the engine's, counted once in its own row
+
+    def measure(self, requests) -> dict:
+        self.reranker.reset_stats()
+        jobs = (RerankJob(q, docs, prefilter=False) for q, docs in requests)
+        started = time.perf_counter()
+        _, steps = run_saturated(self.reranker, jobs, self.in_flight_pairs)
+        elapsed = time.perf_counter() - started
+        stage = self.reranker.stats()["cross"]
+        return {
+            "pairs_per_s": sum(len(d) for _, d in requests) / elapsed,
+            "windows": len(steps),
+            "window_p50_ms": 1000 * sorted(steps)[len(steps) // 2],
+            "tokenize_share": stage["tokenize_s"] / elapsed,
+            "padding_overhead": stage["padded_tokens"] / max(1, stage["real_tokens"]) - 1,
+            "path": "scheduler",
+        }
+
+
+def run_saturated(reranker, jobs: Iterator[RerankJob], in_flight_pairs: int = SCHEDULER_IN_FLIGHT_PAIRS,
+                  seconds: float | None = None) -> tuple[int, list[float]]:
+    """Jobs through a :class:`Scheduler` of ``reranker`` as a saturated worker runs them: submitted
+    while fewer than ``in_flight_pairs`` of their pairs are pending, one step at a time, until
+    ``jobs`` run out and every job is done (or ``seconds`` have passed). Returns the documents of
+    the jobs done and each step's seconds."""
+    scheduler = Scheduler(reranker)
+    live: dict[int, tuple[int, int]] = {}  # key: (documents, pairs)
+    pending = documents = 0
+    steps: list[float] = []
+    keys = itertools.count()
+    stop_at = None if seconds is None else time.perf_counter() + seconds
+    exhausted = False
+    while (not exhausted or scheduler.busy) and (stop_at is None or time.perf_counter() < stop_at):
+        while not exhausted and pending < in_flight_pairs:
+            job = next(jobs, None)
+            if job is None:
+                exhausted = True
+                break
+            key, plan = next(keys), reranker.plan(job)
+            scheduler.submit(key, job, plan)
+            live[key] = (len(job.documents), plan.pairs)
+            pending += plan.pairs
+        tick = time.perf_counter()
+        step = scheduler.step()
+        steps.append(time.perf_counter() - tick)
+        for finished in step.finished:
+            done_documents, done_pairs = live.pop(finished.key)
+            documents += done_documents
+            pending -= done_pairs
+    return documents, steps
 
 
 def measure_rounds(contenders: dict, rounds: list) -> dict:
@@ -265,7 +334,8 @@ def print_report(report: dict) -> None:
         f"model: {report['model']['label']}"
     )
     naive_r, naive_b = report["naive_per_request_pairs_per_s"], report["naive_batched_pairs_per_s"]
-    engines = Table("engine", "pairs/s (best round)", "rounds", "vs naive per request", "vs naive batched", "window p50", "tokenize", "padding", "build")
+    engines = Table("engine", "pairs/s (best round)", "rounds", "vs naive per request", "vs naive batched",
+                    "window / step p50", "tokenize", "padding", "build")
     engines.add_row("naive CrossEncoder.predict per request", f"{naive_r:.1f}", "", "1.00x", f"{naive_r / naive_b:.2f}x", "", "", "", "")
     engines.add_row("naive CrossEncoder.predict batched (32)", f"{naive_b:.1f}", "", f"{naive_b / naive_r:.2f}x", "1.00x", "", "", "", "")
     for name, row in report["engine_details"].items():
@@ -307,7 +377,7 @@ def markdown(report: dict) -> str:
               f"{row['pairs_per_s'] / naive_b:.2f}x", f"{row['window_p50_ms']:.0f} ms",
               f"{100 * row['tokenize_share']:.1f}%", f"{100 * row['padding_overhead']:.1f}%")
              for name, row in report["engine_details"].items()]
-    lines = table(["engine", "pairs/s", "vs naive per request", "vs naive batched", "window p50", "tokenize",
+    lines = table(["engine", "pairs/s", "vs naive per request", "vs naive batched", "window / step p50", "tokenize",
                    "padding"], rows, align="lrrrrrr")
     return "\n".join([*lines, "", *_hybrid_lines(report)])
 
@@ -347,6 +417,11 @@ def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None, hybrid
         contender = EngineContender(engine, precision, model_path, warm)
         contenders[contender.name] = contender
         builds[contender.name] = contender.build_s
+        if (engine, precision) == DEFAULT_ENGINE:
+            scheduled = SchedulerContender(contender.reranker)
+            scheduled.measure(warm)
+            contenders[scheduled.name] = scheduled
+            builds[scheduled.name] = 0.0
     best = measure_rounds(contenders, rounds)
 
     naive = {"per_request": best.pop("naive_per_request"), "batched": best.pop("naive_batched")}
@@ -357,7 +432,8 @@ def run(quick: bool, engines_wanted: list[tuple[str, str]] | None = None, hybrid
     details = {name: {**row, "build_s": builds[name]} for name, row in best.items()}
     report["engines"] = {name: row["pairs_per_s"] for name, row in details.items()}
     report["engine_details"] = details
-    cross = {name: row for name, row in details.items() if not name.startswith("bi-encoder")}
+    cross = {name: row for name, row in details.items()
+             if not name.startswith("bi-encoder") and row.get("path") != "scheduler"}
     top = max(cross, key=lambda name: cross[name]["pairs_per_s"])
     default_name = engine_name(*DEFAULT_ENGINE)
     report["default_engine"] = default_name

@@ -11,10 +11,11 @@ unless ``--bootstrap`` names one, starts one worker, and measures three things:
    of the two p50s is what an idle worker adds (the window, Kafka, the client).
 2. **capacity**: the worker saturated (closed loop, ``--capacity-concurrency`` in flight) with
    background-sized requests (``--background-docs``, 50-100): requests/s it sustains.
-3. **small alone / small with background**: small requests (``--small-docs``) at
-   ``--small-rate`` per second for ``--duration`` s, first alone, then with background
-   requests at ``--background-share`` (0.5) of that capacity: the small requests' p50/p99
-   beside each other, and the background's own latency.
+3. **mixed sizes**, each run ``--duration`` s: small requests (``--small-docs``) at
+   ``--small-rate`` per second alone; the background requests alone at ``--background-share``
+   (0.5) of that capacity; then both together. Per run the p50/p99 of each size and the
+   background's throughput; the summary gives small p99 together ÷ alone and large p99
+   together ÷ alone (the worker's scheduler should keep them near 1).
 
 Arrivals are open loop (``--arrivals poisson``, seeded, or ``fixed`` intervals). Latency is
 what ``loadgen.client.RerankClient`` stamps per answer (its receipt time minus its send time).
@@ -76,7 +77,9 @@ def breakdown(client: RerankClient, ids: list[str]) -> dict:
         total.append(meta["total_ms"])
         outside.append(answer.latency_s * 1000 - meta["total_ms"])
     answered = sum(1 for i in ids if snapshot[i].answers)
+    documents = sum(snapshot[i].documents for i in ids if snapshot[i].answers)
     return {"sent": len(ids), "answered": answered, "lost": len(ids) - answered, "errors": errors,
+            "documents": documents,
             "end_to_end_ms": percentiles(e2e), "queue_ms": percentiles(queue),
             "inference_ms": percentiles(inference), "worker_total_ms": percentiles(total),
             "outside_worker_ms": percentiles(outside)}
@@ -133,6 +136,20 @@ def open_loop(client: RerankClient, streams: list[tuple[str, RequestFactory, flo
     return out
 
 
+def throughput(client: RerankClient, result: dict, duration_s: float) -> dict:
+    """Answers and documents per second of a run's stream over its sending time."""
+    return {"answered_per_s": result["answered"] / duration_s, "docs_per_s": result["documents"] / duration_s}
+
+
+def ratios(report: dict) -> dict:
+    """p99 together ÷ p99 alone, for the small requests and for the background."""
+    def ratio(together: str, alone: str) -> float | None:
+        a, b = report[together]["end_to_end_ms"]["p99"], report[alone]["end_to_end_ms"]["p99"]
+        return a / b if a and b else None
+    return {"small_p99_together_over_alone": ratio("small_with_background", "small_alone"),
+            "background_p99_together_over_alone": ratio("background", "background_alone")}
+
+
 def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone: int, lone_pause_s: float,
             small_docs: str, small_rate: float, background_docs: str, background_share: float,
             capacity_s: float, capacity_concurrency: int, duration_s: float, arrivals: str, timeout_s: float,
@@ -169,13 +186,20 @@ def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone:
                                               timeout_s, seed=11)["small"]
 
             background_rate = background_share * saturated.requests_per_s
-            console.print(f"latency: small requests with a background of {background_docs} documents at "
-                          f"{background_rate:.2f}/s ({background_share:.0%} of capacity)")
+            console.print(f"latency: background requests ({background_docs}) alone at {background_rate:.2f}/s "
+                          f"({background_share:.0%} of capacity)")
             background = RequestFactory(parse_distribution(background_docs), seed=13)
+            alone = open_loop(client, [("background", background, background_rate)], duration_s, arrivals,
+                              timeout_s, seed=17)["background"]
+            report["background_alone"] = {**alone, "share_of_capacity": background_share,
+                                          **throughput(client, alone, duration_s)}
+            console.print(f"latency: small requests with the background, {duration_s:.0f} s")
             mixed = open_loop(client, [("small", small, small_rate), ("background", background, background_rate)],
                               duration_s, arrivals, timeout_s, seed=13)
             report["small_with_background"] = mixed["small"]
-            report["background"] = {**mixed["background"], "share_of_capacity": background_share}
+            report["background"] = {**mixed["background"], "share_of_capacity": background_share,
+                                    **throughput(client, mixed["background"], duration_s)}
+            report["ratios"] = ratios(report)
     finally:
         code = worker.stop()
         report["worker_exit"] = code
@@ -192,8 +216,8 @@ def print_report(report: dict, console: Console) -> None:
                         "from meta; outside = end to end - worker total")
     for col in ("run", "answered", "e2e p50", "e2e p99", "queue p50", "infer p50", "worker p50", "outside p50"):
         table.add_column(col, justify="right")
-    runs = {"lone": "lone 10 docs", "small_alone": "small alone", "small_with_background": "small + bg",
-            "background": "background"}
+    runs = {"lone": "lone 10 docs", "small_alone": "small alone", "background_alone": "background alone",
+            "small_with_background": "small + bg", "background": "bg + small"}
     for name, label in runs.items():
         r = report.get(name)
         if not r:
@@ -213,6 +237,12 @@ def print_report(report: dict, console: Console) -> None:
     if alone and loaded:
         console.print(f"small requests p99: alone {ms(alone['end_to_end_ms']['p99'])} ms, with the background "
                       f"{ms(loaded['end_to_end_ms']['p99'])} ms")
+    r = report.get("ratios") or {}
+    if r.get("small_p99_together_over_alone") and r.get("background_p99_together_over_alone"):
+        bg, bg_alone = report["background"], report["background_alone"]
+        console.print(f"p99 together ÷ alone: small {r['small_p99_together_over_alone']:.2f}x, background "
+                      f"{r['background_p99_together_over_alone']:.2f}x; background throughput "
+                      f"{bg['docs_per_s']:.0f} docs/s together, {bg_alone['docs_per_s']:.0f} alone")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -273,7 +303,8 @@ def main(bootstrap, lone, lone_pause, small_docs, small_rate, background_docs, b
                          arrivals=arrivals, timeout_s=timeout, console=console)
     print_report(report, Console())
     write_json(json_path, report)
-    lost = sum(report.get(k, {}).get("lost", 0) for k in ("lone", "small_alone", "small_with_background", "background"))
+    lost = sum(report.get(k, {}).get("lost", 0)
+               for k in ("lone", "small_alone", "background_alone", "small_with_background", "background"))
     sys.exit(1 if lost or report.get("worker_exit") != 0 else 0)
 
 

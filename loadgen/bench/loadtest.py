@@ -4,7 +4,7 @@ For each strategy (a worker configuration) and each document-count bucket it fin
 highest open-loop request rate whose p99 latency stays under ``--p99-bound`` and reports
 the documents/s and p99 sustained there. It also measures the streaming overhead: the
 documents/s a saturated worker delivers through Kafka divided by what the same engine,
-with the same windows, does offline in one process.
+through the same scheduler kept as busy, does offline in one process.
 
     python -m loadgen.bench.loadtest --json out/loadtest.json --markdown out/loadtest.md
 
@@ -25,6 +25,7 @@ from rich.console import Console
 
 from engines import RerankJob, build_reranker
 from engines.testmodel import ensure_test_model
+from loadgen.bench.engine_speed import run_saturated
 from loadgen.bench.machine import machine, summary
 from loadgen.bench.report import table, write_json, write_text
 from loadgen.client import RerankClient
@@ -51,7 +52,6 @@ STRATEGIES = [
                                            "RERANK_PREFILTER_THRESHOLD": "100", "RERANK_PREFILTER_KEEP": "100"}),
 ]
 BUCKETS = ["4-15", "50-100", "100-200", "300-1000"]
-WINDOW_ENV = {"RERANK_WINDOW_MAX_PAIRS": "512", "RERANK_WINDOW_MS": "20"}
 
 
 def measure_bucket(client: RerankClient, bucket: str, bound_s: float, run_s: float, console: Console) -> dict:
@@ -98,15 +98,9 @@ def offline_docs_per_s(env: dict[str, str], model: str, bucket: str, seconds: fl
     reranker = build_reranker(settings.engine_config)
     reranker.warmup()
     factory = RequestFactory(parse_distribution(bucket), seed=7)
-    docs, started = 0, time.monotonic()
-    while time.monotonic() - started < seconds:
-        window, pairs = [], 0
-        while pairs < settings.window_max_pairs:  # windows as the worker forms them when saturated
-            req = factory()
-            window.append(RerankJob(req["query"], req["documents"]))
-            pairs += len(req["documents"])
-        reranker.rerank(window)
-        docs += sum(len(j.documents) for j in window)
+    jobs = (RerankJob(req["query"], req["documents"]) for req in iter(factory, None))
+    started = time.monotonic()
+    docs, _ = run_saturated(reranker, jobs, seconds=seconds)  # the worker's scheduler, saturated
     return docs / (time.monotonic() - started)
 
 
@@ -152,7 +146,7 @@ def main(json_path, md_path, p99_bound, run_seconds, strategies, buckets) -> Non
             tag = uuid.uuid4().hex[:8]
             topics = {"RERANK_REQUEST_TOPIC": f"lt-req-{tag}", "RERANK_RESPONSE_TOPIC": f"lt-resp-{tag}",
                       "RERANK_DEAD_LETTER_TOPIC": f"lt-dlq-{tag}", "RERANK_GROUP_ID": f"lt-{tag}"}
-            env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "RERANK_MODEL": model, **WINDOW_ENV, **topics, **strategy.env}
+            env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "RERANK_MODEL": model, **topics, **strategy.env}
             worker = WorkerProcess(env, logs / f"{tag}.log", f"loadtest-{tag}").start()
             try:
                 worker.wait_ready(600)

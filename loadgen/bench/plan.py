@@ -78,9 +78,13 @@ def load_report(path: str) -> dict:
 
 
 def window_policy(report: dict) -> WindowPolicy:
+    """The windows the model simulates: a report of 0.2's worker names its own; since 0.3 the
+    worker schedules pairs continuously, and the model keeps 0.2's default windows for it."""
     s = report["settings"]
     threshold = s.get("prefilter_threshold")
-    return WindowPolicy(max_pairs=int(s["window_max_pairs"]), window_s=float(s["window_ms"]) / 1000,
+    default = WindowPolicy()
+    return WindowPolicy(max_pairs=int(s.get("window_max_pairs", default.max_pairs)),
+                        window_s=float(s.get("window_ms", default.window_s * 1000)) / 1000,
                         gather_s=float(s.get("window_gather_ms", 1.0)) / 1000,
                         prefilter_threshold=math.inf if threshold is None else threshold,
                         prefilter_keep=int(s["prefilter_keep"]))

@@ -1,6 +1,10 @@
 """A queueing model of the worker: windows on replicas, simulated event by event.
 
-What it models, as :mod:`streams.windows` and :mod:`streams.worker` do it:
+What it models is the worker of 0.2, which scored windows one at a time (``streams.windows``,
+``streams.worker`` then). Since 0.3 the worker's engine schedules pairs continuously
+(:mod:`engines.scheduler`): each request is answered when its own pairs are done, small ones
+first, so for mixed sizes this model is pessimistic about small requests; modelling the
+scheduler is an open follow-up. What it models:
 
 * Requests are keyed by ``request_id``, so each lands on a partition at random and every
   partition belongs to one replica. **Replicas do not share a queue**: c replicas are c

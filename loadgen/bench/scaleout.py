@@ -6,8 +6,8 @@ waits until every replica holds partitions (their ``/ready``), warms them up, an
 ``--docs`` size measures (each run long enough for about ``--min-answers`` answers, from
 ``--run-seconds`` to ``--max-run-seconds``):
 
-* **capacity**, closed loop: enough requests in flight to keep every replica busy with full
-  windows (two windows' worth per replica): docs/s, p50/p99, lost;
+* **capacity**, closed loop: enough requests in flight to keep every replica's micro-batches
+  full (:data:`IN_FLIGHT_PAIRS` per replica): docs/s, p50/p99, lost;
 * **latency**, open loop at ``--fractions`` of that capacity, and at the same fractions of the
   first configuration's capacity (the same absolute rates for every configuration, so that
   1 replica × 2 threads and 2 replicas × 1 thread are compared at one load).
@@ -15,10 +15,12 @@ waits until every replica holds partitions (their ``/ready``), warms them up, an
 Beside each run: the CPU the broker (the Kafka JVM), the load generator (this process), the
 workers and everything else on the machine used during it, in cores (from ``/proc``
 through psutil), so that on a small machine the reader sees how much of it the broker and
-the client take. Each run also keeps its windows (pairs, documents the prefilter read,
-seconds it kept the scoring loop; grouped from the answers' ``meta``) and each answer's
-latency outside the worker (end to end minus ``meta.total_ms``: Kafka both ways):
-``python -m loadgen.plan`` builds its model of a replica from them.
+the client take. Each run also keeps its "windows" (answers of one worker with the same
+``meta.inference_ms``: pairs, documents the prefilter read, seconds; since 0.3 the worker's
+scheduler answers each request on its own, so these are single requests whose time includes
+the micro-batches they shared) and each answer's latency outside the worker (end to end minus
+``meta.total_ms``: Kafka both ways): ``python -m loadgen.plan`` builds its model of a replica
+from them (a model of 0.2's windows: see README, "Scaling").
 
     python -m loadgen.bench.scaleout --json out/scaleout.json --markdown out/scaleout.md
     python -m loadgen.bench.scaleout --quick          # a smoke test: 1×1 and 2×1, tiny runs
@@ -194,17 +196,16 @@ def wait_for_partitions(workers: list[WorkerProcess], partitions: int, timeout_s
                        f"(held: {held}):\n" + "\n".join(f"--- {w.name}\n{w.tail(15)}" for w in workers))
 
 
-def concurrency_for(bucket: str, replicas: int, settings: WorkerSettings) -> int:
-    """Requests in flight that keep `replicas` replicas busy with full windows: two
-    windows' worth each. While one window is scored the other waits whole; with fewer, the
-    window after a full one takes only what is left and the sizes alternate. More would
-    only lengthen the queue."""
+def concurrency_for(bucket: str, replicas: int, settings: WorkerSettings, in_flight_pairs: int = 1024) -> int:
+    """Requests in flight that keep `replicas` replicas' micro-batches full: IN_FLIGHT_PAIRS
+    pairs each, so that the scheduler always has pairs of fitting lengths to fill a micro-batch
+    with. More would only lengthen the queue."""
     mix = parse_distribution(bucket)
     total = sum(w for w, _, _ in mix)
     engine = settings.engine_config
     pairs = sum(w * min((lo + hi) / 2, engine.prefilter_keep if (lo + hi) / 2 > engine.prefilter_threshold
                         else math.inf) for w, lo, hi in mix) / total
-    return replicas * max(4, math.ceil(2 * settings.window_max_pairs / max(pairs, 1)))
+    return replicas * max(4, math.ceil(in_flight_pairs / max(pairs, 1)))
 
 
 def measure_config(bootstrap: str, config: Config, buckets: list[str], base_env: dict[str, str],
@@ -234,7 +235,8 @@ def measure_config(bootstrap: str, config: Config, buckets: list[str], base_env:
         with RerankClient(bootstrap, topics["RERANK_REQUEST_TOPIC"], [topics["RERANK_RESPONSE_TOPIC"]]) as client:
             for bucket in buckets:
                 factory = RequestFactory(parse_distribution(bucket), seed=11)
-                in_flight = args["concurrency"] or concurrency_for(bucket, config.replicas, settings)
+                in_flight = args["concurrency"] or concurrency_for(bucket, config.replicas, settings,
+                                                                   args["in_flight_pairs"])
                 common = {"config": config.label, "replicas": config.replicas, "threads": config.threads,
                           "engine": engine, "docs": bucket, "partitions": args["partitions"]}
 
@@ -338,11 +340,11 @@ def markdown(report: dict) -> str:
     runs = report["runs"]
     s = report["settings"]
     lines = [f"Machine: {report['machine']}. Engine: {report['engine']}. Model: {report['model_note']}. "
-             f"Windows: {s['window_max_pairs']} pairs / {s['window_ms']:g} ms; {report['partitions']} request "
+             f"Scheduler: {s.get('scheduler_policy', 'windows of 0.2')}; {report['partitions']} request "
              f"partitions; runs of {report['run_seconds']:g} to {report['max_run_seconds']:g} s (about "
              f"{report['min_answers']} answers each). Command: `{report['command']}` "
              f"({report['wall_s'] / 60:.0f} min).", "",
-             "**Capacity** (closed loop, two full windows in flight per replica; CPU in cores, "
+             "**Capacity** (closed loop, enough pairs in flight to fill every replica's micro-batches; CPU in cores, "
              f"of {report['cores']}):", ""]
     first: dict[str, float] = {}
     closed = []
@@ -421,30 +423,25 @@ def _ints(text: str, name: str) -> list[int]:
 @click.option("--fractions", default="0.5,0.8", show_default=True,
               help="Open-loop rates as fractions of the measured capacity.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
-              help="Closed-loop requests in flight [default: two full windows' worth per replica].")
-@click.option("--window-max-pairs", type=click.IntRange(min=1), default=None,
-              help="RERANK_WINDOW_MAX_PAIRS for the workers [default: the worker's].")
-@click.option("--window-ms", type=click.FloatRange(min=0), default=None,
-              help="RERANK_WINDOW_MS for the workers [default: the worker's].")
+              help="Closed-loop requests in flight [default: 1,024 pairs' worth per replica].")
 @click.option("--engine", default=None, help="RERANK_ENGINE (default: the worker's own default).")
 @click.option("--precision", default=None, help="RERANK_PRECISION for the workers.")
 @click.option("--model", default=None, help="RERANK_MODEL (default: the local test model, untrained head).")
 @click.option("--bootstrap", default=None, help="Use this cluster instead of starting one.")
 @click.option("--quick", is_flag=True,
-              help="Smoke test: 1×1 and 2×1, 2-4 documents, windows of 32 pairs, 3-s runs, one fraction.")
+              help="Smoke test: 1×1 and 2×1, 2-4 documents, 64 pairs in flight, 3-s runs, one fraction.")
 @click.option("--json", "json_path", default="out/scaleout.json", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--markdown", "md_path", default="out/scaleout.md", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--logs", "logs_dir", default=None, type=click.Path(file_okay=False),
               help="Worker logs here [default: a new temporary folder].")
 def main(replicas, threads, docs, partitions, run_seconds, min_answers, max_run_seconds, warmup_seconds, fractions,
-         concurrency, window_max_pairs, window_ms, engine, precision, model, bootstrap, quick, json_path, md_path,
+         concurrency, engine, precision, model, bootstrap, quick, json_path, md_path,
          logs_dir) -> None:
     """Replicas × threads through Kafka: capacity, latency, and the broker's and client's CPU beside them."""
     console = Console()
     if quick:
         replicas, threads, docs, run_seconds, warmup_seconds, fractions = "1,2", "1", "2-4", 3.0, 1.0, "0.5"
         max_run_seconds = 3.0
-        window_max_pairs = window_max_pairs or 32
     replica_counts, thread_counts = _ints(replicas, "--replicas"), _ints(threads, "--threads")
     buckets = [b.strip() for b in docs.split(";" if ";" in docs else ",") if b.strip()]
     for bucket in buckets:
@@ -467,13 +464,12 @@ def main(replicas, threads, docs, partitions, run_seconds, min_answers, max_run_
     model_note = model if model != str(ensure_test_model()) else \
         "local MiniLM-L6 test cross-encoder (untrained head: same cost as ms-marco-MiniLM-L-6-v2)"
     base_env = {"RERANK_MODEL": model}
-    base_env.update({k: str(v) for k, v in (("RERANK_ENGINE", engine), ("RERANK_PRECISION", precision),
-                                            ("RERANK_WINDOW_MAX_PAIRS", window_max_pairs),
-                                            ("RERANK_WINDOW_MS", window_ms)) if v is not None})
+    base_env.update({k: str(v) for k, v in (("RERANK_ENGINE", engine), ("RERANK_PRECISION", precision))
+                     if v is not None})
     settings = WorkerSettings(**{k.removeprefix("RERANK_").lower(): v for k, v in base_env.items()})
     args = {"partitions": partitions, "run_seconds": run_seconds, "min_answers": min_answers,
             "max_run_seconds": max_run_seconds, "warmup_seconds": warmup_seconds,
-            "fractions": fraction_list, "concurrency": concurrency,
+            "fractions": fraction_list, "concurrency": concurrency, "in_flight_pairs": 64 if quick else 1024,
             "timeout": max(120.0, 4 * max(run_seconds, max_run_seconds))}
     longest = max(run_seconds, max_run_seconds)
     per_bucket_s = (run_seconds, longest)
@@ -505,8 +501,7 @@ def main(replicas, threads, docs, partitions, run_seconds, min_answers, max_run_
         "engine": ", ".join(engines_seen), "engine_requested": engine or "worker default", "model": model,
         "model_note": model_note, "partitions": partitions, "run_seconds": run_seconds,
         "max_run_seconds": max(run_seconds, max_run_seconds), "min_answers": min_answers, "fractions": fraction_list,
-        "settings": {"window_max_pairs": settings.window_max_pairs, "window_ms": settings.window_ms,
-                     "window_gather_ms": settings.window_gather_ms,
+        "settings": {"scheduler_policy": settings.engine_config.scheduler_policy,
                      "prefilter_threshold": (settings.engine_config.prefilter_threshold
                                              if settings.engine_config.engine != "bi-encoder" else None),
                      "prefilter_keep": settings.engine_config.prefilter_keep,

@@ -54,7 +54,9 @@ def test_a_tiny_latency_run_against_the_broker_writes_its_report(kafka_bootstrap
     report = json.loads(out_json.read_text())
     assert report["lone"]["answered"] == 2 and report["lone"]["end_to_end_over_inference_p50"] > 0
     assert report["capacity"]["requests_per_s"] > 0
-    for run in ("small_alone", "small_with_background", "background"):
+    for run in ("small_alone", "background_alone", "small_with_background", "background"):
         assert report[run]["lost"] == 0 and report[run]["end_to_end_ms"]["p99"] is not None, run
     assert report["worker_exit"] == 0
-    assert "small requests p99: alone" in proc.stdout
+    assert report["background"]["docs_per_s"] > 0 and report["background_alone"]["docs_per_s"] > 0
+    assert report["ratios"]["small_p99_together_over_alone"] > 0
+    assert "small requests p99: alone" in proc.stdout and "p99 together ÷ alone" in proc.stdout

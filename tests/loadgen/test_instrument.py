@@ -41,7 +41,7 @@ def test_breakdown_parts_account_for_the_whole_latency():
     parts = answer_breakdown(pending, answer)
     assert parts["to_broker_ms"] == pytest.approx(3.0)
     assert parts["to_worker_ms"] == pytest.approx(5.0)
-    assert parts["window_ms"] == 20.0 and parts["inference_ms"] == 15.0
+    assert parts["queue_ms"] == 20.0 and parts["inference_ms"] == 15.0
     assert parts["answering_ms"] == pytest.approx(1.0)
     assert parts["to_client_ms"] == pytest.approx(3.0)
     assert parts["end_to_end_ms"] == pytest.approx(47.0)

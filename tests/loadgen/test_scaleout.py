@@ -13,14 +13,15 @@ from loadgen.bench.scaleout import (CpuMeter, broker_process, comparisons, concu
 from streams.settings import WorkerSettings
 
 
-def test_closed_loop_keeps_two_full_windows_per_replica_in_flight():
-    settings = WorkerSettings(window_max_pairs=512, prefilter_threshold=100, prefilter_keep=100)
-    assert concurrency_for("10", 1, settings) == 103  # ceil(2 × 512 / 10)
+def test_closed_loop_keeps_enough_pairs_in_flight_per_replica():
+    settings = WorkerSettings(prefilter_threshold=100, prefilter_keep=100)
+    assert concurrency_for("10", 1, settings) == 103  # ceil(1024 / 10)
     assert concurrency_for("4-15", 2, settings) == 2 * 108  # mean 9.5 documents
     # prefiltered requests cost `keep` pairs, not their documents
     assert concurrency_for("300-1000", 1, settings) == 11
     assert concurrency_for("2000", 3, settings) == 3 * 11
-    assert concurrency_for("600", 1, WorkerSettings(window_max_pairs=512, prefilter_threshold=5000)) == 4
+    assert concurrency_for("600", 1, WorkerSettings(prefilter_threshold=5000)) == 4
+    assert concurrency_for("10", 1, settings, in_flight_pairs=64) == 7
 
 
 def test_runs_last_long_enough_for_enough_answers_within_bounds():

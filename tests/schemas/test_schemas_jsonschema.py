@@ -176,6 +176,11 @@ EXAMPLES: list[tuple[dict[str, Any], bool]] = [
     ({**VALID, "documents": [{"score": 1.0}]}, False),
     ({**VALID, "prefilter": []}, False),
     ({**VALID, "deadline_ms": -1}, False),
+    ({**VALID, "priority": 1000}, True),
+    ({**VALID, "priority": -3.0}, True),
+    ({**VALID, "priority": 1001}, False),
+    ({**VALID, "priority": "1"}, False),
+    ({**VALID, "priority": None}, False),
     ({**VALID, "reply_to": ""}, False),
     ({**VALID, "reply_to": "t" * 250}, False),
     ({**VALID, "reply_to": "a b"}, False),
@@ -286,6 +291,7 @@ valid_requests = st.fixed_dictionaries(
                           "method": st.none() | st.sampled_from(PREFILTER_METHODS)}
         ),
         "deadline_ms": st.none() | st.integers(min_value=0, max_value=2**63),
+        "priority": st.integers(min_value=-1000, max_value=1000),
         "reply_to": st.none()
         | st.text(alphabet=TOPIC_ALPHABET, min_size=1, max_size=249).filter(lambda t: t not in (".", "..")),
     },
@@ -316,7 +322,7 @@ def schema_strategy(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchSt
     kind = schema.get("type")
     known = {
         "string": {"type", "minLength", "maxLength", "not", "enum"},
-        "integer": {"type", "minimum"},
+        "integer": {"type", "minimum", "maximum"},
         "number": {"type"},
         "boolean": {"type"},
         "null": {"type"},
@@ -342,7 +348,7 @@ def schema_strategy(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchSt
             strategy = strategy.filter(Draft202012Validator(schema).is_valid)
         return strategy
     if kind == "integer":
-        integers = st.integers(min_value=schema.get("minimum"), max_value=2**64)
+        integers = st.integers(min_value=schema.get("minimum"), max_value=schema.get("maximum", 2**64))
         # JSON Schema's integer includes 2.0: a client validating with the schema may send it.
         return integers | integers.filter(lambda i: abs(i) <= 2**53).map(float)
     if kind == "boolean":

@@ -143,11 +143,13 @@ class LengthReranker:
 
     model_name = "fake-model"
     engine_name = "fake-fp32"
+    cross_encoder = None  # no pairs to schedule: the scheduler scores each job whole
+    activation = SIGMOID
 
     def __init__(self, config: EngineConfig = EngineConfig(prefilter_threshold=5, prefilter_keep=3),
                  fail: bool = False, block=None) -> None:
         self.config, self.fail, self.block = config, fail, block
-        self.windows: list[list[str]] = []  # the queries of each window scored
+        self.calls: list[list[str]] = []  # the queries of each call, in order
 
     def plan(self, job: RerankJob) -> JobPlan:
         return plan_job(job, self.config)
@@ -155,7 +157,7 @@ class LengthReranker:
     def rerank(self, jobs: list[RerankJob], plans: list[JobPlan] | None = None) -> list[RerankOutcome]:
         if self.block is not None:
             self.block.wait()
-        self.windows.append([job.query for job in jobs])
+        self.calls.append([job.query for job in jobs])
         if self.fail:
             raise RuntimeError("the engine broke")
         plans = plans or [self.plan(job) for job in jobs]

@@ -34,7 +34,7 @@ def worker_env(bootstrap: str, tag: str, **extra: str) -> dict[str, str]:
             "RERANK_DEAD_LETTER_TOPIC": f"dlq-{tag}", "RERANK_GROUP_ID": f"workers-{tag}",
             "RERANK_REPLY_TO_PREFIX": f"replies-{tag}.",
             "RERANK_REQUEST_PARTITIONS": str(PARTITIONS), "RERANK_RESPONSE_PARTITIONS": "2",
-            "RERANK_WINDOW_MS": "30", "RERANK_SUMMARY_EVERY_S": "2",
+            "RERANK_SUMMARY_EVERY_S": "2",
             "RERANK_SESSION_TIMEOUT_S": "6", "RERANK_HEARTBEAT_INTERVAL_S": "1", **extra}
 
 
@@ -126,7 +126,7 @@ def test_three_sigkills_of_two_replicas_under_load_lose_no_request(kafka_bootstr
             t0 = time.monotonic()
             for round_, slot in enumerate(["a", "b", "a"], start=1):
                 assert load.wait_answers(client.answered() + 10, 90), f"round {round_}: no progress before the kill"
-                workers[slot].kill()  # mid-load, mid-window: no goodbye, no commit
+                workers[slot].kill()  # mid-load, mid-request: no goodbye, no commit
                 replacement = WorkerProcess(env, tmp_path / f"{slot}{round_}.log", f"worker-{slot}{round_}")
                 workers[slot] = replacement.start()
                 replacement.wait_ready()

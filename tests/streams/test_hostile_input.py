@@ -67,9 +67,9 @@ valid_requests = st.fixed_dictionaries(
      "query": texts.filter(bool),
      "documents": st.lists(texts, min_size=1, max_size=8)},
     optional={"top_n": st.integers(1, 20), "return_documents": st.booleans(), "raw_scores": st.booleans(),
-              "model": st.just("served-model")})
+              "model": st.just("served-model"), "priority": st.integers(-1000, 1000)})
 FIELDS = ["request_id", "query", "documents", "top_n", "return_documents", "raw_scores", "model",
-          "reply_to", "deadline_ms", "prefilter", "colour"]
+          "reply_to", "deadline_ms", "prefilter", "priority", "colour"]
 
 
 @PARSER
@@ -130,6 +130,8 @@ def test_mutated_bytes_of_a_valid_request_are_a_request_or_a_request_error(paylo
     b'{"request_id": "n", "query": "q", "documents": ["d"], "top_n": ' + b"9" * 10_000 + b"}",  # huge int
     b'{"request_id": "n", "query": "q", "documents": ["d"], "top_n": 1e999}',  # float overflow
     b'{"request_id": "n", "query": "q", "documents": ["d"], "top_n": NaN}',
+    b'{"request_id": "n", "query": "q", "documents": ["d"], "priority": ' + b"9" * 10_000 + b"}",  # huge priority
+    b'{"request_id": "n", "query": "q", "documents": ["d"], "priority": -1e308}',
     b'{"request_id": "n", "request_id": "m", "query": "q", "documents": ["d"]}',  # duplicate key
     b'\xef\xbb\xbf{"request_id": "n", "query": "q", "documents": ["d"]}',  # UTF-8 BOM
     b'{"request_id": "n", "query": "q\\ud800", "documents": ["d"]}',  # unpaired surrogate escape
@@ -158,7 +160,7 @@ def topics() -> dict[str, str]:
 def worker(kafka_bootstrap, topics, tmp_path_factory):
     env = {**topics, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "RERANK_MODEL": str(ensure_test_model()),
            "RERANK_ENGINE": "onnx", "RERANK_PRECISION": "fp32", "RERANK_REQUEST_PARTITIONS": "1",
-           "RERANK_RESPONSE_PARTITIONS": "1", "RERANK_WINDOW_MS": "30", "RERANK_SUMMARY_EVERY_S": "2"}
+           "RERANK_RESPONSE_PARTITIONS": "1", "RERANK_SUMMARY_EVERY_S": "2"}
     with running_worker(env, tmp_path_factory.mktemp("hostile") / "worker.log", "worker-h") as proc:
         yield proc
 

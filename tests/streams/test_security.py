@@ -105,7 +105,7 @@ def worker_env(secure, s, **kafka) -> dict[str, str]:
         **kafka, "RERANK_REQUEST_TOPIC": s.request, "RERANK_RESPONSE_TOPIC": s.response,
         "RERANK_DEAD_LETTER_TOPIC": s.dlq, "RERANK_REPLY_TO_PREFIX": s.prefix, "RERANK_GROUP_ID": s.group,
         "RERANK_MODEL": str(ensure_test_model()), "RERANK_ENGINE": "onnx", "RERANK_PRECISION": "fp32",
-        "RERANK_REQUEST_PARTITIONS": "2", "RERANK_WINDOW_MS": "20", "RERANK_SUMMARY_EVERY_S": "2",
+        "RERANK_REQUEST_PARTITIONS": "2", "RERANK_SUMMARY_EVERY_S": "2",
     }
 
 
@@ -307,7 +307,7 @@ def test_secrets_never_appear_in_logs_metrics_or_settings_dumps(secure, setup, w
     # settings dumps: a configuration error, and the settings themselves, with the password set
     base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/tmp",
             **secure.worker_env(setup.users["worker"][0], password=worker_password)}
-    bad = {"RERANK_WINDOW_MAX_PAIRS": "-5"}, {"KAFKA_SASL_USERNAME": ""}, {"KAFKA_SSL_CA_FILE": "/nonexistent"}
+    bad = {"RERANK_MAX_INFLIGHT_PAIRS": "-5"}, {"KAFKA_SASL_USERNAME": ""}, {"KAFKA_SSL_CA_FILE": "/nonexistent"}
     for overrides in bad:
         proc = subprocess.run([sys.executable, "-m", "streams", "init-topics"], env={**base, **overrides},
                               capture_output=True, text=True, timeout=120)

@@ -18,13 +18,13 @@ def clean_env(monkeypatch):
 
 
 @pytest.mark.parametrize("var,value", [
-    ("RERANK_WINDOW_MAX_PAIRS", "0"),
+    ("RERANK_MAX_INFLIGHT_PAIRS", "0"),
     ("RERANK_ENGINE", "tensorflow"),
     ("RERANK_REQUEST_TOPIC", "bad topic!"),
     ("KAFKA_BOOTSTRAP_SERVERS", "no-port-here"),
     ("KAFKA_SECURITY_PROTOCOL", "SASL_TLS"),
-    ("RERANK_WINDOW_MS", "soon"),
-    ("RERANK_WINDOW_GATHER_MS", "-1"),
+    ("RERANK_SESSION_TIMEOUT_S", "soon"),
+    ("RERANK_SCHEDULER_POLICY", "random"),
     ("RERANK_SHUTDOWN_GRACE_S", "0.5"),
     ("RERANK_LOG_REPEAT_S", "-3"),
     ("RERANK_PREFILTER_METHOD", "tfidf"),
@@ -68,7 +68,7 @@ def test_every_engine_option_is_a_worker_setting_with_the_engines_defaults(monke
               "RERANK_PREFILTER_KEEP": "20", "RERANK_MAX_BATCH_TOKENS": "4096", "RERANK_MAX_BATCH_PAIRS": "32",
               "RERANK_MAX_LENGTH": "256", "RERANK_THREADS": "3", "RERANK_CACHE_DIR": str(tmp_path),
               "RERANK_EMBEDDING_CACHE_SIZE": "10", "RERANK_PREFILTER_RUNTIME": "onnx", "RERANK_CPU_PINNING": "true",
-              "RERANK_PREFILTER_METHOD": "static+bm25"}
+              "RERANK_PREFILTER_METHOD": "static+bm25", "RERANK_SCHEDULER_POLICY": "fifo"}
     assert {f"RERANK_{f.name.upper()}" for f in dataclasses.fields(EngineConfig)} == set(values)
     for var, value in values.items():
         monkeypatch.setenv(var, value)
@@ -77,16 +77,16 @@ def test_every_engine_option_is_a_worker_setting_with_the_engines_defaults(monke
                                   prefilter_model="/models/bi", prefilter_threshold=50, prefilter_keep=20,
                                   max_batch_tokens=4096, max_batch_pairs=32, max_length=256, threads=3,
                                   cache_dir=str(tmp_path), embedding_cache_size=10, prefilter_runtime="onnx",
-                                  cpu_pinning=True, prefilter_method="static+bm25")
+                                  cpu_pinning=True, prefilter_method="static+bm25", scheduler_policy="fifo")
 
 
 def test_engine_settings_come_from_a_dotenv_file_below_the_environment(monkeypatch, tmp_path):
-    (tmp_path / ".env").write_text("RERANK_MODEL=/from/dotenv\nRERANK_THREADS=2\nRERANK_WINDOW_MS=7\n")
+    (tmp_path / ".env").write_text("RERANK_MODEL=/from/dotenv\nRERANK_THREADS=2\nRERANK_MAX_DOCUMENTS=7\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RERANK_THREADS", "5")
     settings = load_settings()
     assert settings.engine_config.model == "/from/dotenv" and settings.engine_config.threads == 5
-    assert settings.window_ms == 7
+    assert settings.max_documents == 7
 
 
 def test_sasl_without_credentials_is_refused(monkeypatch):
@@ -130,11 +130,11 @@ def test_password_from_a_file(monkeypatch, tmp_path):
 
 
 def test_worker_command_exits_with_the_message_not_a_traceback():
-    env = {"PATH": "/usr/bin:/bin", "RERANK_WINDOW_MAX_PAIRS": "-5", "PYTHONPATH": "."}
+    env = {"PATH": "/usr/bin:/bin", "RERANK_MAX_INFLIGHT_PAIRS": "-5", "PYTHONPATH": "."}
     proc = subprocess.run([sys.executable, "-m", "streams", "worker"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0
-    assert "RERANK_WINDOW_MAX_PAIRS" in proc.stderr
+    assert "RERANK_MAX_INFLIGHT_PAIRS" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

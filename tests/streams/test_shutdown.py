@@ -1,5 +1,5 @@
 """Stopping in bounded time: the repeat limiter and the watchdog on their own, then a real
-worker SIGTERMed mid-window while its broker goes away (it must be gone within the grace
+worker SIGTERMed mid-request while its broker goes away (it must be gone within the grace
 period, and once a broker and a worker are back, every request must be answered)."""
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def test_the_watchdog_exits_at_the_earliest_deadline_it_was_given():
 
 def test_the_watchdog_ends_a_process_whose_exit_is_blocked():
     """What it is for: the interpreter's exit waits for a busy thread (here a pool thread
-    sleeping 60 s, as the engine thread does mid-window); the watchdog ends it anyway."""
+    sleeping 60 s, as the engine thread does mid-step); the watchdog ends it anyway."""
     script = textwrap.dedent("""
         import time
         from concurrent.futures import ThreadPoolExecutor
@@ -167,13 +167,13 @@ def pairs_per_second(client: RerankClient, ids: list[str]) -> float:
 @pytest.mark.kafka
 @pytest.mark.faults
 @pytest.mark.timeout(600)
-def test_sigterm_mid_window_then_the_broker_goes_away_the_worker_exits_in_time_and_loses_nothing(tmp_path):
+def test_sigterm_mid_request_then_the_broker_goes_away_the_worker_exits_in_time_and_loses_nothing(tmp_path):
     tag = uuid.uuid4().hex[:8]
     env = {"RERANK_MODEL": str(ensure_test_model()), "RERANK_ENGINE": "onnx", "RERANK_PRECISION": "fp32",
            "RERANK_REQUEST_TOPIC": f"req-{tag}", "RERANK_RESPONSE_TOPIC": f"resp-{tag}",
            "RERANK_DEAD_LETTER_TOPIC": f"dlq-{tag}", "RERANK_GROUP_ID": f"workers-{tag}",
            "RERANK_REPLY_TO_PREFIX": f"replies-{tag}.", "RERANK_REQUEST_PARTITIONS": "2",
-           "RERANK_RESPONSE_PARTITIONS": "2", "RERANK_WINDOW_MAX_PAIRS": "48",
+           "RERANK_RESPONSE_PARTITIONS": "2",
            "RERANK_SESSION_TIMEOUT_S": "6", "RERANK_HEARTBEAT_INTERVAL_S": "1", "RERANK_SUMMARY_EVERY_S": "2",
            "RERANK_SHUTDOWN_GRACE_S": str(GRACE_S)}
     make = short_requests(31, docs=(12, 24), chars=300)
@@ -195,7 +195,7 @@ def test_sigterm_mid_window_then_the_broker_goes_away_the_worker_exits_in_time_a
                 client.flush()
                 deadline = time.monotonic() + 120
                 while not client.answered() > len(probe) and time.monotonic() < deadline:
-                    time.sleep(0.05)  # the first window of them is answered: the next is being scored
+                    time.sleep(0.05)  # the first of them are answered: the rest are being scored
                 state = first.status("/healthz") or {}
                 assert state.get("inflight_pairs", 0) > 0, f"nothing in flight at SIGTERM: {state}"
 

@@ -36,8 +36,7 @@ def topics() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def worker(kafka_bootstrap, model, topics, tmp_path_factory):
     env = {**topics, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "RERANK_MODEL": model,
-           "RERANK_ENGINE": "onnx", "RERANK_PRECISION": "fp32", "RERANK_REQUEST_PARTITIONS": "2",
-           "RERANK_WINDOW_MS": "30"}
+           "RERANK_ENGINE": "onnx", "RERANK_PRECISION": "fp32", "RERANK_REQUEST_PARTITIONS": "2"}
     with running_worker(env, tmp_path_factory.mktemp("worker") / "worker.log") as proc:
         yield proc
 

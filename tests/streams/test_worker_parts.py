@@ -25,7 +25,7 @@ from streams.scoring import Scorer
 from streams.service import RerankService
 from streams.settings import WorkerSettings
 from streams.topic_metadata import TopicMetadata
-from streams.windows import Pending
+from streams.inbox import Inbox, Pending
 
 ANSWERS = Answers(request_topic="req", response_topic="resp", dead_letter_topic="dlq", worker="w1",
                   model="fake-model", engine="fake-fp32")
@@ -125,19 +125,38 @@ def codes(answered) -> list[str]:
     return [json.loads(outbound.value).get("error", {}).get("code", "ok") for _, outbound in answered]
 
 
-def test_a_window_is_scored_together_and_a_passed_deadline_is_not_scored():
+def score_all(reranker, requests: list[Pending[Inbound]]) -> list:
+    """Every request through a Scorer; the answers in the order they came out."""
+    async def scenario():
+        inbox: Inbox[Inbound] = Inbox(10_000)
+        for p in requests:
+            await inbox.put(p.item, p.pairs)
+        await inbox.close()
+        answered = []
+        await asyncio.wait_for(Scorer(reranker, ANSWERS).run(inbox, lambda p, o: answered.append((p, o))), 30)
+        return answered
+    return asyncio.run(scenario())
+
+
+def test_each_request_is_answered_and_a_passed_deadline_is_not_scored():
     reranker = LengthReranker()
-    window = [pending(request("a")), pending(request("b", deadline_ms=int(time.time() * 1000) - 1000)),
-              pending(request("c"))]
-    answered = asyncio.run(Scorer(reranker, ANSWERS, 512).score(window))
-    assert [p.item.request.request_id for p, _ in answered] == ["a", "b", "c"]
-    assert codes(answered) == ["ok", "deadline_exceeded", "ok"]
-    assert reranker.windows == [["q", "q"]]  # one engine call for both live requests
+    answered = score_all(reranker, [pending(request("a")), pending(request("b", deadline_ms=int(time.time() * 1000) - 1000)),
+                                    pending(request("c"))])
+    by_id = {p.item.request.request_id: code for (p, _), code in zip(answered, codes(answered))}
+    assert by_id == {"a": "ok", "b": "deadline_exceeded", "c": "ok"}
+    assert sorted(q for call in reranker.calls for q in call) == ["q", "q"]  # "b" never reached the engine
+    ranked_a = next(parse_response(o.value) for p, o in answered if p.item.request.request_id == "a")
+    assert ranked_a.meta.queue_ms >= 0 and ranked_a.meta.total_ms >= ranked_a.meta.inference_ms
 
 
-def test_an_engine_failure_answers_every_request_of_its_window_internal():
-    answered = asyncio.run(Scorer(LengthReranker(fail=True), ANSWERS, 512).score(
-        [pending(request("a")), pending(request("b"))]))
+def test_a_request_of_higher_priority_is_answered_first():
+    answered = score_all(LengthReranker(), [pending(request("low")), pending(request("high", priority=3)),
+                                            pending(request("default-too"))])
+    assert [p.item.request.request_id for p, _ in answered] == ["high", "low", "default-too"]
+
+
+def test_an_engine_failure_answers_its_requests_internal():
+    answered = score_all(LengthReranker(fail=True), [pending(request("a")), pending(request("b"))])
     assert codes(answered) == ["internal", "internal"]
     assert "RuntimeError: the engine broke" in json.loads(answered[0][1].value)["error"]["message"]
 
@@ -145,7 +164,7 @@ def test_an_engine_failure_answers_every_request_of_its_window_internal():
 # -- the service: message in, answer out, then ack --------------------------------------------------
 def settings(**overrides) -> WorkerSettings:
     return WorkerSettings(request_topic="req", response_topic="resp", dead_letter_topic="dlq", worker_name="w1",
-                          window_ms=5, window_max_pairs=512, max_inflight_pairs=64, **overrides)
+                          max_inflight_pairs=64, **overrides)
 
 
 def service_with(reranker, producer: FakeProducer, app: FakeApp | None = None) -> RerankService:
@@ -157,14 +176,14 @@ def test_each_message_is_answered_once_and_acked_only_after_its_answer_is_sent()
     async def scenario():
         producer = FakeProducer()
         service = service_with(LengthReranker(), producer)
-        windows = asyncio.create_task(service.run_windows())
+        engine = asyncio.create_task(service.run_engine())
         stream, log = FakeStream(), producer.events
         messages = [FakeEvent(request("good-1"), b"good-1", log), FakeEvent(b"{broken", b"key-2", log),
                     FakeEvent(request("good-3", documents=["a"] * 8), b"good-3", log), FakeEvent(None, None, log)]
         for event in messages:
             await service.take(stream, event)
-        await service.buffer.close()
-        await windows
+        await service.inbox.close()
+        await engine
         await service.delivery.wait()
         return producer, service
 
@@ -177,7 +196,7 @@ def test_each_message_is_answered_once_and_acked_only_after_its_answer_is_sent()
     for key in (b"good-1", b"key-2", b"good-3", None):  # every message acked, each after its answer
         assert events.count(f"ack {key!r}") == 1
         assert events.index(f"ack {key!r}") > events.index(f"sent resp {key!r}" if key else "sent dlq None")
-    assert service.buffer.inflight_pairs == 0  # every pair taken was given back
+    assert service.inbox.inflight_pairs == 0  # every pair taken was given back
 
 
 def test_an_answer_that_cannot_be_delivered_crashes_the_worker_unacked():
@@ -186,10 +205,10 @@ def test_an_answer_that_cannot_be_delivered_crashes_the_worker_unacked():
         app = FakeApp(producer)
         service = service_with(LengthReranker(), producer, app)
         service.delivery.backoff_s = 0.0
-        windows = asyncio.create_task(service.run_windows())
+        engine = asyncio.create_task(service.run_engine())
         await service.take(FakeStream(), FakeEvent(request("lost"), b"lost", producer.events))
-        await service.buffer.close()
-        await windows
+        await service.inbox.close()
+        await engine
         await service.delivery.wait()
         return producer, app
 
@@ -203,14 +222,14 @@ def test_drain_answers_what_was_taken_within_the_grace_then_commits():
         producer = FakeProducer()
         app = FakeApp(producer)
         service = service_with(LengthReranker(), producer, app)
-        windows = asyncio.create_task(service.run_windows())
+        engine = asyncio.create_task(service.run_engine())
         await service.take(FakeStream(), FakeEvent(request("in-time"), b"in-time", producer.events))
         started = time.monotonic()
         await service.drain(grace_s=10.0)
-        return producer, app, service, time.monotonic() - started, windows
+        return producer, app, service, time.monotonic() - started, engine
 
-    producer, app, service, took, windows = asyncio.run(scenario())
-    assert "ack b'in-time'" in producer.events and took < 5.0 and windows.done()
+    producer, app, service, took, engine = asyncio.run(scenario())
+    assert "ack b'in-time'" in producer.events and took < 5.0 and engine.done()
     assert app.calls[:4] == ["stop_flow", "suspend", "pause ['tp-0']", "clear"] and app.calls[-1] == "commit"
     assert app.conf.stream_wait_empty is False and service.stopping
 
@@ -222,13 +241,13 @@ def test_drain_abandons_what_it_cannot_answer_in_time_and_still_commits():
         producer = FakeProducer()
         app = FakeApp(producer)
         service = service_with(LengthReranker(block=engine_free), producer, app)
-        windows = asyncio.create_task(service.run_windows())
+        engine = asyncio.create_task(service.run_engine())
         for name in ("scoring", "queued"):
             await service.take(FakeStream(), FakeEvent(request(name, documents=["a"] * 40), name.encode(),
                                                        producer.events))
-        await asyncio.sleep(0.2)  # the first request's window is in the (blocked) engine
+        await asyncio.sleep(0.2)  # the first request is in the (blocked) engine
         started = time.monotonic()
-        await Drain(app, service.buffer, service.delivery, lambda: windows)(grace_s=1.0)
+        await Drain(app, service.inbox, service.delivery, lambda: engine)(grace_s=1.0)
         return producer, app, service, time.monotonic() - started
 
     try:
@@ -237,4 +256,4 @@ def test_drain_abandons_what_it_cannot_answer_in_time_and_still_commits():
         engine_free.set()
     assert took < 1.5, "the drain keeps to its grace period"
     assert not any(e.startswith("ack") for e in producer.events)  # nothing answered: nothing acked
-    assert service.buffer.queued == 0 and app.calls[-1] == "commit"
+    assert service.inbox.queued == 0 and app.calls[-1] == "commit"

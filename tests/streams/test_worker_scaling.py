@@ -51,7 +51,7 @@ def test_sigkill_of_one_of_two_workers_under_load_loses_no_request(kafka_bootstr
             sender.start()
             while client.answered() < 40:
                 time.sleep(0.05)
-            a.kill()  # mid-load, mid-window: no goodbye, no commit
+            a.kill()  # mid-load, mid-request: no goodbye, no commit
             sender.join()
             # Generous: on a shared 2-core machine the survivor scores ~15 pairs/s. A lost request
             # never comes, so a longer wait does not hide one.
@@ -64,8 +64,8 @@ def test_sigkill_of_one_of_two_workers_under_load_loses_no_request(kafka_bootstr
             for request_id, got in answers.items():
                 assert all(g.response["status"] == "ok" for g in got), got
                 if len(got) > 1:
-                    # A duplicate carries the same results, up to float noise: it was scored in
-                    # another window, so in micro-batches of another padded shape.
+                    # A duplicate carries the same results, up to float noise: it was scored
+                    # beside other requests, so in micro-batches of another padded shape.
                     first, *rest = [{r["index"]: r["relevance_score"] for r in g.response["results"]} for g in got]
                     for other in rest:
                         assert first.keys() == other.keys(), f"{request_id}: duplicates rank other documents"
