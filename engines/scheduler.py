@@ -64,7 +64,7 @@ FILL_LOOKAHEAD = 4
 PREPARE_DOCUMENTS = 512
 #: The shared token cache is started afresh past this many texts (the live jobs' pairs keep
 #: their own ids; only sharing with jobs not yet prepared is lost).
-TOKEN_CACHE_TEXTS = 50_000
+TOKEN_CACHE_TEXTS = 10_000
 
 
 @dataclass(eq=False)

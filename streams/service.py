@@ -8,9 +8,11 @@ A request's way through them::
                   Answers.rejection ──────────────▶ Delivery.spawn ◀───────┘
                                                     produce, fit, fall back, then ack
 
-At-least-once: the agent's stream does not ack on its own (``noack``); a request is acked by
-``Delivery`` once its answer is delivered, and faust commits only the contiguous acked prefix
-of each partition, so a worker that dies mid-request leaves its requests to be redelivered.
+At-least-once: the agent's stream does not ack on its own (``noack``); a request is acked once
+its answer is delivered and every earlier request of its partition is answered too
+(``streams.acks``: the scheduler answers out of order, faust must see acks in order), so
+faust's commits stay behind the oldest unanswered request, and a worker that dies mid-request
+leaves its requests to be redelivered.
 Stopping (``drain``) is ``streams.lifecycle.Drain``. Nothing here knows faust's app beyond
 what it is handed: the Faust wiring is ``streams.app``.
 """
@@ -25,6 +27,7 @@ import faust
 from engines import Reranker
 from schemas import RequestError, RequestLimits
 from streams import metrics
+from streams.acks import AckOrder
 from streams.answers import Answers, Outbound
 from streams.delivery import DELIVERY_ATTEMPTS, Delivery
 from streams.inbox import Inbox, Pending
@@ -64,6 +67,7 @@ class RerankService:
         self.delivery = Delivery(lambda: app.producer, metadata, self.answers, ack=self._ack,
                                  release=self._release, on_failure=self._undeliverable)
         self.stream: Any = None
+        self.acks = AckOrder()
         self.partitions_held = 0
         self.joined = asyncio.Event()
         self.stopping = False
@@ -74,6 +78,7 @@ class RerankService:
         """One message from the agent: a good request goes to the engine, a bad one is answered
         now."""
         self.stream = stream
+        self.acks.taken(event)
         raw: bytes = event.value if event.value is not None else b""
         try:
             inbound = self.intake.read(raw, event)
@@ -104,10 +109,9 @@ class RerankService:
         await self._drain(grace_s)
 
     async def _ack(self, event: Any) -> None:
-        if self.stream is not None:
-            await self.stream.ack(event)
-        else:
-            event.ack()
+        """``event`` is answered: ack it, and the later ones of its partition it held back."""
+        for ready in self.acks.answered(event):
+            await self.stream.ack(ready)
 
     async def _release(self, pairs: int) -> None:
         await self.inbox.release(pairs)
@@ -132,4 +136,5 @@ class RerankService:
             "queued_requests": self.inbox.queued,
             "inflight_pairs": self.inbox.inflight_pairs,
             "deliveries_in_flight": len(self.delivery.in_flight),
+            "unacked_requests": self.acks.open,
         }

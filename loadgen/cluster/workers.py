@@ -77,7 +77,7 @@ class WorkerProcess:
             self.proc.wait(10)
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
-        """SIGTERM and wait: the worker answers its window, flushes and commits first."""
+        """SIGTERM and wait: the worker answers what it has taken, flushes and commits first."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:

@@ -79,10 +79,18 @@ class Clock:
 
 
 class FakeEvent:
-    """A Kafka event as the agent hands it over: a value, a key, and acks recorded in ``log``."""
+    """A Kafka event as the agent hands it over: a value, a key, its partition and offset (the
+    next offset of ``partition`` unless given), and acks recorded in ``log``."""
 
-    def __init__(self, value: bytes | None, key: bytes | None = None, log: list[str] | None = None) -> None:
+    _next_offset: dict[int, int] = {}
+
+    def __init__(self, value: bytes | None, key: bytes | None = None, log: list[str] | None = None,
+                 partition: int = 0, offset: int | None = None) -> None:
         self.value, self.key, self.log = value, key, log if log is not None else []
+        if offset is None:
+            offset = FakeEvent._next_offset.get(partition, 0)
+        FakeEvent._next_offset[partition] = offset + 1
+        self.message = SimpleNamespace(tp=("req", partition), offset=offset)
 
     def ack(self) -> None:
         self.log.append(f"ack {self.key!r}")
