@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.config import cpu_has_int8_dot_product
-from engines.models import ModelFolder, file_lock
+from engines.models import ModelFolder, file_lock, making
 from engines.families import RerankerKind, inspect_reranker
 from engines.torch_engine import CROSS, load_scoring_module, uses_token_types
 
@@ -81,7 +81,8 @@ class ExportCache:
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.dir))
             try:
                 produced = tmp / name
-                make(produced)
+                with making(f"making {name} of {self.folder.name!r} ({self.task})"):
+                    make(produced)
                 # OpenVINO writes a .bin next to the .xml: move companions first, the named file last.
                 for extra in sorted(tmp.iterdir()):
                     if extra.name != name:

@@ -29,7 +29,7 @@ from engines.config import cpu_flags
 from engines.corpus import load_passages, queries_with_sources
 from engines.decoder import DEFAULT_MAX_LENGTH, reference_decoder_inputs
 from engines.families import MARGIN, RerankerKind, inspect_reranker
-from engines.models import ModelFolder, effective_max_length
+from engines.models import ModelFolder, effective_max_length, making
 
 log = logging.getLogger("engines.fidelity")
 
@@ -221,11 +221,20 @@ class EngineRefused(ValueError):
         super().__init__(f"{reason}; use {instead} instead" if instead else reason)
 
 
+#: The libraries whose versions key a verdict: those that tokenize and run the engine. Not torch (the
+#: reference) nor NNCF (which made the artefact, whose cache name carries the quantization recipe):
+#: the CPU worker image has neither and must find the verdict that the prepare step, which has
+#: both, wrote (the verdict records their versions).
+VERDICT_LIBRARIES = ("transformers", "onnxruntime", "openvino", "tokenizers")
+#: What a verdict records besides: the libraries of the reference and of the artefact's making.
+RECORDED_LIBRARIES = ("torch", "nncf", *VERDICT_LIBRARIES)
+
+
 def _verdict_file(cache_root: Path, folder: ModelFolder, engine: str, device: str, artefact: str) -> Path:
     """Where a pass is remembered: keyed by the model's files, the engine and the file it runs
-    (whose cache name carries the export and quantization recipes), library versions, CPU flags
-    and the check itself."""
-    versions = "|".join(_version(p) for p in ("torch", "transformers", "onnxruntime", "openvino", "nncf", "tokenizers"))
+    (whose cache name carries the export and quantization recipes), the versions of
+    :data:`VERDICT_LIBRARIES`, CPU flags and the check itself."""
+    versions = "|".join(_version(p) for p in VERDICT_LIBRARIES)
     flags = ",".join(sorted(cpu_flags() or ()))
     key = hashlib.sha256(f"{folder.fingerprint}|{engine}|{device}|{artefact}|{versions}|{flags}|{STARTUP_PAIRS}|"
                          f"{STARTUP_LONG_WORDS}|{FP32_TOLERANCE}|{PEARSON_FLOOR}|{EDGE_RANK_SHIFT}|{EDGE_NEAR}"
@@ -262,7 +271,8 @@ def verify_engine(runner: BatchRunner, engine_name: str, folder: ModelFolder, ki
     max_length = runner.max_length
     queries, documents = check_pairs(STARTUP_PAIRS, long_words=min(3 * max_length, STARTUP_LONG_WORDS))
     started = time.perf_counter()
-    want = reference_scores(folder, queries, documents, max_length, kind=kind)
+    with making(f"the start-up check of {engine_name} on {folder.name!r} (no verdict in {marker.parent})"):
+        want = reference_scores(folder, queries, documents, max_length, kind=kind)
     got = runner_scores(runner, queries, documents)
     fidelity = compare(got, want, precision, STARTUP_PAIRS)
     log.info("start-up check of %s on %s: %s (%.1f s)", engine_name, folder.name, fidelity.describe(),
@@ -274,7 +284,8 @@ def verify_engine(runner: BatchRunner, engine_name: str, folder: ModelFolder, ki
             f"(python -m engines.check {folder.name} shows every engine)", alternative)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"model": folder.name, "engine": engine_name, "device": device,
-                                  "fidelity": fidelity.describe()}) + "\n")
+                                  "fidelity": fidelity.describe(),
+                                  "versions": {p: _version(p) for p in RECORDED_LIBRARIES}}) + "\n")
     return fidelity
 
 

@@ -34,6 +34,24 @@ _FINGERPRINT_GLOBS = (
 _HUB_IGNORE = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "*.tflite", "*.gguf", "*.mlmodel"]
 
 
+class ArtefactMissing(OSError):
+    """A cached artefact is missing and this installation cannot make it: a module its making needs
+    (torch exports, checks and distils; NNCF quantizes) is not installed, as in the CPU worker
+    image, which serves from what the prepare step (``python -m streams prepare``) left in the cache."""
+
+
+@contextlib.contextmanager
+def making(what: str) -> Iterator[None]:
+    """Around the making of a cached artefact: a module it needs but cannot import becomes
+    :class:`ArtefactMissing`, naming ``what`` was being made and the module."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        raise ArtefactMissing(
+            f"{what} needs {exc.name or 'a module'}, which is not installed here (the CPU worker image leaves out "
+            "what only the prepare step uses): make it beforehand with the prepare step on this cache") from exc
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Exclusive advisory lock on ``path`` (created if needed), so that two workers sharing a cache
@@ -80,7 +98,8 @@ def ensure_folder(out: Path, is_current: Callable[[], bool], build: Callable[[Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(out.parent / f".{out.name}.lock"):
         if not is_current():
-            build_folder(out, build)
+            with making(f"building {out}"):
+                build_folder(out, build)
     return out
 
 
