@@ -49,7 +49,7 @@ def making(what: str) -> Iterator[None]:
     except ModuleNotFoundError as exc:
         raise ArtefactMissing(
             f"{what} needs {exc.name or 'a module'}, which is not installed here (the CPU worker image leaves out "
-            "what only the prepare step uses): make it beforehand with the prepare step on this cache") from exc
+            "what only the prepare step uses)") from exc
 
 
 @contextlib.contextmanager

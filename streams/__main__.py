@@ -83,9 +83,10 @@ def _prepared(settings, who: str, first_stages: list[str] | None = None):
                  + (f"; set {instead}" if instead else ""))
     except ArtefactMissing as exc:
         sys.exit(f"{who}: RERANK_ENGINE={config.engine} RERANK_PRECISION={config.precision} "
-                 f"RERANK_PREFILTER_METHOD={config.prefilter_method} RERANK_MODEL={config.model!r}: {exc}. "
-                 "Run `python -m streams prepare` with the same RERANK_* settings and RERANK_CACHE_DIR on this kind "
-                 "of CPU (docker compose: the prepare service; Kubernetes: the prepare init container)")
+                 f"RERANK_PREFILTER_METHOD={config.prefilter_method} RERANK_MODEL={config.model!r}: {exc}; "
+                 "the prepare step makes it where torch is installed: `python -m streams prepare` with the same "
+                 "RERANK_* settings and RERANK_CACHE_DIR, on this kind of CPU (docker compose: the prepare service; "
+                 "Kubernetes: the prepare init container)")
     except (OSError, ValueError) as exc:
         sys.exit(f"{who}: cannot load RERANK_MODEL={config.model!r} with RERANK_ENGINE={config.engine}: {exc}")
 
