@@ -266,3 +266,19 @@ def test_every_setting_is_one_the_worker_knows_and_accepts(monkeypatch):
     assert settings.request_partitions == int(config["RERANK_REQUEST_PARTITIONS"])
     assert settings.engine_config.threads == int(_cpus(worker["resources"]["limits"]["cpu"]))
     assert settings.engine_config.cpu_pinning is False
+
+
+def test_the_prepare_init_container_fills_the_cache_the_worker_reads():
+    """The worker image has no torch: a pod's init container makes what it loads, with its settings."""
+    spec = _one("Deployment", "rerank-worker")["spec"]["template"]["spec"]
+    [prepare] = spec["initContainers"]
+    worker = _container(_one("Deployment", "rerank-worker"), "worker")
+    assert prepare["command"] == ["python", "-m", "streams", "prepare"]
+    assert prepare["image"].startswith("kafka-rerank-prepare:") and worker["image"].startswith("kafka-rerank:")
+    assert prepare["envFrom"] == worker["envFrom"]
+    for name in ("RERANK_CACHE_DIR", "HF_HOME"):
+        assert _env(prepare)[name] == _env(worker)[name]
+    mounts = {m["name"]: m["mountPath"] for m in prepare["volumeMounts"]}
+    assert mounts["model-cache"] == {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}["model-cache"]
+    # Guaranteed QoS holds only if every container, init containers too, has requests = limits
+    assert prepare["resources"]["requests"] == prepare["resources"]["limits"]
