@@ -8,7 +8,7 @@ OUT := out
 RERANK_GROUP_ID ?= rerank-workers
 
 .PHONY: help venv kafka-jars kafka-up kafka-up-secure kafka-down topics lag model model-trained \
-	demo worker test test-faults test-security soak bench bench-peer bench-replicas scaleout loadtest eval eval-quick clean check-model standins
+	demo worker test test-faults test-security compose-test soak bench bench-peer bench-replicas scaleout loadtest eval eval-quick clean check-model standins
 
 # Every target is listed here (tests/test_makefile.py checks it).
 help:
@@ -31,6 +31,8 @@ help:
 	@echo "Tests and measurements:"
 	@echo "  make test-faults fault tests under load: broker restart, SIGKILLs, rebalance, produce failures (~8.5 min)"
 	@echo "  make test-security    the security tests (their own SASL_SSL broker, ~1.5 min)"
+	@echo "  make compose-test     build the images, run docker-compose.yaml with podman: 2 -> 3 -> 2 workers,"
+	@echo "                   requests from the host, cold and warm start (~10 min; the first run ~20 min more)"
 	@echo "  make soak        steady load for SOAK_MINUTES (10): throughput drift and worker RSS growth"
 	@echo "  make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
 	@echo "  make bench-peer  ours beside sentence-transformers' OpenVINO static int8 (its own .venv-peer; $(OUT)/peer.json)"
@@ -92,6 +94,16 @@ test: venv kafka-jars
 # Fault injection under load (broker restart, SIGKILLs, rebalance, produce failures): ~8.5 min.
 test-faults: venv kafka-jars
 	$(RUN) -m pytest -m faults $(PYTEST_ARGS)
+
+# The images built and docker-compose.yaml run as it is, through Docker Compose v2 on podman's API
+# (deploy/compose/podman.sh installs both when missing, as root, and makes stand-ins for the base and
+# Kafka images where Docker Hub cannot be reached); report in $(OUT)/compose-test.json. Not part of
+# `make test`: ~10 min, the first run ~20 min more (it builds the images). COMPOSE_TEST_ARGS:
+# --no-loadgen, --requests N, --baseline REV (also build and measure REV's worker image).
+compose-test: venv kafka-jars
+	@bash deploy/compose/podman.sh setup && bash deploy/compose/podman.sh start
+	@$(RUN) deploy/compose/stack_test.py --json $(OUT)/compose-test.json $(COMPOSE_TEST_ARGS); \
+	  status=$$?; bash deploy/compose/podman.sh stop; exit $$status
 
 # Steady load on one worker for SOAK_MINUTES (default 10): throughput drift and RSS growth.
 SOAK_MINUTES ?= 10
