@@ -8,6 +8,7 @@
 #   podman.sh env              the variables the other tools need (DOCKER_HOST, CONTAINERS_CONF, COMPOSE)
 #   podman.sh python-standin   the base image, made with debootstrap (where python:3.11-slim cannot be pulled)
 #   podman.sh kafka-standin    a Kafka image from deploy/kafka's Maven Central jars (where apache/kafka cannot)
+#   podman.sh clean            remove those images (~8.5 GB here) and podman's dangling build layers
 #
 # The base stand-in is Debian 12 (python:3.11-slim-bookworm's Debian) with its own Python 3.11, plus
 # this machine's extra CA certificates, which pip needs to reach PyPI from here.
@@ -50,13 +51,18 @@ conf() {  # .compose/containers.conf for this machine
     } > "$CONTAINERS_CONF"
 }
 
+apt_install() {  # Debian's packages, as root
+    say "installing $* from Debian's packages"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2
+}
+
 install_podman() {
-    if command -v podman >/dev/null; then return; fi
-    say "installing podman from Debian's packages"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >&2
-    apt-get install -y -q --no-install-recommends podman runc crun conmon netavark aardvark-dns catatonit \
-        iptables debootstrap >&2
+    if ! command -v podman >/dev/null; then
+        apt_install podman runc crun conmon netavark aardvark-dns catatonit iptables debootstrap
+    fi
+    # runc where crun cannot run (hybrid cgroups: see conf)
+    if [ ! -f /sys/fs/cgroup/cgroup.controllers ] && ! command -v runc >/dev/null; then apt_install runc; fi
 }
 
 build_compose() {  # Docker Compose v2 from its Go module: `go install` refuses its go.mod (exclude directives)
@@ -98,7 +104,7 @@ stop() {
 
 python_standin() {  # Debian 12 (python:3.11-slim-bookworm's Debian) with its Python 3.11 in a venv on PATH
     if podman image exists "$PYTHON_STANDIN"; then return; fi
-    command -v debootstrap >/dev/null || { apt-get install -y -q --no-install-recommends debootstrap >&2; }
+    command -v debootstrap >/dev/null || apt_install debootstrap
     say "making the base image stand-in $PYTHON_STANDIN with debootstrap (once; about a minute)"
     local tree; tree="$(mktemp -d /var/tmp/kafka-rerank-rootfs.XXXXXX)"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$tree" "$DEBIAN_MIRROR" \
@@ -136,13 +142,23 @@ kafka_standin() {  # Apache Kafka 4.1.2 from the Maven Central jars, laid out an
     rm -rf "$context"
 }
 
+clean() {  # the images make compose-test built, the stand-ins and podman's dangling layers
+    local images
+    images="$(podman images --format '{{.Repository}}:{{.Tag}}' | grep -E \
+        '^(localhost/)?kafka-rerank(-prepare)?:(cpu|loadgen)$|^localhost/kafka-rerank-standin/' || true)"
+    # shellcheck disable=SC2086
+    if [ -n "$images" ]; then podman rmi $images > /dev/null; fi
+    podman image prune -f > /dev/null
+}
+
 case "${1:-}" in
     setup) install_podman; conf; build_compose ;;
+    clean) conf; clean ;;
     start) conf; start ;;
     stop) stop ;;
     env) printf 'DOCKER_HOST=unix://%s\nCONTAINERS_CONF=%s\nCOMPOSE=%s\nPYTHON_STANDIN=%s\nKAFKA_STANDIN=%s\n' \
              "$socket" "$CONTAINERS_CONF" "$compose_bin" "$PYTHON_STANDIN" "$KAFKA_STANDIN" ;;
     python-standin) python_standin ;;
     kafka-standin) kafka_standin ;;
-    *) echo "usage: $0 setup|start|stop|env|python-standin|kafka-standin" >&2; exit 2 ;;
+    *) echo "usage: $0 setup|start|stop|env|python-standin|kafka-standin|clean" >&2; exit 2 ;;
 esac
