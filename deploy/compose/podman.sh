@@ -53,8 +53,8 @@ conf() {  # .compose/containers.conf for this machine
 
 apt_install() {  # Debian's packages, as root
     say "installing $* from Debian's packages"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" > /dev/null
 }
 
 install_podman() {
