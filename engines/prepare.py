@@ -23,34 +23,10 @@ import time
 from collections.abc import Sequence
 
 from engines.config import EngineConfig
-from engines.policy import RerankJob
 from engines.reranker import Reranker, build_reranker
 from vocabulary import PREFILTER_METHODS
 
 log = logging.getLogger("engines.prepare")
-
-#: Texts of growing length, so that several batch shapes are run (and compiled) before the first window.
-_WARM_TEXT = "a request to rank documents by how well each answers a query about files sockets and threads"
-
-
-def warm_jobs(first_stages: Sequence[str], cross_encoder: bool = True) -> list[RerankJob]:
-    """A few requests that load and run the engine, and each of ``first_stages`` on a prefiltered
-    request (the first stages need a cross-encoder to feed)."""
-    words = _WARM_TEXT.split()
-    documents = [" ".join(words[: 2 + k]) * (1 + k // 5) for k in range(len(words) - 2)]
-    jobs = [RerankJob("which document is about sockets", documents), RerankJob("files and threads", documents[:4])]
-    if cross_encoder:
-        scores = [float(-k) for k in range(len(documents))]
-        jobs += [RerankJob(f"warm the {method} first stage", documents, prefilter=True, keep=3, method=method,
-                           scores=scores) for method in first_stages]
-    return jobs
-
-
-def warm(reranker: Reranker, first_stages: Sequence[str]) -> None:
-    """Load and run the engine and ``first_stages`` (building what they lack), then clear the counters."""
-    reranker.rerank(warm_jobs(first_stages, cross_encoder=reranker.kind is not None))
-    reranker.reset_stats()
-
 
 def prepare(config: EngineConfig, first_stages: Sequence[str] | None = None) -> Reranker:
     """The reranker ``config`` asks for, with its artefacts made (or found) in the cache: the
@@ -66,7 +42,7 @@ def prepare(config: EngineConfig, first_stages: Sequence[str] | None = None) -> 
         raise ValueError(f"unknown first stage {', '.join(unknown)}; known: {', '.join(PREFILTER_METHODS)}")
     started = time.perf_counter()
     reranker = build_reranker(config)
-    warm(reranker, stages)
+    reranker.warmup(stages)
     log.info("prepared %s (model %s) and first stage %s in %.1f s", reranker.engine_name, reranker.model_name,
              ", ".join(stages) if reranker.kind is not None else "-", time.perf_counter() - started)
     return reranker

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -271,17 +272,11 @@ class Reranker:
         return out
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def warmup(self) -> None:
-        """Load everything (every first stage too: a request may ask for any) and run a few batch
-        shapes, so the first real window does not pay for exports, quantization, the static
-        model's distillation or kernel compilation."""
-        words = "the quick brown fox jumps over the lazy dog while the cat sleeps".split()
-        documents = [" ".join(words[: 1 + (k % len(words))] * (1 + k // 4)) for k in range(12)]
-        jobs = [RerankJob("warm up query", documents), RerankJob("another warm up", documents[:3])]
-        if self._cross is not None:
-            jobs += [RerankJob("warm up the prefilter", documents, prefilter=True, keep=4, method=method,
-                               scores=[float(k) for k in range(len(documents))]) for method in PREFILTER_METHODS]
-        self.rerank(jobs)
+    def warmup(self, first_stages: Sequence[str] = PREFILTER_METHODS) -> None:
+        """Load the engine and ``first_stages`` (all by default: a request may ask for any) and run a
+        few batch shapes, so the first real request does not pay for exports, quantization, the
+        static model's distillation or kernel compilation; then clear the counters."""
+        self.rerank(warm_jobs(first_stages, cross_encoder=self._cross is not None))
         self.reset_stats()
 
     def stats(self) -> dict:
@@ -307,6 +302,23 @@ class Reranker:
                 runner.stats.__init__()
         if self._bi_encoder is not None:
             self._bi_encoder.hits = self._bi_encoder.misses = 0
+
+
+#: Texts of growing length, so that several batch shapes are run (and compiled) before real traffic.
+_WARM_TEXT = "a request to rank documents by how well each answers a query about files sockets and threads"
+
+
+def warm_jobs(first_stages: Sequence[str], cross_encoder: bool = True) -> list[RerankJob]:
+    """A few requests that load and run the engine, and each of ``first_stages`` on a prefiltered
+    request (the first stages need a cross-encoder to feed)."""
+    words = _WARM_TEXT.split()
+    documents = [" ".join(words[: 2 + k]) * (1 + k // 5) for k in range(len(words) - 2)]
+    jobs = [RerankJob("which document is about sockets", documents), RerankJob("files and threads", documents[:4])]
+    if cross_encoder:
+        scores = [float(-k) for k in range(len(documents))]
+        jobs += [RerankJob(f"warm the {method} first stage", documents, prefilter=True, keep=3, method=method,
+                           scores=scores) for method in first_stages]
+    return jobs
 
 
 # -- construction ---------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from engines import fidelity
 from engines.export import ExportCache
 from engines.models import ArtefactMissing, ModelFolder
 from engines.policy import plan_job
-from engines.prepare import prepare, warm_jobs
+from engines.prepare import prepare
+from engines.reranker import warm_jobs
 from engines.testmodel import ensure_test_model
 from engines.torch_engine import CROSS
 from vocabulary import PREFILTER_METHODS
