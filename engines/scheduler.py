@@ -13,10 +13,13 @@ does one unit of work and returns what it finished:
    alone, and the step ends there (over a thousand documents this is the one long step; jobs that
    arrive meanwhile count at the next one). A job that is not cut has its pairs tokenized, with the
    other waiting jobs that are not cut, up to :data:`PREPARE_DOCUMENTS` documents;
-4. it runs one micro-batch: the anchor's pending pairs, longest first, as many as fit the token
-   budget at the longest one's width; the room left is filled with other jobs' pending pairs no
-   longer than that width, the longest first among the next jobs of the fair order, so padding
-   stays low. A backend with shape buckets (OpenVINO) gets a bucketed width and size;
+4. it runs one micro-batch. A small job (its pairs fit one batch) that no other small job
+   rivals in urgency goes whole: all its pairs at its longest one's width, the room left filled
+   with the next jobs' pairs no longer than that, the longest first. Otherwise the batch is cut
+   by length, the longest first, from a pool: the jobs as urgent as the anchor (within
+   :data:`URGENCY_SLACK_PAIRS`), and the next ones until it holds :data:`POOL_ROOMS` batches' worth
+   of pairs, so that a backlog pads as little as a window did. A backend with shape buckets
+   (OpenVINO) gets a bucketed width and size;
 5. every job whose last pair was scored is finished at once, with its outcome.
 
 What the windows did well is kept: each text is tokenized once while jobs that use it are live
@@ -56,10 +59,18 @@ from engines.reranker import Reranker
 
 POLICIES = SCHEDULER_POLICIES
 #: How much waiting one pair of remaining work is worth in the ``aged`` order (seconds).
-AGEING_S_PER_PAIR = 0.02
+AGEING_S_PER_PAIR = 0.1
 #: Fillers are looked for among the next jobs of the fair order until there are this many times
 #: the room left: enough to find pairs of a fitting length, few enough to respect the order.
 FILL_LOOKAHEAD = 4
+#: Jobs within this many pairs of remaining work (or its worth in waiting) of the most urgent one
+#: are as urgent: their pairs are batched together by length, as a window's were, so that a
+#: backlog of small jobs is scored with little padding. A job alone in its urgency gets all its
+#: pairs in one micro-batch where they fit.
+URGENCY_SLACK_PAIRS = 5
+#: A large job's micro-batches are cut from at least this many batches' worth of pending pairs
+#: (its own and the next jobs'), so that lengths match as they did in windows.
+POOL_ROOMS = 32
 #: Documents tokenized in one step for jobs that are not cut (more wait for the next step).
 PREPARE_DOCUMENTS = 512
 #: The shared token cache is started afresh past this many texts (the live jobs' pairs keep
@@ -136,6 +147,27 @@ class StepResult:
     anchor_waited_s: float = 0.0
 
 
+class FairOrder:
+    """Which job goes next (see the module's docstring): ``rank`` sorts them, and jobs within
+    ``slack`` of each other's rank (:data:`URGENCY_SLACK_PAIRS`' worth) are as urgent."""
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.slack = URGENCY_SLACK_PAIRS * (1.0 if policy == "shortest" else AGEING_S_PER_PAIR)
+
+    def rank(self, ticket: _Ticket) -> tuple[int, float, float]:
+        """The sort key: higher priority first, then the policy's measure, then arrival."""
+        if self.policy == "fifo":
+            second = ticket.arrived
+        elif self.policy == "shortest":
+            second = float(ticket.remaining)
+        else:
+            second = ticket.arrived + ticket.remaining * AGEING_S_PER_PAIR
+            if ticket.deadline_at is not None:
+                second = min(second, ticket.deadline_at)
+        return (-ticket.priority, second, ticket.arrived)
+
+
 class Scheduler:
     """Schedules the pairs of jobs for ``reranker``'s cross-encoder (see the module's docstring);
     ``policy`` is the fair order (``reranker.config.scheduler_policy`` when None)."""
@@ -148,6 +180,7 @@ class Scheduler:
         self.reranker = reranker
         self.runner = reranker.cross_encoder
         self.policy = policy
+        self.order = FairOrder(policy)
         self.clock = clock
         self.wall_clock = wall_clock
         self._inbox: list[_Ticket] = []
@@ -180,7 +213,7 @@ class Scheduler:
         self._expire(result)
         if not self._live:
             return result
-        order = sorted(self._live, key=self._rank)
+        order = sorted(self._live, key=self.order.rank)
         # A job whose pairs are all shared with (and scheduled by) other jobs is not a candidate.
         anchor = next(t for t in order if t.selected is None or t.pending)
         result.anchor_waited_s = self.clock() - anchor.arrived
@@ -191,25 +224,13 @@ class Scheduler:
         else:
             if anchor.selected is None:
                 self._prepare([t for t in order if t.selected is None and not t.plan.prefilter], result)
-                order = sorted(self._live, key=self._rank)
+                order = sorted(self._live, key=self.order.rank)
                 anchor = next((t for t in order if t.pending), None)
             if anchor is not None:
                 self._micro_batch(anchor, order, result)
         if not self._live and self._tokens is not None and self._tokens.entries:
             self._tokens = self.runner.encoder.new_cache()  # idle: nothing left to share
         return result
-
-    # -- the fair order -----------------------------------------------------------------------------
-    def _rank(self, ticket: _Ticket) -> tuple[int, float, float]:
-        if self.policy == "fifo":
-            second = ticket.arrived
-        elif self.policy == "shortest":
-            second = float(ticket.remaining)
-        else:
-            second = ticket.arrived + ticket.remaining * AGEING_S_PER_PAIR
-            if ticket.deadline_at is not None:
-                second = min(second, ticket.deadline_at)
-        return (-ticket.priority, second, ticket.arrived)
 
     def _expire(self, result: StepResult) -> None:
         now = self.wall_clock()
@@ -307,16 +328,25 @@ class Scheduler:
     # -- micro-batches --------------------------------------------------------------------------------
     def _micro_batch(self, anchor: _Ticket, order: list[_Ticket], result: StepResult) -> None:
         runner = self.runner
-        longest = anchor.pending[0].length
+        pool, contested = _pool(anchor, order, self.order, runner.max_batch_tokens)
+        whole = _fits(anchor, runner.max_batch_tokens) and not contested
+        if whole:
+            # A small job with no small rival in its urgency goes whole: all its pairs at its longest
+            # one's width, the room left filled with the next jobs' pairs that fit, longest first.
+            longest, own = anchor.pending[0].length, list(anchor.pending)
+        else:
+            # Otherwise the pool's pairs are cut by length, the longest first, as a window's were.
+            own = sorted((s for t in pool for s in t.pending), key=lambda s: -s.length)
+            longest = own[0].length
         width = bucket_width(longest, runner.max_length) if runner.shape_buckets else longest
         room = max(1, min(runner.max_batch_pairs, runner.max_batch_tokens // width))
-        chosen = anchor.pending[:room]
-        own = len(chosen)
-        fillers = _fillers(anchor, order, width, FILL_LOOKAHEAD * room)
-        chosen += fillers[: room - own]
+        chosen = own[:room]
+        fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
+        chosen += fillers[: room - len(chosen)]
         size = None
         if runner.shape_buckets:
-            chosen, size = _bucketed(chosen, own, fillers, runner.max_batch_pairs)
+            finishing = len(own) if whole and len(own) <= room else 0  # the anchor is done with this batch
+            chosen, size = _bucketed(chosen, finishing, fillers[room - min(room, len(own)):], runner.max_batch_pairs)
         for slot in chosen:
             self._start(slot.owner)
         result.kind = "micro_batch"
@@ -382,12 +412,40 @@ class Scheduler:
         ticket.pending = []
 
 
-def _fillers(anchor: _Ticket, order: list[_Ticket], width: int, wanted: int) -> list[_Slot]:
-    """Other jobs' pending pairs no longer than ``width``, from the next jobs of the order
-    until ``wanted`` are found, the longest first."""
+def _fits(ticket: _Ticket, max_tokens: int) -> bool:
+    """Whether the job's pending pairs fit one micro-batch at their longest one's width."""
+    return ticket.pending[0].length * len(ticket.pending) <= max_tokens
+
+
+def _pool(anchor: _Ticket, order: list[_Ticket], fair: FairOrder, max_tokens: int) -> tuple[list[_Ticket], bool]:
+    """The jobs a micro-batch is cut from, the anchor first, and whether another job that fits one
+    batch is as urgent as the anchor. The pool: the jobs with pairs pending within the fair order's
+    slack of the anchor (at its priority); and, when that is more than the anchor or the anchor
+    cannot finish in one batch, the next ones too until they hold :data:`POOL_ROOMS` batches' worth
+    of pairs (cut by length alone, one large job's pairs pad three times as much as a window's did)."""
+    priority, key, _ = fair.rank(anchor)
+    room = max_tokens // anchor.pending[0].length
+    pool, pairs, contested = [anchor], len(anchor.pending), False
+    for ticket in order:
+        if ticket is anchor or not ticket.pending or fair.rank(ticket)[0] != priority:
+            continue
+        urgent = fair.rank(ticket)[1] <= key + fair.slack
+        wide = (len(pool) > 1 or pairs > room) and pairs < POOL_ROOMS * room
+        if not (urgent or wide):
+            break
+        contested = contested or (urgent and _fits(ticket, max_tokens))
+        pool.append(ticket)
+        pairs += len(ticket.pending)
+    return pool, contested
+
+
+def _fillers(urgent: list[_Ticket], order: list[_Ticket], width: int, wanted: int) -> list[_Slot]:
+    """Pending pairs no longer than ``width`` of the jobs after the ``urgent`` ones in the order,
+    from the next jobs until ``wanted`` are found, the longest first."""
+    skip = {id(ticket) for ticket in urgent}
     found: list[_Slot] = []
     for ticket in order:
-        if ticket is anchor or not ticket.pending:
+        if id(ticket) in skip or not ticket.pending:
             continue
         found.extend(slot for slot in ticket.pending if slot.length <= width)
         if len(found) >= wanted:
@@ -396,18 +454,18 @@ def _fillers(anchor: _Ticket, order: list[_Ticket], width: int, wanted: int) -> 
     return found
 
 
-def _bucketed(chosen: list[_Slot], own: int, fillers: list[_Slot], max_pairs: int) -> tuple[list[_Slot], int]:
-    """A size from SIZE_BUCKETS. Fillers are dropped to round down when the anchor's own pairs
-    allow it; otherwise more fillers round it up (the token budget may then be passed by up to
-    a bucket step, so that a small job is not split across two micro-batches), and copies of
-    a row pad what they cannot."""
+def _bucketed(chosen: list[_Slot], own: int, spare: list[_Slot], max_pairs: int) -> tuple[list[_Slot], int]:
+    """A size from SIZE_BUCKETS for ``chosen``, whose first ``own`` pairs finish the anchor (0 when
+    this batch cannot finish it anyway). Pairs are dropped from the end to round down when that
+    keeps those; otherwise ``spare`` pairs round it up (the token budget may then be passed by up to
+    a bucket step, so that a small job is not split across two micro-batches), and copies of a row
+    pad what they cannot."""
     count = len(chosen)
     down = max(b for b in SIZE_BUCKETS if b <= count)
     up = min(b for b in SIZE_BUCKETS if b >= count)
     if own <= down or up > max_pairs:
         return chosen[:down], down
-    extra = fillers[count - own : count - own + up - count]
-    return chosen + extra, up
+    return chosen + spare[: up - count], up
 
 
 def _outcome(ticket: _Ticket, activation: str) -> RerankOutcome:

@@ -106,11 +106,13 @@ def lone_requests(client: RerankClient, count: int, pause_s: float, timeout_s: f
 def open_loop(client: RerankClient, streams: list[tuple[str, RequestFactory, float]], duration_s: float,
               arrivals: str, timeout_s: float, seed: int = 0) -> dict[str, dict]:
     """Sends every stream (name, factory, requests/s) at once, open loop, for `duration_s`,
-    waits up to `timeout_s` for the last answers, and returns each stream's breakdown."""
-    rng = random.Random(seed)
+    waits up to `timeout_s` for the last answers, and returns each stream's breakdown. Each
+    stream draws its arrivals from its own generator (seeded by ``seed`` and its name), so a
+    stream sent alone and beside another arrives the same way in both runs."""
+    rngs = {name: random.Random(f"{seed}-{name}") for name, _, _ in streams}
 
-    def gap(rate: float) -> float:
-        return rng.expovariate(rate) if arrivals == "poisson" else 1.0 / rate
+    def gap(name: str, rate: float) -> float:
+        return rngs[name].expovariate(rate) if arrivals == "poisson" else 1.0 / rate
 
     started = time.monotonic()
     due = {name: started for name, _, _ in streams}  # every stream sends at least one request
@@ -125,7 +127,7 @@ def open_loop(client: RerankClient, streams: list[tuple[str, RequestFactory, flo
             time.sleep(delay)
         _, factory, rate = next(s for s in streams if s[0] == name)
         ids[name].append(client.send(factory()))
-        due[name] = when + gap(rate)
+        due[name] = when + gap(name, rate)
     client.flush()
     client.wait([i for stream in ids.values() for i in stream], timeout_s)
     out = {}
@@ -180,22 +182,28 @@ def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone:
             report["capacity"] = {"docs": background_docs, "requests_per_s": saturated.requests_per_s,
                                   "docs_per_s": saturated.docs_per_s, "lost": saturated.lost}
 
+            # Each run draws the same requests and arrivals for a stream: alone and together
+            # differ only by what shares the worker.
+            def small() -> RequestFactory:
+                return RequestFactory(parse_distribution(small_docs), seed=11)
+
+            def background() -> RequestFactory:
+                return RequestFactory(parse_distribution(background_docs), seed=13)
+
             console.print(f"latency: small requests ({small_docs}) alone at {small_rate}/s for {duration_s:.0f} s")
-            small = RequestFactory(parse_distribution(small_docs), seed=11)
-            report["small_alone"] = open_loop(client, [("small", small, small_rate)], duration_s, arrivals,
+            report["small_alone"] = open_loop(client, [("small", small(), small_rate)], duration_s, arrivals,
                                               timeout_s, seed=11)["small"]
 
             background_rate = background_share * saturated.requests_per_s
             console.print(f"latency: background requests ({background_docs}) alone at {background_rate:.2f}/s "
                           f"({background_share:.0%} of capacity)")
-            background = RequestFactory(parse_distribution(background_docs), seed=13)
-            alone = open_loop(client, [("background", background, background_rate)], duration_s, arrivals,
-                              timeout_s, seed=17)["background"]
+            alone = open_loop(client, [("background", background(), background_rate)], duration_s, arrivals,
+                              timeout_s, seed=11)["background"]
             report["background_alone"] = {**alone, "share_of_capacity": background_share,
                                           **throughput(client, alone, duration_s)}
             console.print(f"latency: small requests with the background, {duration_s:.0f} s")
-            mixed = open_loop(client, [("small", small, small_rate), ("background", background, background_rate)],
-                              duration_s, arrivals, timeout_s, seed=13)
+            mixed = open_loop(client, [("small", small(), small_rate), ("background", background(), background_rate)],
+                              duration_s, arrivals, timeout_s, seed=11)
             report["small_with_background"] = mixed["small"]
             report["background"] = {**mixed["background"], "share_of_capacity": background_share,
                                     **throughput(client, mixed["background"], duration_s)}

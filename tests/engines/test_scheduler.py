@@ -205,3 +205,34 @@ def test_openvino_gets_bucketed_sizes_the_scores_it_gives_alone_and_a_small_job_
     lone.submit("small", small, openvino.plan(small))
     _, lone_steps = run_all(lone)
     assert [s.kind for s in lone_steps] == ["micro_batch"], "11 pairs: one micro-batch of 12 rows, not 8 + 3"
+
+
+def test_equally_urgent_jobs_are_batched_by_length_and_a_lone_small_job_stays_whole(reranker, monkeypatch):
+    """A backlog of small jobs of the same urgency is cut by length, as windows were (little
+    padding); a small job alone in its urgency gets all its pairs in one micro-batch."""
+    passages = sorted(load_passages()[:400], key=len)
+    short, long_ = passages[:200], passages[-200:]
+    backend = reranker.cross_encoder.backend
+    real_run, rows = backend.run, []
+
+    def recorded(ids, mask, types):
+        rows.append(mask.sum(axis=1))
+        return real_run(ids, mask, types)
+
+    monkeypatch.setattr(backend, "run", recorded)
+    scheduler = Scheduler(reranker, clock=Clock())  # one arrival time: every job as urgent
+    for k in range(12):
+        job = RerankJob(f"query {k}", [long_[-1 - k], *short[5 * k : 5 * k + 5]])  # one long document each
+        scheduler.submit(k, job, reranker.plan(job))
+    step = scheduler.step()
+    run_all(scheduler)
+    first = rows[0]
+    # Cut by length across jobs, the longest first: every job's long document in the first batch.
+    assert step.requests == 12 and first.min() >= max(batch.max() for batch in rows[1:]), rows
+
+    rows.clear()
+    lone = Scheduler(reranker)
+    job = RerankJob("alone", [long_[50], *short[100:105]])
+    lone.submit("alone", job, reranker.plan(job))
+    (step,) = [s for s in run_all(lone)[1] if s.kind == "micro_batch"]
+    assert step.pairs == 6 and len(rows) == 1  # its short documents ride along with its long one
