@@ -341,7 +341,7 @@ class Scheduler:
         width = bucket_width(longest, runner.max_length) if runner.shape_buckets else longest
         room = max(1, min(runner.max_batch_pairs, runner.max_batch_tokens // width))
         chosen = own[:room]
-        fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
+        fillers = _fillers([anchor] if whole else pool, order, width, FILL_LOOKAHEAD * room)
         chosen += fillers[: room - len(chosen)]
         size = None
         if runner.shape_buckets:
@@ -421,18 +421,24 @@ def _pool(anchor: _Ticket, order: list[_Ticket], fair: FairOrder, max_tokens: in
     """The jobs a micro-batch is cut from, the anchor first, and whether another job that fits one
     batch is as urgent as the anchor. The pool: the jobs with pairs pending within the fair order's
     slack of the anchor (at its priority); and, when that is more than the anchor or the anchor
-    cannot finish in one batch, the next ones too until they hold :data:`POOL_ROOMS` batches' worth
-    of pairs (cut by length alone, one large job's pairs pad three times as much as a window's did)."""
+    cannot finish in one batch, the next ones of its kind too (small ones beside a small anchor)
+    until they hold :data:`POOL_ROOMS` batches' worth of pairs (cut by length alone, one large
+    job's pairs pad three times as much as a window's did)."""
     priority, key, _ = fair.rank(anchor)
     room = max_tokens // anchor.pending[0].length
+    small = _fits(anchor, max_tokens)
     pool, pairs, contested = [anchor], len(anchor.pending), False
     for ticket in order:
         if ticket is anchor or not ticket.pending or fair.rank(ticket)[0] != priority:
             continue
         urgent = fair.rank(ticket)[1] <= key + fair.slack
-        wide = (len(pool) > 1 or pairs > room) and pairs < POOL_ROOMS * room
+        # The pool widens with jobs of the anchor's kind only: small jobs beside a small anchor
+        # (a backlog of them), anything beside a large one; a large job never slows a small one.
+        wide = (len(pool) > 1 or not small) and pairs < POOL_ROOMS * room and (not small or _fits(ticket, max_tokens))
         if not (urgent or wide):
-            break
+            if not small:
+                break
+            continue
         contested = contested or (urgent and _fits(ticket, max_tokens))
         pool.append(ticket)
         pairs += len(ticket.pending)
