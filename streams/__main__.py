@@ -39,11 +39,14 @@ def _init_topics(settings) -> None:
 
 
 def _settings_and_logging():
-    from streams.settings import load_settings
+    from streams.settings import load_settings, unread_variables
 
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    for name in unread_variables():
+        logging.getLogger("rerank.settings").warning(
+            "%s is set but no setting reads it: a typo, or removed (README, \"Moved or removed in 0.3\")", name)
     return settings
 
 

@@ -228,6 +228,19 @@ def setting_variables() -> set[str]:
     return {env_name(field) for field in [*WorkerSettings.model_fields, *ENGINE_FIELDS] if field != "engine_config"}
 
 
+#: ``RERANK_`` variables of the project's own tools (Makefile, tests), not the worker's.
+TOOL_VARIABLES = frozenset({"RERANK_TEST_SEED", "RERANK_VENV_CACHE", "RERANK_TOOLS_CACHE"})
+
+
+def unread_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """The ``RERANK_`` variables set in ``environ`` (the process's) that no setting reads: a
+    typo, or a setting removed (README, "Moved or removed in 0.3"), which would otherwise be
+    ignored without a word."""
+    environ = os.environ if environ is None else environ
+    known = setting_variables() | TOOL_VARIABLES
+    return sorted(name for name in environ if name.upper().startswith("RERANK_") and name.upper() not in known)
+
+
 def _env_name(loc: tuple[str, ...], message: str) -> tuple[str, str]:
     """The variable an error is about, and its message. An error of EngineConfig.validate
     comes for ``engine_config`` as a whole, its message starting with the field's name."""

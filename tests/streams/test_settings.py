@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from streams.app import faust_credentials
-from streams.settings import SettingsError, load_settings
+from streams.settings import SettingsError, load_settings, unread_variables
 
 
 @pytest.fixture(autouse=True)
@@ -138,11 +138,18 @@ def test_worker_command_exits_with_the_message_not_a_traceback():
     assert "Traceback" not in proc.stderr
 
 
-def test_worker_command_says_when_kafka_is_unreachable():
+def test_worker_command_says_when_kafka_is_unreachable_and_names_a_variable_it_does_not_read():
     env = {"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "PYTHONPATH": ".",
-           "RERANK_STARTUP_TIMEOUT_S": "3"}
+           "RERANK_STARTUP_TIMEOUT_S": "3", "RERANK_WINDOW_MS": "20"}
     proc = subprocess.run([sys.executable, "-m", "streams", "init-topics"], env={**env, "HOME": "/tmp"},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "cannot reach Kafka at 127.0.0.1:1" in proc.stderr
+    assert "RERANK_WINDOW_MS is set but no setting reads it" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_unread_variables_are_typos_and_removed_settings_not_settings_or_other_programs():
+    environ = {"RERANK_MODEL": "m", "RERANK_MAX_BATCH_TOKENS": "1", "KAFKA_BOOTSTRAP_SERVERS": "k",
+               "RERANK_MODLE": "typo", "RERANK_WINDOW_MAX_PAIRS": "512", "RERANK_TEST_SEED": "1", "HOME": "/"}
+    assert unread_variables(environ) == ["RERANK_MODLE", "RERANK_WINDOW_MAX_PAIRS"]
