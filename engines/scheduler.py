@@ -9,10 +9,12 @@ does one unit of work and returns what it finished:
 1. it takes in the jobs submitted since the last step, and gives up those whose deadline passed
    before any work on them began (``expired``);
 2. it picks the job that goes next by the fair order below (the *anchor*);
-3. if the anchor is not prepared yet, it prepares it. A job the policy cuts runs its first stage,
-   alone, and the step ends there (over a thousand documents this is the one long step; jobs that
-   arrive meanwhile count at the next one). A job that is not cut has its pairs tokenized, with the
-   other waiting jobs that are not cut, up to :data:`PREPARE_DOCUMENTS` documents;
+3. if the anchor is not prepared yet, it prepares it; so it does with the next job not prepared
+   when the anchor is large and its pool (4.) holds fewer pairs than it should. A job the policy
+   cuts runs its first stage, alone, and the step ends there (over a thousand documents this is
+   the one long step; jobs that arrive meanwhile count at the next one). A job that is not cut
+   has its pairs tokenized, with the other waiting jobs that are not cut, up to
+   :data:`PREPARE_DOCUMENTS` documents;
 4. it runs one micro-batch. A small job (its pairs fit one batch) that no other small job
    rivals in urgency goes whole: all its pairs at its longest one's width, the room left filled
    with the next jobs' pairs no longer than that, the longest first. Otherwise the batch is cut
@@ -216,13 +218,14 @@ class Scheduler:
         order = sorted(self._live, key=self.order.rank)
         # A job whose pairs are all shared with (and scheduled by) other jobs is not a candidate.
         anchor = next(t for t in order if t.selected is None or t.pending)
-        result.anchor_waited_s = self.clock() - anchor.arrived
+        unprepared = anchor if anchor.selected is None or self.runner is None else self._pool_short(anchor, order)
+        result.anchor_waited_s = self.clock() - (unprepared or anchor).arrived
         if self.runner is None:
             self._whole_job(anchor, result)
-        elif anchor.selected is None and anchor.plan.prefilter:
-            self._first_stage(anchor, result)
+        elif unprepared is not None and unprepared.plan.prefilter:
+            self._first_stage(unprepared, result)
         else:
-            if anchor.selected is None:
+            if unprepared is not None:
                 self._prepare([t for t in order if t.selected is None and not t.plan.prefilter], result)
                 order = sorted(self._live, key=self.order.rank)
                 anchor = next((t for t in order if t.pending), None)
@@ -231,6 +234,18 @@ class Scheduler:
         if not self._live and self._tokens is not None and self._tokens.entries:
             self._tokens = self.runner.encoder.new_cache()  # idle: nothing left to share
         return result
+
+    def _pool_short(self, anchor: _Ticket, order: list[_Ticket]) -> _Ticket | None:
+        """The job to prepare before a large ``anchor``'s next micro-batch, if any: its batches are
+        cut from a pool of :data:`POOL_ROOMS` batches' worth of pending pairs, and a job not
+        prepared yet has none (without this, jobs of 100 pairs went one at a time, each batched
+        alone: twice a window's padding and 10% fewer documents/s). A small anchor goes at once."""
+        max_tokens = self.runner.max_batch_tokens
+        if _fits(anchor, max_tokens):
+            return None
+        if sum(len(t.pending) for t in order) >= POOL_ROOMS * (max_tokens // anchor.pending[0].length):
+            return None
+        return next((t for t in order if t.selected is None and t.priority == anchor.priority), None)
 
     def _expire(self, result: StepResult) -> None:
         now = self.wall_clock()

@@ -236,3 +236,23 @@ def test_equally_urgent_jobs_are_batched_by_length_and_a_lone_small_job_stays_wh
     lone.submit("alone", job, reranker.plan(job))
     (step,) = [s for s in run_all(lone)[1] if s.kind == "micro_batch"]
     assert step.pairs == 6 and len(rows) == 1  # its short documents ride along with its long one
+
+
+def test_jobs_behind_a_large_one_are_prepared_so_that_its_batches_are_cut_with_their_pairs(reranker):
+    """A large job's micro-batches are cut by length from a pool of pending pairs; jobs that
+    arrive meanwhile are prepared (first stage, tokenizing) first, so that the pool holds theirs
+    too. Taken one at a time, each large job was batched alone, with twice a window's padding."""
+    passages = load_passages()
+    scheduler = Scheduler(reranker)
+    first = RerankJob("the first large request", passages[:60], prefilter=False)
+    scheduler.submit("first", first, reranker.plan(first))
+    assert scheduler.step().kind == "micro_batch"
+    cut = RerankJob("a large request cut to 50", passages[100:180], prefilter=True, keep=50, method="bm25")
+    whole = RerankJob("a large request not cut", passages[200:250], prefilter=False)
+    scheduler.submit("cut", cut, reranker.plan(cut))
+    scheduler.submit("whole", whole, reranker.plan(whole))
+    assert scheduler.step().kind == "first_stage"  # the cut one's, before the first one goes on
+    shared = scheduler.step()
+    assert shared.kind == "micro_batch" and shared.requests > 1, (shared.kind, shared.requests)
+    outcomes, _ = run_all(scheduler)
+    assert set(outcomes) == {"first", "cut", "whole"}
