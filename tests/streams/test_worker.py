@@ -235,6 +235,24 @@ def test_a_lone_request_goes_to_a_free_engine_at_once(client):
     assert meta["total_ms"] < meta["queue_ms"] + meta["inference_ms"] + 1000, meta
 
 
+def test_a_small_request_is_answered_while_a_large_one_is_still_scored(client):
+    """The scheduler takes every micro-batch from all pending pairs: a small request that
+    arrives while a large one is scored goes next and is answered at once, not after it."""
+    passages = load_passages()
+    large = client.send({"request_id": f"large-{uuid.uuid4().hex[:6]}", "query": "how do partitions work",
+                         "documents": passages[:200], "prefilter": {"enabled": False}})
+    client.flush()
+    time.sleep(0.3)  # the large one is taken and its micro-batches run
+    small = client.send({"request_id": f"small-{uuid.uuid4().hex[:6]}", "query": "consumer groups",
+                         "documents": passages[:5]})
+    client.flush()
+    assert client.wait([large, small], 120)
+    large_answer, small_answer = client.answers(large)[0], client.answers(small)[0]
+    assert len(large_answer.response["results"]) == 200
+    assert small_answer.received_at < large_answer.received_at, (
+        f"the small request waited for the large one: {small_answer.response['meta']}")
+
+
 def test_reply_to_with_the_allowed_prefix_is_honoured(kafka_bootstrap, topics, worker, new_topic):
     reply_topic = topics["RERANK_REPLY_TO_PREFIX"] + uuid.uuid4().hex[:6]
     from confluent_kafka.admin import AdminClient, NewTopic
