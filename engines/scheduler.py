@@ -343,20 +343,31 @@ class Scheduler:
     # -- micro-batches --------------------------------------------------------------------------------
     def _micro_batch(self, anchor: _Ticket, order: list[_Ticket], result: StepResult) -> None:
         runner = self.runner
-        pool, contested = _pool(anchor, order, self.order, runner.max_batch_tokens)
-        whole = _fits(anchor, runner.max_batch_tokens) and not contested
+        small = _fits(anchor, runner.max_batch_tokens)
+        pool, contested = _pool(anchor, order, self.order, runner.max_batch_tokens) if small else ([anchor], False)
+        whole = small and not contested
         if whole:
             # A small job with no small rival in its urgency goes whole: all its pairs at its longest
             # one's width, the room left filled with the next jobs' pairs that fit, longest first.
             longest, own = anchor.pending[0].length, list(anchor.pending)
-        else:
-            # Otherwise the pool's pairs are cut by length, the longest first, as a window's were.
+        elif small:
+            # Small jobs as urgent as each other: their pairs cut by length, as a window's were.
             own = sorted((s for t in pool for s in t.pending), key=lambda s: -s.length)
             longest = own[0].length
+        else:
+            # A large job: its longest pairs, those of one width class first (see the fillers).
+            longest = anchor.pending[0].length
+            top = bucket_width(longest, runner.max_length)
+            own = [s for s in anchor.pending if bucket_width(s.length, runner.max_length) == top]
         width = bucket_width(longest, runner.max_length) if runner.shape_buckets else longest
         room = max(1, min(runner.max_batch_pairs, runner.max_batch_tokens // width))
         chosen = own[:room]
-        fillers = _fillers([anchor] if whole else pool, order, width, FILL_LOOKAHEAD * room)
+        fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
+        if not small:
+            # The room a large job's width class leaves goes to the next jobs' pairs of that class
+            # (no more padding), then to its own next pairs (it goes on), then to theirs.
+            same = [s for s in fillers if bucket_width(s.length, runner.max_length) == top]
+            fillers = same + anchor.pending[len(own):] + [s for s in fillers if s not in same]
         chosen += fillers[: room - len(chosen)]
         size = None
         if runner.shape_buckets:
