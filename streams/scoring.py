@@ -4,8 +4,9 @@ The engine's :class:`~engines.scheduler.Scheduler` decides what runs next at eve
 first stage, or one micro-batch taken from the pending pairs of every request taken so far, in
 its fair order). This loop feeds it: before each step it submits every request that arrived
 meanwhile (so a request that arrives while a micro-batch runs can be in the next one), runs the
-step in a thread of its own (the engine is not re-entrant, and two steps at once would only split
-the same cores), and hands over the answer of each request the step finished:
+steps in a thread of its own (the engine is not re-entrant, and two steps at once would only split
+the same cores), back to back until one finishes a request or a new one waits, starts the next
+steps before it answers, and hands over the answer of each request a step finished:
 
 - ranked, with ``meta.queue_ms`` (receipt to the engine's first work on it), ``inference_ms``
   (from then until its last pair was scored) and ``total_ms``;
@@ -33,6 +34,8 @@ from streams.intake import Inbound
 log = logging.getLogger("rerank.worker")
 
 Answer = Callable[[Pending[Inbound], Outbound], None]
+#: The longest run of steps before the event loop hears of them (their metrics, a stop).
+STEPS_FOR_S = 0.25
 
 
 class Scorer:
@@ -49,18 +52,41 @@ class Scorer:
     async def run(self, inbox: Inbox[Inbound], answer: Answer) -> None:
         """Until ``inbox`` is closed and every request taken from it is answered."""
         loop = asyncio.get_running_loop()
+        arrivals = lambda: inbox.queued > 0  # noqa: E731 (read from the engine's thread)
+        running: asyncio.Future | None = None
         while True:
-            for pending in await inbox.take(wait=not self._live):
+            for pending in await inbox.take(wait=not self._live and running is None):
                 self._submit(pending)
-            if not self._live:
-                if inbox.closed:
-                    return
-                continue
+            if running is None:
+                if not self._live:
+                    if inbox.closed:
+                        return
+                    continue
+                running = loop.run_in_executor(self.executor, self._steps, arrivals)
+            steps, running = await running, None
+            for pending in await inbox.take(wait=False):
+                self._submit(pending)
+            if self.scheduler.busy:  # the engine goes on while these steps' requests are answered
+                running = loop.run_in_executor(self.executor, self._steps, arrivals)
+            for step, seconds in steps:
+                metrics.observe_step(step, seconds)
+                for pending, outbound in self._answers(step):
+                    answer(pending, outbound)
+
+    def _steps(self, arrivals: Callable[[], bool]) -> list[tuple[StepResult, float]]:
+        """Steps back to back, in the engine's thread, until one has answers, a request waits to
+        be submitted, :data:`STEPS_FOR_S` have passed, or nothing is left. Handing each step
+        back to the event loop (Kafka, parsing, delivery) left the engine idle between micro-
+        batches while the loop was busy: 10-20% fewer documents/s at 100-200 documents."""
+        steps: list[tuple[StepResult, float]] = []
+        until = time.monotonic() + STEPS_FOR_S
+        while True:
             started = time.monotonic()
-            step = await loop.run_in_executor(self.executor, self.scheduler.step)
-            metrics.observe_step(step, time.monotonic() - started)
-            for pending, outbound in self._answers(step):
-                answer(pending, outbound)
+            step = self.scheduler.step()
+            ended = time.monotonic()
+            steps.append((step, ended - started))
+            if step.finished or step.failed or step.expired or arrivals() or ended > until or not self.scheduler.busy:
+                return steps
 
     def _submit(self, pending: Pending[Inbound]) -> None:
         request = pending.item.request

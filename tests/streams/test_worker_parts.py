@@ -155,6 +155,23 @@ def test_a_request_of_higher_priority_is_answered_first():
     assert [p.item.request.request_id for p, _ in answered] == ["high", "low", "default-too"]
 
 
+def test_requests_that_arrive_while_the_engine_steps_are_each_answered_once_and_the_scorer_ends_when_closed():
+    async def scenario():
+        inbox: Inbox[Inbound] = Inbox(10_000)
+        answered = []
+        run = asyncio.create_task(Scorer(LengthReranker(), ANSWERS).run(
+            inbox, lambda p, o: answered.append(p.item.request.request_id)))
+        for k in range(30):
+            p = pending(request(f"r{k}", documents=["a" * (1 + k % 7)] * (1 + k % 4)))
+            await inbox.put(p.item, p.pairs)
+            await asyncio.sleep(0.002 * (k % 3))
+        await inbox.close()
+        await asyncio.wait_for(run, 30)
+        return answered
+    answered = asyncio.run(scenario())
+    assert sorted(answered) == sorted(f"r{k}" for k in range(30))
+
+
 def test_an_engine_failure_answers_its_requests_internal():
     answered = score_all(LengthReranker(fail=True), [pending(request("a")), pending(request("b"))])
     assert codes(answered) == ["internal", "internal"]
