@@ -9,12 +9,10 @@ does one unit of work and returns what it finished:
 1. it takes in the jobs submitted since the last step, and gives up those whose deadline passed
    before any work on them began (``expired``);
 2. it picks the job that goes next by the fair order below (the *anchor*);
-3. if the anchor is not prepared yet, it prepares it; so it does with the next job not prepared
-   when the anchor is large and its pool (4.) holds fewer pairs than it should. A job the policy
-   cuts runs its first stage, alone, and the step ends there (over a thousand documents this is
-   the one long step; jobs that arrive meanwhile count at the next one). A job that is not cut
-   has its pairs tokenized, with the other waiting jobs that are not cut, up to
-   :data:`PREPARE_DOCUMENTS` documents;
+3. if the anchor is not prepared yet, it prepares it. A job the policy cuts runs its first stage,
+   alone, and the step ends there (over a thousand documents this is the one long step; jobs that
+   arrive meanwhile count at the next one). A job that is not cut has its pairs tokenized, with the
+   other waiting jobs that are not cut, up to :data:`PREPARE_DOCUMENTS` documents;
 4. it runs one micro-batch. A small job (its pairs fit one batch) that no other small job
    rivals in urgency goes whole: all its pairs at its longest one's width, the room left filled
    with the next jobs' pairs no longer than that, the longest first. Otherwise the batch is cut
@@ -218,14 +216,13 @@ class Scheduler:
         order = sorted(self._live, key=self.order.rank)
         # A job whose pairs are all shared with (and scheduled by) other jobs is not a candidate.
         anchor = next(t for t in order if t.selected is None or t.pending)
-        unprepared = anchor if anchor.selected is None or self.runner is None else self._pool_short(anchor, order)
-        result.anchor_waited_s = self.clock() - (unprepared or anchor).arrived
+        result.anchor_waited_s = self.clock() - anchor.arrived
         if self.runner is None:
             self._whole_job(anchor, result)
-        elif unprepared is not None and unprepared.plan.prefilter:
-            self._first_stage(unprepared, result)
+        elif anchor.selected is None and anchor.plan.prefilter:
+            self._first_stage(anchor, result)
         else:
-            if unprepared is not None:
+            if anchor.selected is None:
                 self._prepare([t for t in order if t.selected is None and not t.plan.prefilter], result)
                 order = sorted(self._live, key=self.order.rank)
                 anchor = next((t for t in order if t.pending), None)
@@ -234,18 +231,6 @@ class Scheduler:
         if not self._live and self._tokens is not None and self._tokens.entries:
             self._tokens = self.runner.encoder.new_cache()  # idle: nothing left to share
         return result
-
-    def _pool_short(self, anchor: _Ticket, order: list[_Ticket]) -> _Ticket | None:
-        """The job to prepare before a large ``anchor``'s next micro-batch, if any: its batches are
-        cut from a pool of :data:`POOL_ROOMS` batches' worth of pending pairs, and a job not
-        prepared yet has none (without this, jobs of 100 pairs went one at a time, each batched
-        alone: twice a window's padding and 10% fewer documents/s). A small anchor goes at once."""
-        max_tokens = self.runner.max_batch_tokens
-        if _fits(anchor, max_tokens):
-            return None
-        if sum(len(t.pending) for t in order) >= POOL_ROOMS * (max_tokens // anchor.pending[0].length):
-            return None
-        return next((t for t in order if t.selected is None and t.priority == anchor.priority), None)
 
     def _expire(self, result: StepResult) -> None:
         now = self.wall_clock()
@@ -343,31 +328,20 @@ class Scheduler:
     # -- micro-batches --------------------------------------------------------------------------------
     def _micro_batch(self, anchor: _Ticket, order: list[_Ticket], result: StepResult) -> None:
         runner = self.runner
-        small = _fits(anchor, runner.max_batch_tokens)
-        pool, contested = _pool(anchor, order, self.order, runner.max_batch_tokens) if small else ([anchor], False)
-        whole = small and not contested
+        pool, contested = _pool(anchor, order, self.order, runner.max_batch_tokens)
+        whole = _fits(anchor, runner.max_batch_tokens) and not contested
         if whole:
             # A small job with no small rival in its urgency goes whole: all its pairs at its longest
             # one's width, the room left filled with the next jobs' pairs that fit, longest first.
             longest, own = anchor.pending[0].length, list(anchor.pending)
-        elif small:
-            # Small jobs as urgent as each other: their pairs cut by length, as a window's were.
+        else:
+            # Otherwise the pool's pairs are cut by length, the longest first, as a window's were.
             own = sorted((s for t in pool for s in t.pending), key=lambda s: -s.length)
             longest = own[0].length
-        else:
-            # A large job: its longest pairs, those of one width class first (see the fillers).
-            longest = anchor.pending[0].length
-            top = bucket_width(longest, runner.max_length)
-            own = [s for s in anchor.pending if bucket_width(s.length, runner.max_length) == top]
         width = bucket_width(longest, runner.max_length) if runner.shape_buckets else longest
         room = max(1, min(runner.max_batch_pairs, runner.max_batch_tokens // width))
         chosen = own[:room]
-        fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
-        if not small:
-            # The room a large job's width class leaves goes to the next jobs' pairs of that class
-            # (no more padding), then to its own next pairs (it goes on), then to theirs.
-            same = [s for s in fillers if bucket_width(s.length, runner.max_length) == top]
-            fillers = same + anchor.pending[len(own):] + [s for s in fillers if s not in same]
+        fillers = _fillers([anchor] if whole else pool, order, width, FILL_LOOKAHEAD * room)
         chosen += fillers[: room - len(chosen)]
         size = None
         if runner.shape_buckets:
