@@ -9,16 +9,20 @@ does one unit of work and returns what it finished:
 1. it takes in the jobs submitted since the last step, and gives up those whose deadline passed
    before any work on them began (``expired``);
 2. it picks the job that goes next by the fair order below (the *anchor*);
-3. if the anchor is not prepared yet, it prepares it. A job the policy cuts runs its first stage,
-   alone, and the step ends there (over a thousand documents this is the one long step; jobs that
-   arrive meanwhile count at the next one). A job that is not cut has its pairs tokenized, with the
-   other waiting jobs that are not cut, up to :data:`PREPARE_DOCUMENTS` documents;
+3. if the anchor is not prepared yet, it prepares it; so it does with the next job not prepared
+   when the anchor is large and its pool (4.) holds fewer pairs than it should. A job the policy
+   cuts runs its first stage, alone, and the step ends there (over a thousand documents this is
+   the one long step; jobs that arrive meanwhile count at the next one). A job that is not cut
+   has its pairs tokenized, with the other waiting jobs that are not cut, up to
+   :data:`PREPARE_DOCUMENTS` documents;
 4. it runs one micro-batch. A small job (its pairs fit one batch) that no other small job
    rivals in urgency goes whole: all its pairs at its longest one's width, the room left filled
-   with the next jobs' pairs no longer than that, the longest first. Otherwise the batch is cut
-   by length, the longest first, from a pool: the jobs as urgent as the anchor (within
-   :data:`URGENCY_SLACK_PAIRS`), and the next ones until it holds :data:`POOL_ROOMS` batches' worth
-   of pairs, so that a backlog pads as little as a window did. A backend with shape buckets
+   with the next jobs' pairs no longer than that, the longest first. Small jobs as urgent as each
+   other (within :data:`URGENCY_SLACK_PAIRS`) are cut by length together, the longest first, with
+   the next small ones up to :data:`POOL_ROOMS` batches' worth, so that a backlog pads as little
+   as a window did. A large job gives its longest pairs of one width class, and the room they
+   leave goes to the next jobs' pairs of that class, then its own next ones, then theirs: it
+   goes on at nearly its own pace, and the batch pads little. A backend with shape buckets
    (OpenVINO) gets a bucketed width and size;
 5. every job whose last pair was scored is finished at once, with its outcome.
 
@@ -68,8 +72,8 @@ FILL_LOOKAHEAD = 4
 #: backlog of small jobs is scored with little padding. A job alone in its urgency gets all its
 #: pairs in one micro-batch where they fit.
 URGENCY_SLACK_PAIRS = 5
-#: A large job's micro-batches are cut from at least this many batches' worth of pending pairs
-#: (its own and the next jobs'), so that lengths match as they did in windows.
+#: A backlog of small jobs is cut by length from this many batches' worth of their pairs; jobs
+#: behind a large one are prepared until there are this many, so that its batches find fillers.
 POOL_ROOMS = 32
 #: Documents tokenized in one step for jobs that are not cut (more wait for the next step).
 PREPARE_DOCUMENTS = 512
@@ -216,13 +220,14 @@ class Scheduler:
         order = sorted(self._live, key=self.order.rank)
         # A job whose pairs are all shared with (and scheduled by) other jobs is not a candidate.
         anchor = next(t for t in order if t.selected is None or t.pending)
-        result.anchor_waited_s = self.clock() - anchor.arrived
+        unprepared = anchor if anchor.selected is None or self.runner is None else self._pool_short(anchor, order)
+        result.anchor_waited_s = self.clock() - (unprepared or anchor).arrived
         if self.runner is None:
             self._whole_job(anchor, result)
-        elif anchor.selected is None and anchor.plan.prefilter:
-            self._first_stage(anchor, result)
+        elif unprepared is not None and unprepared.plan.prefilter:
+            self._first_stage(unprepared, result)
         else:
-            if anchor.selected is None:
+            if unprepared is not None:
                 self._prepare([t for t in order if t.selected is None and not t.plan.prefilter], result)
                 order = sorted(self._live, key=self.order.rank)
                 anchor = next((t for t in order if t.pending), None)
@@ -231,6 +236,18 @@ class Scheduler:
         if not self._live and self._tokens is not None and self._tokens.entries:
             self._tokens = self.runner.encoder.new_cache()  # idle: nothing left to share
         return result
+
+    def _pool_short(self, anchor: _Ticket, order: list[_Ticket]) -> _Ticket | None:
+        """The job to prepare before a large ``anchor``'s next micro-batch, if any: the room its
+        width class leaves is filled from the pending pairs of the jobs behind it, and a job not
+        prepared yet has none (unprepared, 100-pair jobs were batched each alone, with twice a
+        window's padding). A small anchor goes at once."""
+        max_tokens = self.runner.max_batch_tokens
+        if _fits(anchor, max_tokens):
+            return None
+        if sum(len(t.pending) for t in order) >= POOL_ROOMS * (max_tokens // anchor.pending[0].length):
+            return None
+        return next((t for t in order if t.selected is None and t.priority == anchor.priority), None)
 
     def _expire(self, result: StepResult) -> None:
         now = self.wall_clock()
@@ -328,20 +345,32 @@ class Scheduler:
     # -- micro-batches --------------------------------------------------------------------------------
     def _micro_batch(self, anchor: _Ticket, order: list[_Ticket], result: StepResult) -> None:
         runner = self.runner
-        pool, contested = _pool(anchor, order, self.order, runner.max_batch_tokens)
-        whole = _fits(anchor, runner.max_batch_tokens) and not contested
+        small = _fits(anchor, runner.max_batch_tokens)
+        pool, contested = ([anchor], False) if not small else \
+            _small_pool(anchor, order, self.order, runner.max_batch_tokens)
+        whole = small and not contested
         if whole:
             # A small job with no small rival in its urgency goes whole: all its pairs at its longest
             # one's width, the room left filled with the next jobs' pairs that fit, longest first.
             longest, own = anchor.pending[0].length, list(anchor.pending)
-        else:
-            # Otherwise the pool's pairs are cut by length, the longest first, as a window's were.
+        elif small:
+            # Small jobs as urgent as each other: their pairs cut by length, as a window's were.
             own = sorted((s for t in pool for s in t.pending), key=lambda s: -s.length)
             longest = own[0].length
+        else:
+            # A large job: its longest pairs, those of one width class first (see the fillers).
+            longest = anchor.pending[0].length
+            top = bucket_width(longest, runner.max_length)
+            own = [s for s in anchor.pending if bucket_width(s.length, runner.max_length) == top]
         width = bucket_width(longest, runner.max_length) if runner.shape_buckets else longest
         room = max(1, min(runner.max_batch_pairs, runner.max_batch_tokens // width))
         chosen = own[:room]
-        fillers = _fillers([anchor] if whole else pool, order, width, FILL_LOOKAHEAD * room)
+        fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
+        if not small:
+            # The room a large job's width class leaves goes to the next jobs' pairs of that class
+            # (no more padding), then to its own next pairs (it goes on), then to theirs.
+            same = [s for s in fillers if bucket_width(s.length, runner.max_length) == top]
+            fillers = same + anchor.pending[len(own):] + [s for s in fillers if s not in same]
         chosen += fillers[: room - len(chosen)]
         size = None
         if runner.shape_buckets:
@@ -417,27 +446,23 @@ def _fits(ticket: _Ticket, max_tokens: int) -> bool:
     return ticket.pending[0].length * len(ticket.pending) <= max_tokens
 
 
-def _pool(anchor: _Ticket, order: list[_Ticket], fair: FairOrder, max_tokens: int) -> tuple[list[_Ticket], bool]:
-    """The jobs a micro-batch is cut from, the anchor first, and whether another job that fits one
-    batch is as urgent as the anchor. The pool: the jobs with pairs pending within the fair order's
-    slack of the anchor (at its priority); and, when that is more than the anchor or the anchor
-    cannot finish in one batch, the next ones of its kind too (small ones beside a small anchor)
-    until they hold :data:`POOL_ROOMS` batches' worth of pairs (cut by length alone, one large
-    job's pairs pad three times as much as a window's did)."""
+def _small_pool(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
+                max_tokens: int) -> tuple[list[_Ticket], bool]:
+    """The jobs a small anchor's micro-batch is cut from, the anchor first, and whether another
+    small job is as urgent as the anchor (then they are cut by length together). The pool: the
+    jobs with pairs pending within the fair order's slack of the anchor (at its priority); and,
+    once that is more than the anchor, the next small jobs too, until they hold
+    :data:`POOL_ROOMS` batches' worth of pairs, so that a backlog pads as little as a window
+    did. A large job never joins but as urgent, so it never slows a small one."""
     priority, key, _ = fair.rank(anchor)
     room = max_tokens // anchor.pending[0].length
-    small = _fits(anchor, max_tokens)
     pool, pairs, contested = [anchor], len(anchor.pending), False
     for ticket in order:
         if ticket is anchor or not ticket.pending or fair.rank(ticket)[0] != priority:
             continue
         urgent = fair.rank(ticket)[1] <= key + fair.slack
-        # The pool widens with jobs of the anchor's kind only: small jobs beside a small anchor
-        # (a backlog of them), anything beside a large one; a large job never slows a small one.
-        wide = (len(pool) > 1 or not small) and pairs < POOL_ROOMS * room and (not small or _fits(ticket, max_tokens))
-        if not (urgent or wide):
-            if not small:
-                break
+        backlog = len(pool) > 1 and pairs < POOL_ROOMS * room and _fits(ticket, max_tokens)
+        if not (urgent or backlog):
             continue
         contested = contested or (urgent and _fits(ticket, max_tokens))
         pool.append(ticket)

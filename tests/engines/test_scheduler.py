@@ -109,10 +109,11 @@ def test_a_small_job_overtakes_a_large_one_in_progress_and_fifo_does_not(reranke
         assert first.kind == "micro_batch" and 0 < first.pairs < 200  # the large job has begun
         scheduler.submit("small", small, reranker.plan(small))
         _, steps = run_all(scheduler)
-        order = finish_order(steps)
-        assert order == (["small", "large"] if small_first else ["large", "small"]), policy
         if small_first:
+            assert finish_order(steps) == ["small", "large"], policy
             assert steps[0].finished and steps[0].finished[0].key == "small", "answered after one micro-batch"
+        else:  # the large job's pairs go first; the small one's only fill room its width class leaves
+            assert "small" not in [f.key for f in steps[0].finished]
 
 
 def test_a_job_that_waited_long_enough_goes_before_a_newer_smaller_one(reranker):
@@ -236,3 +237,23 @@ def test_equally_urgent_jobs_are_batched_by_length_and_a_lone_small_job_stays_wh
     lone.submit("alone", job, reranker.plan(job))
     (step,) = [s for s in run_all(lone)[1] if s.kind == "micro_batch"]
     assert step.pairs == 6 and len(rows) == 1  # its short documents ride along with its long one
+
+
+def test_jobs_behind_a_large_one_are_prepared_so_that_its_batches_are_cut_with_their_pairs(reranker):
+    """A large job's micro-batches are cut by length from a pool of pending pairs; jobs that
+    arrive meanwhile are prepared (first stage, tokenizing) first, so that the pool holds theirs
+    too. Taken one at a time, each large job was batched alone, with twice a window's padding."""
+    passages = load_passages()
+    scheduler = Scheduler(reranker)
+    first = RerankJob("the first large request", passages[:60], prefilter=False)
+    scheduler.submit("first", first, reranker.plan(first))
+    assert scheduler.step().kind == "micro_batch"
+    cut = RerankJob("a large request cut to 50", passages[100:180], prefilter=True, keep=50, method="bm25")
+    whole = RerankJob("a large request not cut", passages[200:250], prefilter=False)
+    scheduler.submit("cut", cut, reranker.plan(cut))
+    scheduler.submit("whole", whole, reranker.plan(whole))
+    assert scheduler.step().kind == "first_stage"  # the cut one's, before the first one goes on
+    shared = scheduler.step()
+    assert shared.kind == "micro_batch" and shared.requests > 1, (shared.kind, shared.requests)
+    outcomes, _ = run_all(scheduler)
+    assert set(outcomes) == {"first", "cut", "whole"}
