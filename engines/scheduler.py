@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engines.batching import SIZE_BUCKETS, PreparedPairs, bucket_width
+from engines.batching import SIZE_BUCKETS, BatchRunner, PreparedPairs, bucket_width
 from engines.config import SCHEDULER_POLICIES
 from engines.first_stage import SCORE_KINDS, ranked
 from engines.outcome import LOGIT, RerankOutcome, cross_encoder_outcome
@@ -345,37 +345,7 @@ class Scheduler:
     # -- micro-batches --------------------------------------------------------------------------------
     def _micro_batch(self, anchor: _Ticket, order: list[_Ticket], result: StepResult) -> None:
         runner = self.runner
-        small = _fits(anchor, runner.max_batch_tokens)
-        pool, contested = ([anchor], False) if not small else \
-            _small_pool(anchor, order, self.order, runner.max_batch_tokens)
-        whole = small and not contested
-        if whole:
-            # A small job with no small rival in its urgency goes whole: all its pairs at its longest
-            # one's width, the room left filled with the next jobs' pairs that fit, longest first.
-            longest, own = anchor.pending[0].length, list(anchor.pending)
-        elif small:
-            # Small jobs as urgent as each other: their pairs cut by length, as a window's were.
-            own = sorted((s for t in pool for s in t.pending), key=lambda s: -s.length)
-            longest = own[0].length
-        else:
-            # A large job: its longest pairs, those of one width class first (see the fillers).
-            longest = anchor.pending[0].length
-            top = bucket_width(longest, runner.max_length)
-            own = [s for s in anchor.pending if bucket_width(s.length, runner.max_length) == top]
-        width = bucket_width(longest, runner.max_length) if runner.shape_buckets else longest
-        room = max(1, min(runner.max_batch_pairs, runner.max_batch_tokens // width))
-        chosen = own[:room]
-        fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
-        if not small:
-            # The room a large job's width class leaves goes to the next jobs' pairs of that class
-            # (no more padding), then to its own next pairs (it goes on), then to theirs.
-            same = [s for s in fillers if bucket_width(s.length, runner.max_length) == top]
-            fillers = same + anchor.pending[len(own):] + [s for s in fillers if s not in same]
-        chosen += fillers[: room - len(chosen)]
-        size = None
-        if runner.shape_buckets:
-            finishing = len(own) if whole and len(own) <= room else 0  # the anchor is done with this batch
-            chosen, size = _bucketed(chosen, finishing, fillers[room - min(room, len(own)):], runner.max_batch_pairs)
+        chosen, width, size = _compose(anchor, order, self.order, runner)
         for slot in chosen:
             self._start(slot.owner)
         result.kind = "micro_batch"
@@ -439,6 +409,44 @@ class Scheduler:
         for slot in ticket.slots:
             slot.waiters = [w for w in slot.waiters if w is not ticket]
         ticket.pending = []
+
+
+def _compose(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
+             runner: BatchRunner) -> tuple[list[_Slot], int, int | None]:
+    """The pairs of ``anchor``'s micro-batch, their padded width, and the batch's bucketed size
+    (None without shape buckets): the module's docstring, step 4."""
+    small = _fits(anchor, runner.max_batch_tokens)
+    pool, contested = ([anchor], False) if not small else \
+        _small_pool(anchor, order, fair, runner.max_batch_tokens)
+    whole = small and not contested
+    if whole:
+        # A small job with no small rival in its urgency goes whole: all its pairs at its longest
+        # one's width, the room left filled with the next jobs' pairs that fit, longest first.
+        longest, own = anchor.pending[0].length, list(anchor.pending)
+    elif small:
+        # Small jobs as urgent as each other: their pairs cut by length, as a window's were.
+        own = sorted((s for t in pool for s in t.pending), key=lambda s: -s.length)
+        longest = own[0].length
+    else:
+        # A large job: its longest pairs, those of one width class first (see the fillers).
+        longest = anchor.pending[0].length
+        top = bucket_width(longest, runner.max_length)
+        own = [s for s in anchor.pending if bucket_width(s.length, runner.max_length) == top]
+    width = bucket_width(longest, runner.max_length) if runner.shape_buckets else longest
+    room = max(1, min(runner.max_batch_pairs, runner.max_batch_tokens // width))
+    chosen = own[:room]
+    fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
+    if not small:
+        # The room a large job's width class leaves goes to the next jobs' pairs of that class
+        # (no more padding), then to its own next pairs (it goes on), then to theirs.
+        same = [s for s in fillers if bucket_width(s.length, runner.max_length) == top]
+        fillers = same + anchor.pending[len(own):] + [s for s in fillers if s not in same]
+    chosen += fillers[: room - len(chosen)]
+    size = None
+    if runner.shape_buckets:
+        finishing = len(own) if whole and len(own) <= room else 0  # the anchor is done with this batch
+        chosen, size = _bucketed(chosen, finishing, fillers[room - min(room, len(own)):], runner.max_batch_pairs)
+    return chosen, width, size
 
 
 def _fits(ticket: _Ticket, max_tokens: int) -> bool:
