@@ -439,8 +439,11 @@ def _compose(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
     if not small:
         # The room a large job's width class leaves goes to the next jobs' pairs of that class
         # (no more padding), then to its own next pairs (it goes on), then to theirs.
-        same = [s for s in fillers if bucket_width(s.length, runner.max_length) == top]
-        fillers = same + anchor.pending[len(own):] + [s for s in fillers if s not in same]
+        same: list[_Slot] = []
+        other: list[_Slot] = []
+        for slot in fillers:
+            (same if bucket_width(slot.length, runner.max_length) == top else other).append(slot)
+        fillers = same + anchor.pending[len(own):] + other
     chosen += fillers[: room - len(chosen)]
     size = None
     if runner.shape_buckets:
