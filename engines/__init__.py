@@ -9,7 +9,7 @@ need to run offline: model folders and their export cache, the untrained-head te
 Public surface::
 
     from engines import EngineConfig, RerankJob, RerankOutcome, Reranker, build_reranker
-    from engines import JobPlan, JobRefused   # the request policy: Reranker.plan(job)
+    from engines import JobPlan, JobRefused, JobTooLarge   # the request policy: Reranker.plan(job)
 
 Engines (one module each): ``openvino`` (default on CPU; NNCF static int8 where the CPU has VNNI or
 AMX, fp32 elsewhere), ``onnx`` (ONNX Runtime; CUDA execution provider when available), ``torch``
@@ -21,8 +21,9 @@ pydantic.
 """
 
 from engines.config import EngineConfig
-from engines.outcome import RerankOutcome
-from engines.policy import JobPlan, JobRefused, RerankJob
+from engines.outcome import BestChunk, RerankOutcome
+from engines.policy import JobPlan, JobRefused, JobTooLarge, RerankJob
 from engines.reranker import Reranker, build_reranker
 
-__all__ = ["EngineConfig", "JobPlan", "JobRefused", "RerankJob", "RerankOutcome", "Reranker", "build_reranker"]
+__all__ = ["BestChunk", "EngineConfig", "JobPlan", "JobRefused", "JobTooLarge", "RerankJob", "RerankOutcome",
+           "Reranker", "build_reranker"]

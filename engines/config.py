@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from vocabulary import PREFILTER_METHODS, PrefilterMethod
+from vocabulary import PREFILTER_METHODS, TRUNCATION_DIRECTIONS, PrefilterMethod, TruncationDirection
 
 log = logging.getLogger("engines")
 
@@ -88,6 +88,14 @@ class EngineConfig:
         scheduler_policy: The fair order in which :class:`engines.scheduler.Scheduler` takes the
             pending pairs of many jobs: ``aged`` (default: least remaining work first, with
             ageing), ``shortest`` (least remaining work first) or ``fifo``.
+        max_chunks_per_doc: How many chunks a document too long for the model is scored in when
+            a request names no ``max_chunks_per_doc``; 1 (default) truncates it.
+        chunk_overlap_tokens: Tokens a chunk shares with the one before it when a request names
+            no ``chunk_overlap_tokens`` (default 32, about a sentence).
+        truncation_direction: Which end of a truncated document is kept when a request names
+            none: ``right`` (default: the start) or ``left`` (the end).
+        max_pairs_per_request: The most pairs one request may cost (chunks count as pairs);
+            more is refused as too large.
     """
 
     engine: Engine = "openvino"
@@ -111,6 +119,14 @@ class EngineConfig:
     # aged: small jobs first, waiting counts; measured against shortest and fifo (BENCHMARKS.md,
     # "Small requests beside large ones").
     scheduler_policy: SchedulerPolicy = "aged"
+    # 1: a long document is truncated, as before chunking existed, so nothing changes for a
+    # client that does not ask.
+    max_chunks_per_doc: int = 1
+    # About a sentence: a passage cut between two chunks is read whole by one of them.
+    chunk_overlap_tokens: int = 32
+    truncation_direction: TruncationDirection = "right"
+    # 10 chunks of each of the 2,000 documents a request may have.
+    max_pairs_per_request: int = 20_000
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field that is out of range."""
@@ -128,7 +144,13 @@ class EngineConfig:
             raise ValueError(f"prefilter_runtime must be one of {RUNTIMES} or None, got {self.prefilter_runtime!r}")
         if not self.model:
             raise ValueError("model must name a Hugging Face id or a local folder")
-        for name in ("prefilter_threshold", "embedding_cache_size"):
+        if self.truncation_direction not in TRUNCATION_DIRECTIONS:
+            raise ValueError(f"truncation_direction must be one of {TRUNCATION_DIRECTIONS}, "
+                             f"got {self.truncation_direction!r}")
+        for name in ("max_chunks_per_doc", "max_pairs_per_request"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("prefilter_threshold", "embedding_cache_size", "chunk_overlap_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         # keep 0 would answer every prefiltered request by its first stage alone; a job may ask

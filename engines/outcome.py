@@ -11,7 +11,7 @@ to take ``order`` (and cut it at ``top_n``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +23,19 @@ from vocabulary import BI_ENCODER, CROSS_ENCODER_STAGE, PREFILTER_STAGE
 #: (the first stages' kinds are ``engines.first_stage.SCORE_KINDS``).
 LOGIT = "logit"
 COSINE = "cosine"
+
+
+@dataclass(frozen=True)
+class BestChunk:
+    """The part of a document that gave it its score, for a document scored in parts (chunks, or
+    the end that ``left`` truncation keeps): its position among them, its character span in the
+    document's text (``text[start:end]`` scored alone gives the document's score), and how many
+    parts were scored."""
+
+    index: int
+    start: int
+    end: int
+    chunks: int
 
 
 @dataclass
@@ -53,6 +66,10 @@ class RerankOutcome:
         activation: what turns a cross-encoder score into the model's relevance, as
             sentence-transformers applies it (``"sigmoid"``, ``"identity"`` or ``"tanh"``; see
             :func:`engines.families.activate`).
+        best_chunks: for each document scored in parts (:mod:`engines.chunking`), the part that
+            gave its score; absent for a document read whole (or truncated at its end).
+        pairs_scored: the (query, text) pairs the cross-encoder scored for this job, chunks
+            counted one by one.
     """
 
     scores: np.ndarray
@@ -66,6 +83,8 @@ class RerankOutcome:
     cross_encoder_scored: int = 0
     first_stage: str | None = None
     activation: str = SIGMOID
+    best_chunks: dict[int, BestChunk] = field(default_factory=dict)
+    pairs_scored: int = 0
 
 
 def response_order(relevance: np.ndarray, cut: np.ndarray) -> np.ndarray:

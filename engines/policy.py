@@ -47,6 +47,15 @@ class RerankJob:
             document of a job it cuts.
         raw_scores: ``RerankOutcome.relevance`` holds the cross-encoder's raw score (the logit,
             a margin) instead of its score through the model's activation.
+        max_chunks: a document longer than the room beside the query is scored in up to this many
+            chunks and takes its best chunk's score (:mod:`engines.chunking`); 1 truncates it
+            (``None`` = ``max_chunks_per_doc`` of the config).
+        chunk_overlap: tokens a chunk shares with the one before it (``None`` =
+            ``chunk_overlap_tokens`` of the config).
+        truncation: ``"right"`` keeps a long document's start, ``"left"`` its end (``None`` =
+            ``truncation_direction`` of the config).
+        instruction: the task instruction of a decoder reranker's prompt (``None``: the model's
+            default); refused by a cross-encoder, whose input has no place for one.
     """
 
     query: str
@@ -56,10 +65,18 @@ class RerankJob:
     method: str | None = None
     scores: Sequence[float | None] | None = None
     raw_scores: bool = False
+    max_chunks: int | None = None
+    chunk_overlap: int | None = None
+    truncation: str | None = None
+    instruction: str | None = None
 
 
 class JobRefused(ValueError):
     """A job the engine will not score as it is; the message says why, for the caller."""
+
+
+class JobTooLarge(JobRefused):
+    """A job that would cost more pairs than ``max_pairs_per_request`` allows."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,7 +20,17 @@ BI_ENCODER, STATIC, BM25, CLIENT, STATIC_BM25 = PREFILTER_METHODS
 Stage = Literal["cross_encoder", "prefilter"]
 CROSS_ENCODER_STAGE, PREFILTER_STAGE = get_args(Stage)
 
+#: Which end of a document too long for the model is kept: ``right`` (default) drops the end, as
+#: truncation always did; ``left`` drops the start and keeps the end.
+TruncationDirection = Literal["right", "left"]
+TRUNCATION_DIRECTIONS: tuple[TruncationDirection, ...] = get_args(TruncationDirection)
+RIGHT, LEFT = TRUNCATION_DIRECTIONS
+
 __all__ = [
+    "LEFT",
+    "RIGHT",
+    "TRUNCATION_DIRECTIONS",
+    "TruncationDirection",
     "BI_ENCODER",
     "BM25",
     "CLIENT",

@@ -68,7 +68,9 @@ def test_every_engine_option_is_a_worker_setting_with_the_engines_defaults(monke
               "RERANK_PREFILTER_KEEP": "20", "RERANK_MAX_BATCH_TOKENS": "4096", "RERANK_MAX_BATCH_PAIRS": "32",
               "RERANK_MAX_LENGTH": "256", "RERANK_THREADS": "3", "RERANK_CACHE_DIR": str(tmp_path),
               "RERANK_EMBEDDING_CACHE_SIZE": "10", "RERANK_PREFILTER_RUNTIME": "onnx", "RERANK_CPU_PINNING": "true",
-              "RERANK_PREFILTER_METHOD": "static+bm25", "RERANK_SCHEDULER_POLICY": "fifo"}
+              "RERANK_PREFILTER_METHOD": "static+bm25", "RERANK_SCHEDULER_POLICY": "fifo",
+              "RERANK_MAX_CHUNKS_PER_DOC": "4", "RERANK_CHUNK_OVERLAP_TOKENS": "16",
+              "RERANK_TRUNCATION_DIRECTION": "left", "RERANK_MAX_PAIRS_PER_REQUEST": "5000"}
     assert {f"RERANK_{f.name.upper()}" for f in dataclasses.fields(EngineConfig)} == set(values)
     for var, value in values.items():
         monkeypatch.setenv(var, value)
@@ -77,7 +79,9 @@ def test_every_engine_option_is_a_worker_setting_with_the_engines_defaults(monke
                                   prefilter_model="/models/bi", prefilter_threshold=50, prefilter_keep=20,
                                   max_batch_tokens=4096, max_batch_pairs=32, max_length=256, threads=3,
                                   cache_dir=str(tmp_path), embedding_cache_size=10, prefilter_runtime="onnx",
-                                  cpu_pinning=True, prefilter_method="static+bm25", scheduler_policy="fifo")
+                                  cpu_pinning=True, prefilter_method="static+bm25", scheduler_policy="fifo",
+                                  max_chunks_per_doc=4, chunk_overlap_tokens=16, truncation_direction="left",
+                                  max_pairs_per_request=5000)
 
 
 def test_engine_settings_come_from_a_dotenv_file_below_the_environment(monkeypatch, tmp_path):
