@@ -345,11 +345,32 @@ class BatchRunner:
             long_ = short + budget % 2
         return (long_, short) if swap else (short, long_)
 
+    # -- what a pair holds ------------------------------------------------------------------------
+    #: Whether a pair's query side has a place for a task instruction (a decoder's prompt does).
+    takes_instruction = False
+
+    def pair_query(self, query: str, instruction: str | None = None) -> str:
+        """The query side of a pair: the query itself (a cross-encoder reads no instruction)."""
+        if instruction is not None:
+            raise ValueError("this model reads no instruction: only decoder rerankers take one")
+        return query
+
+    @property
+    def text_budget(self) -> int:
+        """The tokens a pair holds for its query and document, special tokens left out."""
+        return self.max_length - self.template.pair_added
+
+    def document_room(self, query: str) -> int:
+        """How many tokens of a document fit beside ``query`` (a :meth:`pair_query`) untruncated."""
+        [length] = self.encoder.encode([query]).lengths
+        return self._pair_lengths(int(length), 1 << 30)[1]
+
     # -- public entry points ----------------------------------------------------------------------
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str], pair_query: np.ndarray, pair_doc: np.ndarray,
                     tokens: TokenCache | None = None) -> np.ndarray:
         """Run pairs ``(queries[pair_query[k]], documents[pair_doc[k]])``; one output row per pair.
 
+        ``queries`` are :meth:`pair_query` texts (a cross-encoder's are the queries themselves).
         ``queries`` and ``documents`` should hold distinct texts; pairs refer to them by index, so
         each is tokenized once however many pairs use it. Texts already in ``tokens`` (a first
         stage with the same tokenizer read them) are not tokenized again.

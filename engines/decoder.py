@@ -35,6 +35,10 @@ from engines.batching import BatchRunner, PreparedPairs, TokenCache
 
 #: The model card's default instruction.
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+#: What stands between the query and the document in the prompt.
+DOCUMENT_TAG = "\n<Document>: "
+#: Tokens kept free beside a chunk, where BPE may merge across the document's edges.
+EDGE_TOKENS = 2
 #: The longest prompt the model card tokenizes (its ``max_length``); a larger position table is not used.
 DEFAULT_MAX_LENGTH = 8192
 
@@ -48,9 +52,15 @@ class DecoderPrompt:
     suffix: str = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     instruction: str = DEFAULT_INSTRUCTION
 
-    def body(self, query: str, document: str) -> str:
-        """The part between prefix and suffix, the one that is truncated."""
-        return f"<Instruct>: {self.instruction}\n<Query>: {query}\n<Document>: {document}"
+    def head(self, query: str, instruction: str | None = None) -> str:
+        """The body's start, before the document: the instruction (the default when ``None``)
+        and the query."""
+        return f"<Instruct>: {self.instruction if instruction is None else instruction}\n<Query>: {query}"
+
+    def body(self, head: str, document: str) -> str:
+        """The part between prefix and suffix, the one that is truncated: a :meth:`head`, then the
+        document."""
+        return f"{head}{DOCUMENT_TAG}{document}"
 
 
 QWEN3_RERANKER = DecoderPrompt()
@@ -73,8 +83,23 @@ class DecoderBatchRunner(BatchRunner):
         if self.body_budget < 1:
             raise ValueError(f"max_length {self.max_length} leaves no room between the prompt's prefix and suffix")
 
+    takes_instruction = True
+
+    def pair_query(self, query: str, instruction: str | None = None) -> str:
+        """The prompt's head: the job's instruction (the model card's when ``None``) and the query."""
+        return self.prompt.head(query, instruction)
+
+    @property
+    def text_budget(self) -> int:
+        return self.body_budget
+
+    def document_room(self, query: str) -> int:
+        [length] = self.encoder.encode([query + DOCUMENT_TAG]).lengths
+        return max(1, self.body_budget - int(length) - EDGE_TOKENS)
+
     def prepare_pairs(self, queries: Sequence[str], documents: Sequence[str], pair_query: np.ndarray,
                       pair_doc: np.ndarray, tokens: TokenCache | None = None) -> PreparedPairs:
+        # ``queries`` are prompt heads (:meth:`pair_query`), as every pair's query side is.
         # ``tokens`` (a first stage's token ids of the documents) is not used: a decoder reads each
         # document inside its prompt, where a document's tokens can merge with the text around it.
         started = time.perf_counter()
@@ -105,7 +130,7 @@ def reference_decoder_inputs(tokenizer, queries: Sequence[str], documents: Seque
     transformers tokenizer), for checks: a list of lists, not padded."""
     prefix = tokenizer.encode(prompt.prefix, add_special_tokens=False)
     suffix = tokenizer.encode(prompt.suffix, add_special_tokens=False)
-    bodies = tokenizer([prompt.body(q, d) for q, d in zip(queries, documents)], padding=False,
+    bodies = tokenizer([prompt.body(prompt.head(q), d) for q, d in zip(queries, documents)], padding=False,
                        truncation="longest_first", return_attention_mask=False,
                        max_length=max_length - len(prefix) - len(suffix))["input_ids"]
     return [prefix + body + suffix for body in bodies]

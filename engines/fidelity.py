@@ -129,7 +129,8 @@ def reference_scores(folder: ModelFolder, queries: list[str], documents: list[st
 def runner_scores(runner: BatchRunner, queries: list[str], documents: list[str]) -> np.ndarray:
     """Scores of the pairs by an engine's :class:`~engines.batching.BatchRunner`."""
     index = np.arange(len(queries))
-    return np.asarray(runner.score_pairs(queries, documents, index, index), dtype=np.float64)
+    return np.asarray(runner.score_pairs([runner.pair_query(q) for q in queries], documents, index, index),
+                      dtype=np.float64)
 
 
 #: Reduced precisions, on the edge pairs (empty, whitespace-only, repeated characters, truncated):

@@ -94,9 +94,11 @@ def response_order(relevance: np.ndarray, cut: np.ndarray) -> np.ndarray:
 
 
 def cross_encoder_outcome(plan: JobPlan, scores: np.ndarray, cross_encoded: np.ndarray, score_kind: str,
-                          activation: str, raw_scores: bool) -> RerankOutcome:
+                          activation: str, raw_scores: bool, best_chunks: dict[int, BestChunk] | None = None,
+                          pairs_scored: int | None = None) -> RerankOutcome:
     """The outcome of a cross-encoder engine's job: ``scores`` holds the cross-encoder's raw
-    score where ``cross_encoded``, the first stage's elsewhere."""
+    score where ``cross_encoded``, the first stage's elsewhere; ``pairs_scored`` defaults to the
+    documents the cross-encoder read (one pair each)."""
     relevance = scores.astype(np.float64)
     if not raw_scores:
         relevance[cross_encoded] = activate(activation, relevance[cross_encoded])
@@ -113,6 +115,8 @@ def cross_encoder_outcome(plan: JobPlan, scores: np.ndarray, cross_encoded: np.n
         cross_encoder_scored=int(cross_encoded.sum()),
         first_stage=plan.method,
         activation=activation,
+        best_chunks=best_chunks or {},
+        pairs_scored=int(cross_encoded.sum()) if pairs_scored is None else pairs_scored,
     )
 
 

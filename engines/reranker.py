@@ -55,7 +55,6 @@ from engines.config import (
 from engines.decoder import DEFAULT_MAX_LENGTH, DecoderBatchRunner
 from engines.export import ExportCache
 from engines.first_stage import (
-    SCORE_KINDS,
     BiEncoderStage,
     Bm25Stage,
     ClientStage,
@@ -70,7 +69,8 @@ from engines.models import ModelFolder, effective_max_length, load_fast_tokenize
 from engines.onnx_engine import OnnxBackend
 from engines.openvino_engine import OpenVinoBackend
 from engines.static_embeddings import STATIC_DIRNAME, StaticEmbeddings, StaticStage, ensure_static_model
-from engines.outcome import LOGIT, RerankOutcome, cosine_outcome, cross_encoder_outcome
+from engines.chunking import JobTexts, job_texts, texts_outcome
+from engines.outcome import RerankOutcome, cosine_outcome
 from engines.policy import JobPlan, JobRefused, RerankJob, plan_job
 from engines.torch_engine import CROSS, EMBED, TorchBackend
 from vocabulary import BI_ENCODER, BM25, CLIENT, PREFILTER_METHODS, STATIC, STATIC_BM25
@@ -172,7 +172,10 @@ class Reranker:
         """What this engine will do with ``job`` (:func:`engines.policy.plan_job`): whether it is
         prefiltered, how, and the pairs it costs. Raises :class:`~engines.policy.JobRefused` for a
         job it would not score."""
-        return plan_job(job, self.config, cross_encoder=self._cross is not None)
+        cross = self._cross
+        if cross is None:
+            return plan_job(job, self.config, cross_encoder=False)
+        return plan_job(job, self.config, document_budget=cross.text_budget, takes_instruction=cross.takes_instruction)
 
     def rerank(self, jobs: list[RerankJob], plans: list[JobPlan] | None = None) -> list[RerankOutcome]:
         """Score one window of jobs, batched together; one outcome per job, in order. ``plans``
@@ -211,17 +214,11 @@ class Reranker:
 
         selected = [np.sort(ranked(np.arange(plan.documents), first[i])[: plan.keep]) if plan.prefilter
                     else np.arange(plan.documents) for i, plan in enumerate(plans)]
-        logits = self._cross_scores(jobs, selected, tokens)
-        outcomes = []
-        for i, plan in enumerate(plans):
-            scores = first[i].astype(np.float32) if plan.prefilter else np.zeros(plan.documents, dtype=np.float32)
-            cross_encoded = np.zeros(plan.documents, dtype=bool)
-            cross_encoded[selected[i]] = True
-            scores[selected[i]] = logits[i]
-            kind = LOGIT if len(selected[i]) or not plan.prefilter else SCORE_KINDS[plan.method]
-            outcomes.append(cross_encoder_outcome(plan, scores, cross_encoded, kind, self.activation,
-                                                  jobs[i].raw_scores))
-        return outcomes
+        texts = [job_texts(self._cross, job.query, plan.instruction, job.documents, chosen, plan.chunking, tokens)
+                 for job, plan, chosen in zip(jobs, plans, selected)]
+        logits = self._cross_scores(texts, tokens)
+        return [texts_outcome(plan, texts[i], logits[i], first.get(i), self.activation, jobs[i].raw_scores)
+                for i, plan in enumerate(plans)]
 
     def _first_stage_scores(self, method: str, jobs: list[RerankJob], plans: list[JobPlan], which: list[int],
                             tokens: TokenCache | None) -> dict[int, np.ndarray]:
@@ -245,18 +242,17 @@ class Reranker:
         stats.seconds += time.perf_counter() - tick
         return scores
 
-    def _cross_scores(self, jobs: list[RerankJob], selected: list[np.ndarray], tokens: TokenCache | None) -> list[np.ndarray]:
-        """Cross-encoder logits of the selected documents of every job, as one batch of pairs."""
+    def _cross_scores(self, texts: list[JobTexts], tokens: TokenCache | None = None) -> list[np.ndarray]:
+        """Cross-encoder logits of the pairs of every job, as one batch of pairs."""
         query_index: dict[str, int] = {}
         doc_index: dict[str, int] = {}
         pair_query, pair_doc, owners = [], [], []
-        for i, chosen in enumerate(selected):
-            q = query_index.setdefault(jobs[i].query, len(query_index))
-            docs = jobs[i].documents
-            for d in chosen:
+        for job in texts:
+            q = query_index.setdefault(job.query, len(query_index))
+            for text in job.texts:
                 pair_query.append(q)
-                pair_doc.append(doc_index.setdefault(docs[int(d)], len(doc_index)))
-            owners.append(len(chosen))
+                pair_doc.append(doc_index.setdefault(text, len(doc_index)))
+            owners.append(len(job.texts))
         # Identical (query, document) pairs in a window are scored once.
         pairs = np.stack([np.asarray(pair_query, dtype=np.int64), np.asarray(pair_doc, dtype=np.int64)], axis=1)
         if len(pairs):

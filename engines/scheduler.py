@@ -56,8 +56,9 @@ import numpy as np
 
 from engines.batching import SIZE_BUCKETS, BatchRunner, PreparedPairs, bucket_width
 from engines.config import SCHEDULER_POLICIES
-from engines.first_stage import SCORE_KINDS, ranked
-from engines.outcome import LOGIT, RerankOutcome, cross_encoder_outcome
+from engines.chunking import JobTexts, job_texts, texts_outcome
+from engines.first_stage import ranked
+from engines.outcome import RerankOutcome
 from engines.policy import JobPlan, RerankJob
 from engines.reranker import Reranker
 
@@ -107,7 +108,8 @@ class _Ticket:
     started: float | None = None  # first work on it
     first: np.ndarray | None = None  # first-stage scores, when cut
     selected: np.ndarray | None = None  # the documents the cross-encoder scores (None: not prepared)
-    slots: list[_Slot] = field(default_factory=list)  # one per selected document
+    texts: JobTexts | None = None  # their pairs: a document whole, or each of its chunks
+    slots: list[_Slot] = field(default_factory=list)  # one per pair of texts
     pending: list[_Slot] = field(default_factory=list)  # owned and not yet scored, longest first
     left: int = 0  # slots not yet scored
 
@@ -312,14 +314,18 @@ class Scheduler:
             self._tokens = self.runner.encoder.new_cache()
 
     def _add_pairs(self, tickets: list[_Ticket]) -> None:
-        """Slots for the selected documents of ``tickets``: a pair already waiting in a live job
-        is shared, the others are tokenized together."""
+        """Slots for the pairs of the selected documents of ``tickets`` (a document whole, or each
+        of its chunks): a pair already waiting in a live job is shared, the others are tokenized
+        together."""
         queries: dict[str, int] = {}
         documents: dict[str, int] = {}
         fresh: dict[tuple[str, str], list[_Ticket]] = {}
         for ticket in tickets:
-            for d in ticket.selected:
-                pair = (ticket.job.query, ticket.job.documents[int(d)])
+            job, plan = ticket.job, ticket.plan
+            ticket.texts = job_texts(self.runner, job.query, plan.instruction, job.documents, ticket.selected,
+                                     plan.chunking, self._tokens)
+            for text in ticket.texts.texts:
+                pair = (ticket.texts.query, text)
                 if pair not in self._unscored and pair not in fresh:
                     fresh[pair] = [ticket]
                     queries.setdefault(pair[0], len(queries))
@@ -336,7 +342,7 @@ class Scheduler:
                 self._unscored[pair] = slot
                 owner.pending.append(slot)
         for ticket in tickets:
-            ticket.slots = [self._unscored[(ticket.job.query, ticket.job.documents[int(d)])] for d in ticket.selected]
+            ticket.slots = [self._unscored[(ticket.texts.query, text)] for text in ticket.texts.texts]
             for slot in ticket.slots:
                 slot.waiters.append(ticket)
             ticket.left = len(ticket.slots)
@@ -512,10 +518,5 @@ def _bucketed(chosen: list[_Slot], own: int, spare: list[_Slot], max_pairs: int)
 
 def _outcome(ticket: _Ticket, activation: str) -> RerankOutcome:
     """A finished job's outcome, as ``Reranker.rerank`` builds it."""
-    plan, n = ticket.plan, ticket.plan.documents
-    scores = ticket.first.copy() if plan.prefilter else np.zeros(n, dtype=np.float32)
-    cross_encoded = np.zeros(n, dtype=bool)
-    cross_encoded[ticket.selected] = True
-    scores[ticket.selected] = [slot.score for slot in ticket.slots]
-    kind = LOGIT if len(ticket.selected) or not plan.prefilter else SCORE_KINDS[plan.method]
-    return cross_encoder_outcome(plan, scores, cross_encoded, kind, activation, ticket.job.raw_scores)
+    return texts_outcome(ticket.plan, ticket.texts, [slot.score for slot in ticket.slots], ticket.first, activation,
+                         ticket.job.raw_scores)

@@ -342,7 +342,7 @@ def _set_head(model, spec: StandIn, tokenizer) -> None:
     queries, docs = spread_pairs()
     if spec.family == "qwen3":
         head = model.lm_head
-        texts = [QWEN3_RERANKER.prefix + QWEN3_RERANKER.body(q, d) + QWEN3_RERANKER.suffix for q, d in zip(queries, docs)]
+        texts = [QWEN3_RERANKER.prefix + QWEN3_RERANKER.body(QWEN3_RERANKER.head(q), d) + QWEN3_RERANKER.suffix for q, d in zip(queries, docs)]
         batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt",
                           add_special_tokens=False)
     else:

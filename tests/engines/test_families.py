@@ -100,7 +100,7 @@ def _assembled(runner_class, path: str, queries, documents, max_length: int):
     runner = runner_class(tokenizer, recorder, max_length, pad_id, max_batch_tokens=10**9, max_batch_pairs=64,
                           overlap=False)
     index = np.arange(len(queries))
-    numbers = runner.score_pairs(queries, documents, index, index)
+    numbers = runner.score_pairs([runner.pair_query(q) for q in queries], documents, index, index)
     return [recorder.rows[int(n)] for n in numbers]
 
 
