@@ -11,7 +11,9 @@ engine that builds would serve wrong scores, 0 otherwise.
 
 The pairs: corpus queries each with the passage it came from and with a random one (so scores
 spread as relevant and irrelevant pairs do), an empty document, a whitespace-only one, one far
-longer than the model reads (truncation), digit runs and non-ASCII text.
+longer than the model reads (truncation), digit runs and non-ASCII text, and that long document's
+:data:`CHECK_CHUNKS` chunks as the engines cut them (``max_chunks_per_doc``), each held to the same
+limit as the edge pairs; the engine's chunked score of the document must be its best chunk's.
 
 The worker runs the same comparison on a handful of pairs when it builds an engine
 (:func:`verify_engine`, called by :func:`engines.build_reranker`) and refuses to serve one that
@@ -33,11 +35,19 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from engines.batching import BatchRunner
+from engines.chunking import job_texts
 from engines.config import EngineConfig, cuda_available
+from engines.decoder import DecoderBatchRunner
 from engines.families import RerankerKind, inspect_reranker
 from engines.fidelity import EDGE_DOCUMENTS, EngineRefused, Fidelity, check_pairs, compare, model_max_length, reference_scores
-from engines.models import ModelFolder
+from engines.models import ModelFolder, load_fast_tokenizer
+from engines.policy import ChunkOptions
 from engines.reranker import RerankJob, build_reranker
+
+#: Chunks of the check's long document (three times the model's length) that are scored.
+CHECK_CHUNKS = 4
+CHECK_CHUNKING = ChunkOptions(CHECK_CHUNKS, overlap=32)
 
 # -- the command -----------------------------------------------------------------------------------
 #: (engine, precision) pairs the check tries on CPU, and on CUDA where there is a GPU.
@@ -50,6 +60,21 @@ def engine_scores(reranker, queries: list[str], documents: list[str]) -> np.ndar
     """Scores of the pairs through a built reranker's public entry point (no prefilter)."""
     outcomes = reranker.rerank([RerankJob(q, [d], prefilter=False) for q, d in zip(queries, documents)])
     return np.array([o.scores[0] for o in outcomes], dtype=np.float64)
+
+
+def chunk_texts(folder: ModelFolder, kind: RerankerKind, max_length: int, query: str, document: str) -> list[str]:
+    """The chunks an engine scores of ``document`` beside ``query`` (:mod:`engines.chunking`)."""
+    tokenizer, _, pad_id = load_fast_tokenizer(folder)
+    runner = (DecoderBatchRunner if kind.decoder else BatchRunner)(tokenizer, None, max_length, pad_id, 1, 1,
+                                                                   overlap=False)
+    return job_texts(runner, query, None, [document], [0], CHECK_CHUNKING).texts
+
+
+def chunked_score(reranker, query: str, document: str) -> float:
+    """The raw score a reranker gives ``document`` read in :data:`CHECK_CHUNKS` chunks."""
+    job = RerankJob(query, [document], prefilter=False, max_chunks=CHECK_CHUNKS, chunk_overlap=CHECK_CHUNKING.overlap)
+    (outcome,) = reranker.rerank([job])
+    return float(outcome.scores[0])
 
 
 @dataclass
@@ -74,6 +99,10 @@ def run_check(model: str, engines: list[tuple[str, str, str]] | None = None, max
         if cuda_available():
             engines += [(e, p, "cuda") for e, p in CUDA_ENGINES]
     queries, documents = check_pairs(n_corpus, long_words=3 * length)
+    long_query, long_document = queries[n_corpus + len(EDGE_DOCUMENTS)], documents[n_corpus + len(EDGE_DOCUMENTS)]
+    chunks = chunk_texts(folder, kind, length, long_query, long_document)
+    queries += [long_query] * len(chunks)
+    documents += chunks
     want = reference_scores(folder, queries, documents, length, kind=kind)
     rows = []
     for engine, precision, device in engines:
@@ -100,7 +129,15 @@ def run_check(model: str, engines: list[tuple[str, str, str]] | None = None, max
             best = min(best, time.perf_counter() - t0)
         fidelity = compare(got, want, served.rsplit("-", 1)[1], n_corpus)
         note = "" if served.split("-", 1)[1] == precision else f"runs as {served}"
-        rows.append(Row(name, True, build_s, fidelity, n_corpus / best, "ok" if fidelity.ok else "WRONG SCORES", note))
+        # The chunked document takes its best chunk's score: the chunks above, scored as the request would.
+        best_chunk = float(got[-len(chunks):].max())
+        chunked = chunked_score(reranker, long_query, long_document)
+        verdict = "ok" if fidelity.ok else "WRONG SCORES"
+        # Reduced precisions move with the micro-batch a pair lands in: allowed twice their worst error.
+        allowed = 1e-5 + 1e-4 * abs(best_chunk) if fidelity.exact_required else 2 * fidelity.max_abs
+        if abs(chunked - best_chunk) > allowed:
+            verdict, note = "WRONG SCORES", f"chunked score {chunked:.6g} is not its best chunk's {best_chunk:.6g}; {note}"
+        rows.append(Row(name, True, build_s, fidelity, n_corpus / best, verdict, note))
     return rows
 
 
@@ -159,14 +196,14 @@ def main(model: str, engine_specs: tuple[str, ...], max_length: int | None, pair
         click.echo(f"engines.check: {exc}", err=True)
         sys.exit(2)
     rows = run_check(model, engines, max_length, cache_dir, pairs, rounds)
-    print_table(model, kind, rows, pairs + len(EDGE_DOCUMENTS) + 2)
+    print_table(model, kind, rows, pairs + len(EDGE_DOCUMENTS) + 2 + CHECK_CHUNKS)
     if json_path:
         Path(json_path).write_text(json.dumps([
             {"engine": r.engine, "built": r.built, "build_s": r.build_s, "verdict": r.verdict, "note": r.note,
              "pairs_per_s": r.pairs_per_s if np.isfinite(r.pairs_per_s) else None,
              "max_abs": r.fidelity.max_abs if r.fidelity else None,
              "pearson": r.fidelity.pearson if r.fidelity else None} for r in rows], indent=2) + "\n")
-    sys.exit(1 if any(r.built and r.fidelity is not None and not r.fidelity.ok for r in rows) else 0)
+    sys.exit(1 if any(r.built and r.verdict == "WRONG SCORES" for r in rows) else 0)
 
 
 if __name__ == "__main__":
