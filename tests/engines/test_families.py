@@ -166,6 +166,47 @@ def test_decoder_prompt_token_ids_equal_the_model_cards(standin):
         assert [ids for ids, _ in got] == expected
 
 
+def test_a_jobs_instruction_goes_into_the_decoders_prompt_as_the_model_card_puts_it(standin):
+    from transformers import AutoTokenizer
+
+    from engines.decoder import DecoderPrompt
+
+    path = standin("qwen3-reranker")
+    hf = AutoTokenizer.from_pretrained(path)
+    instruction = "Given a question about Kafka, find the passage that answers it"
+    queries, documents = ["what is a partition", ""], ["A partition is an ordered log.", "x " * 300]
+    expected = reference_decoder_inputs(hf, queries, documents, 120, prompt=DecoderPrompt(instruction=instruction))
+    folder = ModelFolder.load(path)
+    tokenizer, _, pad_id = load_fast_tokenizer(folder)
+    recorder = _Recorder()
+    runner = DecoderBatchRunner(tokenizer, recorder, 120, pad_id, max_batch_tokens=10**9, max_batch_pairs=64,
+                                overlap=False)
+    index = np.arange(len(queries))
+    numbers = runner.score_pairs([runner.pair_query(q, instruction) for q in queries], documents, index, index)
+    assert [recorder.rows[int(n)][0] for n in numbers] == expected
+    assert runner.pair_query("q") == runner.pair_query("q", DecoderPrompt().instruction)
+
+
+def test_a_decoder_reads_a_long_document_in_chunks_that_fit_its_prompt(standin):
+    from engines import RerankJob
+
+    path = standin("qwen3-reranker")
+    reranker = build_reranker(EngineConfig(engine="torch", model=path, precision="fp32", device="cpu",
+                                           max_length=200))
+    query, text = "what is a partition", " ".join(["Kafka keeps an ordered log of records per partition."] * 40)
+    (outcome,) = reranker.rerank([RerankJob(query, [text], max_chunks=3, instruction="Judge the passage",
+                                            raw_scores=True)])
+    best = outcome.best_chunks[0]
+    assert best.chunks == 3 and outcome.pairs_scored == 3
+    runner = reranker.cross_encoder
+    head = runner.pair_query(query, "Judge the passage")
+    (alone,) = reranker.rerank([RerankJob(query, [text[best.start:best.end]], instruction="Judge the passage",
+                                          raw_scores=True)])
+    assert alone.scores[0] == pytest.approx(outcome.scores[0], abs=1e-4)
+    ids = runner.tokenizer.encode(runner.prompt.body(head, text[best.start:best.end]), add_special_tokens=False).ids
+    assert len(ids) <= runner.body_budget, "the chunk is read whole"
+
+
 @pytest.mark.parametrize("engine,precision", CPU_ENGINES, ids=[f"{e}-{p}" for e, p in CPU_ENGINES])
 @pytest.mark.parametrize("name", list(STANDINS))
 def test_engine_scores_equal_transformers(standin, reference, name, engine, precision):
