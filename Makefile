@@ -8,7 +8,7 @@ OUT := out
 RERANK_GROUP_ID ?= rerank-workers
 
 .PHONY: help venv kafka-jars kafka-up kafka-up-secure kafka-down topics lag model model-trained \
-	demo worker test test-faults test-security compose-test soak bench bench-peer bench-replicas scaleout loadtest eval eval-quick clean check-model standins
+	demo worker test test-faults test-security compose-test soak bench bench-chunking bench-peer bench-replicas scaleout loadtest eval eval-quick clean check-model standins
 
 # Every target is listed here (tests/test_makefile.py checks it).
 help:
@@ -35,6 +35,7 @@ help:
 	@echo "                   requests from the host, cold and warm start (~10 min; the first run ~20 min more)"
 	@echo "  make soak        steady load for SOAK_MINUTES (10): throughput drift and worker RSS growth"
 	@echo "  make bench       engine throughput benchmark (writes $(OUT)/bench.json)"
+	@echo "  make bench-chunking  10 documents of 2,000 words at max_chunks_per_doc 1, 4, 10 ($(OUT)/chunking.json)"
 	@echo "  make bench-peer  ours beside sentence-transformers' OpenVINO static int8 (its own .venv-peer; $(OUT)/peer.json)"
 	@echo "  make check-model MODEL=...  every engine against transformers on your reranker (hub id or folder)"
 	@echo "  make standins    build the family stand-ins (random weights; for fidelity checks only)"
@@ -130,6 +131,11 @@ worker: venv
 bench: venv
 	@mkdir -p $(OUT)
 	$(RUN) -m loadgen.bench.engine_speed --json $(OUT)/bench.json $(BENCH_ARGS)
+
+# What long documents in chunks cost: latency and pairs/s at max_chunks_per_doc 1, 4 and 10 (~2 min).
+bench-chunking: venv
+	@mkdir -p $(OUT)
+	$(RUN) -m loadgen.bench.chunking --json $(OUT)/chunking.json --markdown $(OUT)/chunking.md
 
 # The peer to beat on CPU: sentence-transformers' own OpenVINO static int8, in .venv-peer (optimum-intel
 # needs transformers < 5.6, the project pins 5.17), rebuilt when its requirements change; then side
