@@ -30,6 +30,7 @@ import engines.families as families
 import engines.openvino_engine as openvino_engine
 from engines import EngineConfig, build_reranker
 from engines.batching import BatchRunner
+from engines.check import chunk_texts, chunked_agrees, chunked_score
 from engines.check import main as check_main
 from engines.decoder import DecoderBatchRunner, reference_decoder_inputs
 from engines.export import probe_length
@@ -69,7 +70,12 @@ def reference():
             kind = inspect_reranker(folder)
             length = model_max_length(folder, kind)
             queries, documents = check_pairs(N_CORPUS, long_words=3 * length)
-            cache[path] = (queries, documents, reference_scores(folder, queries, documents, length, kind=kind))
+            # The long document's chunks, as engines cut them, are pairs of the check too.
+            long_query, long_document = queries[-2], documents[-2]
+            chunks = chunk_texts(folder, kind, length, long_query, long_document)
+            queries, documents = queries + [long_query] * len(chunks), documents + chunks
+            cache[path] = (queries, documents, reference_scores(folder, queries, documents, length, kind=kind),
+                           (long_query, long_document, len(chunks)))
         return cache[path]
 
     return get
@@ -219,11 +225,15 @@ def test_engine_scores_equal_transformers(standin, reference, name, engine, prec
         return
     reranker = build_reranker(config, verify=False)
     assert reranker.engine_name == f"{engine}-{precision}"
-    queries, documents, want = reference(path)
+    queries, documents, want, (long_query, long_document, chunks) = reference(path)
     outcomes = reranker.rerank([_job(q, d) for q, d in zip(queries, documents)])
     got = np.array([o.scores[0] for o in outcomes])
     fidelity = compare(got, want, precision, N_CORPUS)
     assert fidelity.ok, f"{name} on {engine}-{precision}: {fidelity.describe()}"
+    # The long document read in chunks takes its best chunk's score.
+    assert chunks > 1
+    chunked = chunked_score(reranker, long_query, long_document)
+    assert chunked_agrees(chunked, float(got[-chunks:].max()), fidelity), (chunked, got[-chunks:])
 
 
 def _job(query, document):
