@@ -17,8 +17,9 @@ code and a message that names the field and the limit) and ``encode`` (model -> 
 """
 
 from schemas.parsing import RequestError, RequestLimits, encode, parse_request, parse_response
-from schemas.request import Document, PrefilterOptions, RerankRequest
+from schemas.request import Document, FieldedDocument, PrefilterOptions, RerankRequest
 from schemas.response import (
+    BestChunk,
     DocumentText,
     ErrorCode,
     ErrorDetail,
@@ -31,11 +32,13 @@ from schemas.response import (
 )
 
 __all__ = [
+    "BestChunk",
     "Document",
     "DocumentText",
     "ErrorCode",
     "ErrorDetail",
     "ErrorResponse",
+    "FieldedDocument",
     "PrefilterOptions",
     "RankedResult",
     "RequestError",

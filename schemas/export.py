@@ -7,9 +7,11 @@ The files are generated from the models and kept in the repository so that clien
 reviewers of a contract change) can read them without running Python; a test fails when
 they differ from what the models generate.
 
-The request schema describes what the models accept, with one difference that JSON Schema
+The request schema describes what the models accept, with differences that JSON Schema
 cannot express: it accepts strings holding an unpaired UTF-16 surrogate (``"\\ud800"``), which
-the service rejects (they cannot be written back out as UTF-8). Integers written with a
+the service rejects (they cannot be written back out as UTF-8), and it cannot check that every
+document of a request with ``rank_fields`` holds each named field as a string (it cannot read
+one value as the names of others), which the service does. Integers written with a
 fraction of zero (``2.0``) are integers to both. Size limits (max_documents and the like) are configuration, so they appear only
 in the descriptions. The response schemas describe messages as ``encode`` writes them.
 """

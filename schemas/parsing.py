@@ -20,6 +20,7 @@ from schemas.request import (
     Document,
     PrefilterOptions,
     RerankRequest,
+    rank_text,
 )
 from schemas.response import ErrorCode, ErrorDetail, ErrorResponse, RerankResponse
 
@@ -228,16 +229,11 @@ def _check_size(payload: Mapping[str, Any], limits: RequestLimits, request_id: s
         )
     if limits.max_document_chars is None or not isinstance(documents, list):
         return
-    too_long: list[tuple[str, int]] = []
-    for i, item in enumerate(documents):
-        if isinstance(item, str):
-            path, text = f"documents[{i}]", item
-        elif isinstance(item, dict) and isinstance(item.get("text"), str):
-            path, text = f"documents[{i}].text", item["text"]
-        else:
-            continue
-        if len(text) > limits.max_document_chars:
-            too_long.append((path, len(text)))
+    rank_fields = payload.get("rank_fields")
+    if rank_fields is not None:
+        too_long = _too_long_fielded(documents, rank_fields, limits.max_document_chars)
+    else:
+        too_long = _too_long_plain(documents, limits.max_document_chars)
     if too_long:
         path, length = too_long[0]
         others = len(too_long) - 1
@@ -248,6 +244,33 @@ def _check_size(payload: Mapping[str, Any], limits: RequestLimits, request_id: s
             f"(max_document_chars){more}",
             request_id,
         )
+
+
+def _too_long_plain(documents: list[Any], limit: int) -> list[tuple[str, int]]:
+    too_long = []
+    for i, item in enumerate(documents):
+        if isinstance(item, str):
+            path, text = f"documents[{i}]", item
+        elif isinstance(item, dict) and isinstance(item.get("text"), str):
+            path, text = f"documents[{i}].text", item["text"]
+        else:
+            continue
+        if len(text) > limit:
+            too_long.append((path, len(text)))
+    return too_long
+
+
+def _too_long_fielded(documents: list[Any], rank_fields: Any, limit: int) -> list[tuple[str, int]]:
+    # The limit bounds what is tokenized: the named fields joined, not the whole object.
+    if not isinstance(rank_fields, list) or not all(isinstance(f, str) for f in rank_fields):
+        return []
+    too_long = []
+    for i, item in enumerate(documents):
+        if isinstance(item, dict) and all(isinstance(item.get(f), str) for f in rank_fields):
+            length = len(rank_text(item, rank_fields))
+            if length > limit:
+                too_long.append((f"documents[{i}] (its rank_fields joined)", length))
+    return too_long
 
 
 def _describe(exc: ValidationError) -> str:
@@ -266,7 +289,16 @@ def _describe_one(error: Mapping[str, Any]) -> str:
         *parent, name = loc
         allowed = ", ".join(_fields_at(parent))
         message = f"unknown field {_quote(str(name))} (allowed: {allowed})"
+        if parent[:1] == ["documents"]:
+            message += ": other fields need rank_fields"
         return f"{_path(parent)}: {message}" if parent else message
+    if kind in ("rank_field_missing", "rank_field_type"):
+        # loc ends with the field's name, which the client chose: quoted and shortened.
+        *parent, name = loc
+        message = f"field {_quote(str(name))}, {error['msg']}"
+        if kind == "rank_field_type":
+            message += f" (got {_json_type_name(error.get('input'))})"
+        return f"{_path(parent)}: {message}"
     if kind == "missing":
         *parent, name = loc
         message = f"missing required field {_quote(str(name))}"

@@ -12,7 +12,9 @@ so that they come back as ``too_large`` rather than ``invalid_request``.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import (
@@ -22,18 +24,30 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    GetJsonSchemaHandler,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    field_serializer,
+    field_validator,
+    model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
-from vocabulary import PrefilterMethod
+from vocabulary import PrefilterMethod, TruncationDirection
 
 __all__ = [
     "Document",
+    "FieldedDocument",
     "PrefilterOptions",
     "RerankRequest",
+    "rank_text",
 ]
 
 # Defaults of schemas.parsing.RequestLimits, kept here because the field descriptions (and
@@ -43,6 +57,11 @@ DEFAULT_MAX_QUERY_CHARS = 10_000
 DEFAULT_MAX_DOCUMENT_CHARS = 200_000
 REQUEST_ID_MAX_CHARS = 128
 TOPIC_NAME_MAX_CHARS = 249
+# Defaults of engines.EngineConfig (RERANK_MAX_CHUNKS_PER_DOC and the like), quoted by the
+# descriptions; schemas does not import engines.
+DEFAULT_MAX_CHUNKS_PER_DOC = 1
+DEFAULT_CHUNK_OVERLAP_TOKENS = 32
+DEFAULT_TRUNCATION_DIRECTION = "right"
 
 
 def _require_valid_unicode(value: str) -> str:
@@ -149,6 +168,126 @@ class Document(BaseModel):
     )
 
 
+class FieldedDocument(BaseModel):
+    """A document given as an object of named fields, in a request with rank_fields: its scored
+    text is made of the fields rank_fields names; the others travel along (and are echoed with
+    return_documents)."""
+
+    # Any further field is allowed, with any JSON value.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: UnicodeText | None = Field(
+        default=None,
+        description="Caller's identifier for the document, echoed in its result; "
+        "not required to be unique.",
+    )
+    score: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="The caller's own score of the document, as for a document without "
+        "rank_fields.",
+    )
+
+    @model_validator(mode="after")
+    def _writable_back_out(self) -> FieldedDocument:
+        # The other fields are any JSON and are echoed as sent, so they must be writable as
+        # JSON in UTF-8: no unpaired surrogate (see _require_valid_unicode) and no number
+        # beyond a double's range (1e999 reads as infinity).
+        try:
+            written = json.dumps(self.model_extra, ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise PydanticCustomError(
+                "number_out_of_range", "A field holds a number beyond a double's range"
+            ) from None
+        if not written.isascii():
+            try:
+                written.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PydanticCustomError(
+                    "unpaired_surrogate",
+                    "A field's name or value is not valid Unicode: it contains an unpaired "
+                    "UTF-16 surrogate",
+                ) from None
+        return self
+
+    def field(self, name: str) -> Any:
+        """The value of field ``name`` (KeyError when the document has none)."""
+        # Not getattr: a field may be called "copy" or "model_dump".
+        if name in type(self).model_fields:
+            if name not in self.model_fields_set:
+                raise KeyError(name)
+            return getattr(self, name)
+        return (self.model_extra or {})[name]
+
+    def as_sent(self) -> dict[str, Any]:
+        """The object as the client sent it (its null fields too: they are data here)."""
+        declared = {n: getattr(self, n) for n in type(self).model_fields if n in self.model_fields_set}
+        return declared | (self.model_extra or {})
+
+
+def rank_text(document: Any, rank_fields: Sequence[str]) -> str:
+    """The scored text of a document with named fields: ``"{name}: {value}"`` lines in
+    rank_fields order (``title: Kafka\\ntext: A log.``). ``document`` is a
+    ``FieldedDocument`` or a JSON object whose named fields are strings."""
+    read = document.field if isinstance(document, FieldedDocument) else document.__getitem__
+    return "\n".join(f"{name}: {read(name)}" for name in rank_fields)
+
+
+def _require_object_with_rank_fields(value: Any) -> Any:
+    if not isinstance(value, (dict, FieldedDocument)):
+        raise PydanticCustomError(
+            "document_type",
+            "Input should be an object: with rank_fields, a document's scored text is made of "
+            "its named fields",
+        )
+    return value
+
+
+_FIELDED_DOCUMENTS: TypeAdapter[list[FieldedDocument]] = TypeAdapter(
+    Annotated[
+        list[Annotated[FieldedDocument, BeforeValidator(_require_object_with_rank_fields)]],
+        Field(min_length=1),
+    ]
+)
+
+
+def _fielded_documents(value: Any, rank_fields: Sequence[str]) -> list[FieldedDocument]:
+    """``value`` read as documents with named fields; every field rank_fields names must be a
+    string in every document (an error at ``documents[i].<name>`` where not)."""
+    documents = _FIELDED_DOCUMENTS.validate_python(value, strict=True)
+    errors: list[InitErrorDetails] = []
+    for i, document in enumerate(documents):
+        for name in rank_fields:
+            try:
+                field = document.field(name)
+            except KeyError:
+                error = PydanticCustomError("rank_field_missing", "named in rank_fields, is missing")
+                errors.append(InitErrorDetails(type=error, loc=(i, name), input=document.as_sent()))
+                continue
+            if not isinstance(field, str):
+                error = PydanticCustomError(
+                    "rank_field_type", "named in rank_fields, should be a string"
+                )
+                errors.append(InitErrorDetails(type=error, loc=(i, name), input=field))
+    if errors:
+        # pydantic places these below "documents", like the errors of its own validation.
+        raise ValidationError.from_exception_data("documents", errors)
+    return documents
+
+
+def _require_distinct(names: list[str]) -> list[str]:
+    if len(set(names)) < len(names):
+        raise PydanticCustomError("duplicate_rank_field", "should name each field once")
+    return names
+
+
+RankFields = Annotated[
+    list[NonEmptyUnicodeText],
+    Field(min_length=1, json_schema_extra={"uniqueItems": True}),
+    AfterValidator(_require_distinct),
+]
+
+
 # Tags of the two ways to give a document. parse_request strips them from error locations,
 # so a client reads "documents[3].text", not "documents[3].object.text".
 DOCUMENT_AS_STRING = "string"
@@ -219,10 +358,23 @@ class RerankRequest(BaseModel):
         description="The query, non-empty. Longer than max_query_chars (default "
         f"{DEFAULT_MAX_QUERY_CHARS}) is rejected with too_large."
     )
+    # Before documents: pydantic validates fields in this order, and how the documents are
+    # read depends on it (see _documents_by_rank_fields).
+    rank_fields: RankFields | None = Field(
+        default=None,
+        description="Names of document fields to rank by, at least one, each once. Given: every "
+        "document is an object with any fields, and its scored text is the named fields as "
+        '"name: value" lines in this order (title: Kafka\\ntext: A log.); each named field must be '
+        "a string in every document. id and score keep their meanings. Absent: documents are "
+        "strings or {id, text, score}.",
+    )
+    # With rank_fields the items are FieldedDocuments instead (_documents_by_rank_fields).
     documents: list[DocumentInput] = Field(
         min_length=1,
-        description="The documents to rank, each a string or an object {id, text}. More "
-        f"than max_documents (default {DEFAULT_MAX_DOCUMENTS}) is rejected with too_large.",
+        description="The documents to rank: without rank_fields each a string or an object "
+        "{id, text, score}; with rank_fields each an object holding the named fields. More than "
+        f"max_documents (default {DEFAULT_MAX_DOCUMENTS}) is rejected with too_large, a scored "
+        f"text longer than max_document_chars (default {DEFAULT_MAX_DOCUMENT_CHARS}) too.",
     )
     top_n: PositiveJsonInteger | None = Field(
         default=None,
@@ -264,9 +416,81 @@ class RerankRequest(BaseModel):
         description="Topic to send the response to instead of the default response topic; "
         "honoured only when it starts with the worker's allowed prefix.",
     )
+    max_chunks_per_doc: PositiveJsonInteger | None = Field(
+        default=None,
+        description="A document longer than the room beside the query is split into consecutive "
+        "chunks (each starting at a word start, as many tokens as fit), at most this many; each "
+        "is scored with the query and the document takes its best chunk's score. 1 truncates. "
+        f"Absent: the worker's RERANK_MAX_CHUNKS_PER_DOC (default {DEFAULT_MAX_CHUNKS_PER_DOC}).",
+    )
+    chunk_overlap_tokens: NonNegativeJsonInteger | None = Field(
+        default=None,
+        description="Tokens a chunk shares with the one before it. Absent: the worker's "
+        f"RERANK_CHUNK_OVERLAP_TOKENS (default {DEFAULT_CHUNK_OVERLAP_TOKENS}).",
+    )
+    truncation_direction: TruncationDirection | None = Field(
+        default=None,
+        description="Which end of a document too long for the model is kept: right keeps its "
+        "start, left its end. Absent: the worker's RERANK_TRUNCATION_DIRECTION (default "
+        f"{DEFAULT_TRUNCATION_DIRECTION}).",
+    )
+    instruction: NonEmptyUnicodeText | None = Field(
+        default=None,
+        description="The task instruction of a decoder reranker's prompt (Qwen3-Reranker "
+        "style); absent: the model's own. A cross-encoder has no place for one: "
+        "invalid_request.",
+    )
+
+    # The input type puts FieldedDocument among the JSON Schema's $defs (see
+    # __get_pydantic_json_schema__, which splits the two forms by rank_fields).
+    @field_validator(
+        "documents",
+        mode="wrap",
+        json_schema_input_type=Annotated[list[DocumentInput | FieldedDocument], Field(min_length=1)],
+    )
+    @classmethod
+    def _documents_by_rank_fields(
+        cls, value: Any, plain: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> list[Any]:
+        if "rank_fields" not in info.data:
+            # rank_fields is invalid (its error says so), so nothing says how to read the
+            # documents; checking them either way would add errors that may not apply.
+            return value
+        rank_fields = info.data["rank_fields"]
+        if rank_fields is None:
+            return plain(value)
+        return _fielded_documents(value, rank_fields)
+
+    @field_serializer("documents", mode="wrap")
+    def _documents_as_sent(self, documents: list[Any], plain: SerializerFunctionWrapHandler) -> Any:
+        if self.rank_fields is None:
+            return plain(documents)
+        # As sent: encode's exclude_none must not drop a document's null fields.
+        return [document.as_sent() for document in documents]
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # JSON Schema's if/then/else says what _documents_by_rank_fields does: the form of the
+        # documents follows rank_fields. (That every document holds the named fields as
+        # strings, JSON Schema cannot say: it cannot read one value's content as names.)
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        documents = schema["properties"]["documents"]
+        plain_items, fielded_items = documents.pop("items")["anyOf"]
+        schema["if"] = {
+            "properties": {"rank_fields": {"not": {"type": "null"}}},
+            "required": ["rank_fields"],
+        }
+        schema["then"] = {"properties": {"documents": {"items": fielded_items}}}
+        schema["else"] = {"properties": {"documents": {"items": plain_items}}}
+        return schema
 
     def texts(self) -> list[str]:
-        """The document texts, in request order (the order ``index`` refers to)."""
+        """The scored texts, in request order (the order ``index`` refers to): each
+        document's text, or with rank_fields its named fields joined (``rank_text``)."""
+        if self.rank_fields is not None:
+            return [rank_text(d, self.rank_fields) for d in self.documents]
         return [d if isinstance(d, str) else d.text for d in self.documents]
 
     def scores(self) -> list[float | None]:

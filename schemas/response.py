@@ -18,6 +18,7 @@ from schemas.request import REQUEST_ID_MAX_CHARS
 from vocabulary import CROSS_ENCODER_STAGE, PREFILTER_STAGE, Stage
 
 __all__ = [
+    "BestChunk",
     "DocumentText",
     "ErrorCode",
     "ErrorDetail",
@@ -60,12 +61,38 @@ class DocumentText(BaseModel):
     text: str
 
 
-def _document_never_null(schema: dict[str, Any]) -> None:
-    # The model takes None to mean "not asked for" and then leaves the key out, so on the
-    # wire `document` is either an object or absent, never null.
-    (document_schema,) = [s for s in schema.pop("anyOf") if s.get("type") != "null"]
+class BestChunk(BaseModel):
+    """For a document scored in parts (chunks, or the end that left truncation keeps): the
+    part that gave it its score."""
+
+    model_config = _RESPONSE_CONFIG
+
+    index: int = Field(ge=0, description="The part's position among the document's parts, from 0.")
+    start: int = Field(
+        ge=0, description="Where the part starts in the document's scored text, in characters."
+    )
+    end: int = Field(
+        ge=0,
+        description="Where it ends (exclusive): text[start:end] is the part. The scored text is the "
+        "document's text, or with rank_fields its named fields joined.",
+    )
+    chunks: int = Field(ge=1, description="How many parts of the document were scored.")
+
+    @model_validator(mode="after")
+    def _a_span_among_the_parts(self) -> BestChunk:
+        if self.end < self.start:
+            raise ValueError(f"chunk end {self.end} is before its start {self.start}")
+        if self.index >= self.chunks:
+            raise ValueError(f"chunk index {self.index} is not among its {self.chunks} chunks")
+        return self
+
+
+def _never_null(schema: dict[str, Any]) -> None:
+    # The model takes None to mean "not there" and then leaves the key out, so on the wire
+    # the field is an object or absent, never null.
+    branches = [s for s in schema.pop("anyOf") if s.get("type") != "null"]
     schema.pop("default", None)
-    schema.update(document_schema)
+    schema.update(branches[0] if len(branches) == 1 else {"anyOf": branches})
 
 
 class RankedResult(BaseModel):
@@ -88,11 +115,19 @@ class RankedResult(BaseModel):
         description="Which model produced relevance_score: cross_encoder, or prefilter for "
         "documents the prefilter cut and the cross-encoder never scored.",
     )
-    document: DocumentText | None = Field(
+    document: DocumentText | dict[str, Any] | None = Field(
         default=None,
         exclude_if=lambda value: value is None,
-        json_schema_extra=_document_never_null,
-        description="Present only when the request set return_documents.",
+        json_schema_extra=_never_null,
+        description="Present only when the request set return_documents: {text} for a document "
+        "given as a string or {id, text, score}; with rank_fields, the object as sent.",
+    )
+    chunk: BestChunk | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        json_schema_extra=_never_null,
+        description="Present only for a document scored in parts (max_chunks_per_doc above 1, "
+        "or left truncation): the part that gave it its score.",
     )
 
     def ranking_key(self) -> tuple[int, float, int]:
@@ -117,6 +152,10 @@ class ResponseMeta(BaseModel):
     documents: int = Field(ge=0, description="Number of documents in the request.")
     scored_by_cross_encoder: int = Field(
         ge=0, description="How many of them the cross-encoder scored."
+    )
+    pairs_scored: int = Field(
+        ge=0,
+        description="The (query, text) pairs the cross-encoder scored, chunks counted one by one.",
     )
     prefiltered: bool = Field(description="Whether the prefilter cut the request.")
     queue_ms: float = Field(ge=0, allow_inf_nan=False, description="Time waiting for a batch.")

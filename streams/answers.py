@@ -9,13 +9,16 @@ here it is only formatted.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from engines import RerankOutcome
 from schemas import (
+    BestChunk,
     DocumentText,
     ErrorCode,
+    FieldedDocument,
     RankedResult,
     RequestError,
     RerankRequest,
@@ -74,7 +77,7 @@ def ranked_response(request: RerankRequest, outcome: RerankOutcome, *, model: st
                     worker: str, timing: Timing) -> RerankResponse:
     """The engine's ranking as the contract words it: ``outcome.order`` is already the
     response order, so top_n is a slice."""
-    texts = request.texts() if request.return_documents else None
+    echoes = document_echoes(request) if request.return_documents else None
     ids = request.ids()
     order = outcome.order if request.top_n is None else outcome.order[: request.top_n]
     stages = outcome.stages
@@ -84,7 +87,8 @@ def ranked_response(request: RerankRequest, outcome: RerankOutcome, *, model: st
             id=ids[i],
             relevance_score=float(outcome.relevance[i]),
             stage=stages[i],
-            document=DocumentText(text=texts[i]) if texts is not None else None,
+            document=echoes[i] if echoes is not None else None,
+            chunk=chunk_of(outcome, i),
         )
         for i in (int(k) for k in order)
     ]
@@ -96,6 +100,7 @@ def ranked_response(request: RerankRequest, outcome: RerankOutcome, *, model: st
         meta=ResponseMeta(
             documents=len(ids),
             scored_by_cross_encoder=int(outcome.cross_encoder_scored),
+            pairs_scored=int(outcome.pairs_scored),
             prefiltered=bool(outcome.prefiltered),
             queue_ms=round(timing.queue_ms, 3),
             inference_ms=round(timing.inference_ms, 3),
@@ -103,6 +108,21 @@ def ranked_response(request: RerankRequest, outcome: RerankOutcome, *, model: st
             worker=worker,
         ),
     )
+
+
+def document_echoes(request: RerankRequest) -> list[DocumentText | dict[str, Any]]:
+    """What return_documents echoes of each document: with rank_fields the object as sent,
+    else its text."""
+    return [document.as_sent() if isinstance(document, FieldedDocument) else DocumentText(text=text)
+            for document, text in zip(request.documents, request.texts())]
+
+
+def chunk_of(outcome: RerankOutcome, index: int) -> BestChunk | None:
+    """The part that gave document ``index`` its score, when the engine scored it in parts."""
+    best = outcome.best_chunks.get(index)
+    if best is None:
+        return None
+    return BestChunk(index=best.index, start=best.start, end=best.end, chunks=best.chunks)
 
 
 class Answers:
@@ -184,4 +204,5 @@ class Answers:
                                               ErrorCode.INVALID_REQUEST.value, None))
 
 
-__all__ = ["ERROR", "OK", "Answers", "Outbound", "Timing", "key_as_request_id", "ranked_response"]
+__all__ = ["ERROR", "OK", "Answers", "Outbound", "Timing", "chunk_of", "document_echoes", "key_as_request_id",
+           "ranked_response"]

@@ -8,7 +8,9 @@ What it checks, in order, each refusal a ``RequestError`` with its code:
    dead-letter topic (invalid_request);
 3. the engine's request policy (``Reranker.plan``): whether it will prefilter, how, and the
    pairs it will cost; a job it would refuse (a ``client`` prefilter without a score on
-   every document) is refused here, before it takes room in a window.
+   every document, an instruction for a cross-encoder) is refused here, before it takes room
+   in a window: invalid_request, or too_large for one that would cost more pairs than
+   ``RERANK_MAX_PAIRS_PER_REQUEST``.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines import JobPlan, JobRefused, Reranker, RerankJob
+from engines import JobPlan, JobRefused, JobTooLarge, Reranker, RerankJob
 from schemas import ErrorCode, RequestError, RequestLimits, RerankRequest, parse_request
 
 
@@ -43,7 +45,9 @@ def job_of(request: RerankRequest) -> RerankJob:
                      prefilter=options.enabled if options else None,
                      keep=options.keep if options else None,
                      method=options.method if options else None,
-                     scores=request.scores(), raw_scores=request.raw_scores)
+                     scores=request.scores(), raw_scores=request.raw_scores,
+                     max_chunks=request.max_chunks_per_doc, chunk_overlap=request.chunk_overlap_tokens,
+                     truncation=request.truncation_direction, instruction=request.instruction)
 
 
 class Intake:
@@ -65,6 +69,8 @@ class Intake:
         job = job_of(request)
         try:
             plan = self.reranker.plan(job)
+        except JobTooLarge as refused:
+            raise RequestError(ErrorCode.TOO_LARGE, str(refused), request.request_id) from None
         except JobRefused as refused:
             raise RequestError(ErrorCode.INVALID_REQUEST, str(refused), request.request_id) from None
         return Inbound(request, job, plan, event)

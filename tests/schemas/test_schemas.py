@@ -11,8 +11,11 @@ import pytest
 from pydantic import ValidationError
 
 import schemas
+from engines import EngineConfig
 from schemas import (
+    BestChunk,
     Document,
+    FieldedDocument,
     DocumentText,
     ErrorCode,
     ErrorDetail,
@@ -107,6 +110,62 @@ def test_document_scores_and_the_prefilter_method() -> None:
     assert error.code is ErrorCode.INVALID_REQUEST and "documents[0].score" in error.message
     error = rejection(as_bytes(request_dict(documents=[{"text": "t", "score": 10**400}])))
     assert "documents[0].score: Input should be a valid number" in error.message
+
+
+def test_structured_documents_are_scored_by_their_rank_fields_joined() -> None:
+    request = parse_request(as_bytes(request_dict(
+        rank_fields=["title", "text"],
+        documents=[
+            {"id": "k", "title": "Kafka", "text": "A log.", "url": "https://kafka.apache.org", "year": 2011},
+            {"text": "", "title": "", "score": 2, "meta": {"tags": ["a", None]}},
+        ],
+    )))
+    assert request.texts() == ["title: Kafka\ntext: A log.", "title: \ntext: "]
+    assert request.ids() == ["k", None]
+    assert request.scores() == [None, 2.0]
+    assert all(isinstance(d, FieldedDocument) for d in request.documents)
+    # the object as sent, null fields included, and back through encode unchanged
+    assert request.documents[1].as_sent() == {"score": 2.0, "text": "", "title": "", "meta": {"tags": ["a", None]}}
+    assert parse_request(encode(request)) == request
+    assert b'"tags":["a",null]' in encode(request)
+
+
+def test_rank_fields_may_name_any_field_even_id_or_a_models_method() -> None:
+    request = parse_request(as_bytes(request_dict(
+        rank_fields=["id", "copy", "model_dump"], documents=[{"id": "7", "copy": "c", "model_dump": "m"}],
+    )))
+    assert request.texts() == ["id: 7\ncopy: c\nmodel_dump: m"]
+    assert request.ids() == ["7"]
+
+
+def test_the_document_limit_counts_the_scored_text_of_a_structured_document() -> None:
+    limits = RequestLimits(max_document_chars=20)
+    short = {"title": "a" * 3, "body": "b" * 3, "ignored": "x" * 1000}  # "title: aaa\nbody: bbb" is 20
+    assert parse_request(as_bytes(request_dict(rank_fields=["title", "body"], documents=[short])), limits)
+    error = rejection(as_bytes(request_dict(rank_fields=["title", "body"], documents=[short, {**short, "body": "bbbb"}])),
+                      limits=limits)
+    assert error.code is ErrorCode.TOO_LARGE
+    assert error.message == "documents[1] (its rank_fields joined) has 21 characters; the limit is 20 (max_document_chars)"
+
+
+def test_chunking_and_instruction_options_read_as_sent_and_default_to_none() -> None:
+    request = parse_request(as_bytes(request_dict(
+        max_chunks_per_doc=4.0, chunk_overlap_tokens=0, truncation_direction="left", instruction="Find answers",
+    )))
+    assert (request.max_chunks_per_doc, request.chunk_overlap_tokens) == (4, 0)
+    assert type(request.max_chunks_per_doc) is int
+    assert (request.truncation_direction, request.instruction) == ("left", "Find answers")
+    default = parse_request(as_bytes(request_dict()))
+    assert (default.rank_fields, default.max_chunks_per_doc, default.chunk_overlap_tokens,
+            default.truncation_direction, default.instruction) == (None,) * 5
+
+
+def test_the_defaults_the_descriptions_quote_are_the_engines() -> None:
+    config = EngineConfig()
+    fields = RerankRequest.model_fields
+    assert f"(default {config.max_chunks_per_doc})" in (fields["max_chunks_per_doc"].description or "")
+    assert f"(default {config.chunk_overlap_tokens})" in (fields["chunk_overlap_tokens"].description or "")
+    assert f"(default {config.truncation_direction})" in (fields["truncation_direction"].description or "")
 
 
 def test_every_field_set() -> None:
@@ -391,7 +450,42 @@ def test_limits_must_be_positive(kwargs: dict[str, int]) -> None:
         ({"reply_to": "tøpic"}, "reply_to: String should be a legal Kafka topic name"),
         ({"reply_to": "."}, "reply_to: String should be a legal Kafka topic name"),
         ({"reply_to": ".."}, "reply_to: String should be a legal Kafka topic name"),
-        ({"foo": 1}, "unknown field 'foo' (allowed: request_id, query, documents, top_n,"),
+        (
+            {"documents": [{"title": "Kafka", "text": "t"}]},
+            "documents[0]: unknown field 'title' (allowed: id, text, score): other fields need rank_fields",
+        ),
+        ({"rank_fields": []}, "rank_fields: should have at least 1 item, got 0"),
+        ({"rank_fields": "title"}, "rank_fields: Input should be an array (got string)"),
+        ({"rank_fields": [""]}, "rank_fields[0]: String should have at least 1 character"),
+        ({"rank_fields": ["title", 3]}, "rank_fields[1]: Input should be a valid string (got number)"),
+        ({"rank_fields": ["title", "text", "title"]}, "rank_fields: should name each field once"),
+        (
+            {"rank_fields": ["title"], "documents": [{"title": "t"}, "a bare string"]},
+            "documents[1]: Input should be an object: with rank_fields, a document's scored text is made of "
+            "its named fields (got string)",
+        ),
+        (
+            {"rank_fields": ["title", "text"], "documents": [{"title": "t", "text": "u"}, {"title": "t"}]},
+            "documents[1]: field 'text', named in rank_fields, is missing",
+        ),
+        (
+            {"rank_fields": ["title"], "documents": [{"title": ["t"]}]},
+            "documents[0]: field 'title', named in rank_fields, should be a string (got array)",
+        ),
+        (
+            {"rank_fields": ["title"], "documents": [{"title": "t", "id": 3}]},
+            "documents[0].id: Input should be a valid string (got number)",
+        ),
+        ({"rank_fields": ["title"], "documents": []}, "documents: should have at least 1 item, got 0"),
+        ({"max_chunks_per_doc": 0}, "max_chunks_per_doc: Input should be greater than or equal to 1"),
+        ({"max_chunks_per_doc": "4"}, "max_chunks_per_doc: Input should be a valid integer (got string)"),
+        ({"chunk_overlap_tokens": -1}, "chunk_overlap_tokens: Input should be greater than or equal to 0"),
+        ({"chunk_overlap_tokens": 0.5}, "chunk_overlap_tokens: Input should be a valid integer (got number)"),
+        ({"truncation_direction": "both"}, "truncation_direction: Input should be 'right' or 'left'"),
+        ({"truncation_direction": 1}, "truncation_direction: Input should be 'right' or 'left'"),
+        ({"instruction": ""}, "instruction: String should have at least 1 character"),
+        ({"instruction": ["judge"]}, "instruction: Input should be a valid string (got array)"),
+        ({"foo": 1}, "unknown field 'foo' (allowed: request_id, query, rank_fields, documents, top_n,"),
         ({"status": "ok"}, "unknown field 'status'"),
     ],
 )
@@ -509,6 +603,7 @@ def _response(**overrides: Any) -> RerankResponse:
         "meta": ResponseMeta(
             documents=2,
             scored_by_cross_encoder=2,
+            pairs_scored=2,
             prefiltered=False,
             queue_ms=1.5,
             inference_ms=3.25,
@@ -525,9 +620,31 @@ def test_encode_response_is_compact_utf8_with_document_only_when_asked() -> None
         '{"request_id":"r-1","status":"ok","model":"minilm","engine":"onnxruntime","results":['
         '{"index":1,"id":"d2","relevance_score":0.9,"stage":"cross_encoder","document":{"text":"é"}},'
         '{"index":0,"id":null,"relevance_score":0.1,"stage":"cross_encoder"}],'
-        '"meta":{"documents":2,"scored_by_cross_encoder":2,"prefiltered":false,"queue_ms":1.5,'
+        '"meta":{"documents":2,"scored_by_cross_encoder":2,"pairs_scored":2,"prefiltered":false,"queue_ms":1.5,'
         '"inference_ms":3.25,"total_ms":5.0,"worker":"worker-0"}}'
     ).encode("utf-8")
+
+
+def test_a_result_carries_its_best_chunk_and_a_structured_echo_as_given() -> None:
+    chunked = RankedResult(index=0, id="a", relevance_score=0.5, chunk=BestChunk(index=2, start=10, end=25, chunks=3),
+                           document={"id": "a", "title": "Kafka", "note": None})
+    encoded = encode(_response(results=[chunked], meta=_response().meta.model_copy(update={"pairs_scored": 3})))
+    sent = json.loads(encoded)
+    assert sent["results"][0]["chunk"] == {"index": 2, "start": 10, "end": 25, "chunks": 3}
+    assert sent["results"][0]["document"] == {"id": "a", "title": "Kafka", "note": None}
+    assert sent["meta"]["pairs_scored"] == 3
+    assert parse_response(encoded).results[0].chunk == chunked.chunk
+
+
+@pytest.mark.parametrize(("chunk", "expected"), [
+    ({"index": 0, "start": 5, "end": 4, "chunks": 1}, "end 4 is before its start 5"),
+    ({"index": 3, "start": 0, "end": 4, "chunks": 3}, "index 3 is not among its 3 chunks"),
+    ({"index": 0, "start": 0, "end": 4, "chunks": 0}, "greater than or equal to 1"),
+    ({"index": -1, "start": 0, "end": 4, "chunks": 1}, "greater than or equal to 0"),
+])
+def test_a_best_chunk_is_a_span_among_its_chunks(chunk: dict[str, int], expected: str) -> None:
+    with pytest.raises(ValidationError, match=expected):
+        BestChunk(**chunk)
 
 
 def test_encode_request_leaves_out_none_and_round_trips() -> None:
@@ -599,6 +716,7 @@ def test_response_models_refuse_misspelt_fields() -> None:
         ResponseMeta(
             documents=1,
             scored_by_crossencoder=1,  # type: ignore[call-arg]
+            pairs_scored=1,
             prefiltered=False,
             queue_ms=0,
             inference_ms=0,

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from schemas import (
+    BestChunk,
     DocumentText,
     ErrorCode,
     ErrorDetail,
@@ -53,19 +54,44 @@ RESPONSE_SCHEMA = committed_validator("rerank-response.schema.json")
 ERROR_SCHEMA = committed_validator("rerank-error.schema.json")
 
 
-def service_accepts(payload: Any) -> bool:
+def service_refusal(payload: Any) -> str | None:
+    """The service's error message for ``payload``; None when it accepts it."""
     try:
         parse_request(json.dumps(payload).encode("utf-8"), NO_LIMITS)
     except RequestError as error:
         assert error.code is ErrorCode.INVALID_REQUEST, error
+        return error.message
+    return None
+
+
+def service_accepts(payload: Any) -> bool:
+    return service_refusal(payload) is None
+
+
+def misses_a_rank_field(payload: Any) -> bool:
+    """Whether some document lacks a field rank_fields names, or holds a non-string there: the
+    one rule of the request that JSON Schema cannot state (it cannot read a value as names)."""
+    if not isinstance(payload, dict):
         return False
-    return True
+    rank_fields, documents = payload.get("rank_fields"), payload.get("documents")
+    if not isinstance(rank_fields, list) or not isinstance(documents, list):
+        return False
+    names = [name for name in rank_fields if isinstance(name, str)]
+    return any(isinstance(d, dict) and any(not isinstance(d.get(n), str) for n in names) for d in documents)
 
 
 def assert_agree(payload: Any) -> None:
     schema_says = REQUEST_SCHEMA.is_valid(payload)
-    assert service_accepts(payload) == schema_says, (
+    refusal = service_refusal(payload)
+    if schema_says and refusal is not None and misses_a_rank_field(payload):
+        # The known difference, and nothing else: every problem the service names is a
+        # missing or non-string rank field.
+        problems = [p for p in refusal.split("; ") if not p.startswith("and ")]
+        assert all(", named in rank_fields, " in p for p in problems), refusal
+        return
+    assert (refusal is None) == schema_says, (
         f"jsonschema {'accepts' if schema_says else 'rejects'} but the service does not: {payload!r}"
+        f" ({refusal})"
     )
 
 
@@ -190,6 +216,39 @@ EXAMPLES: list[tuple[dict[str, Any], bool]] = [
     ({**VALID, "reply_to": ".."}, False),
     ({**VALID, "reply_to": "tópic"}, False),
     ({**VALID, "unknown": 1}, False),
+    # structured documents: with rank_fields, objects with any fields; without, only id/text/score
+    (
+        {**VALID, "rank_fields": ["title", "text"], "return_documents": True,
+         "documents": [{"id": "a", "title": "Kafka", "text": "A log.", "tags": ["x", 1, None], "n": {"m": 2.5}},
+                       {"title": "", "text": "", "score": 0.5, "id": None}]},
+        True,
+    ),
+    ({**VALID, "rank_fields": ["id"], "documents": [{"id": "i"}]}, True),
+    ({**VALID, "rank_fields": None, "documents": ["d", {"text": "t"}]}, True),
+    ({**VALID, "rank_fields": ["title"], "documents": ["d"]}, False),
+    ({**VALID, "rank_fields": ["title"], "documents": []}, False),
+    ({**VALID, "rank_fields": ["title"], "documents": [{"title": "t", "id": 5}]}, False),
+    ({**VALID, "rank_fields": ["title"], "documents": [{"title": "t", "score": "1"}]}, False),
+    ({**VALID, "rank_fields": [], "documents": [{"title": "t"}]}, False),
+    ({**VALID, "rank_fields": [""], "documents": [{"": "t"}]}, False),
+    ({**VALID, "rank_fields": ["title", "title"], "documents": [{"title": "t"}]}, False),
+    ({**VALID, "rank_fields": "title", "documents": [{"title": "t"}]}, False),
+    ({**VALID, "rank_fields": [1], "documents": [{"1": "t"}]}, False),
+    ({**VALID, "documents": [{"title": "t"}]}, False),
+    ({**VALID, "documents": [{"text": "t", "title": "u"}]}, False),
+    # chunking and instructions
+    ({**VALID, "max_chunks_per_doc": 4, "chunk_overlap_tokens": 0, "truncation_direction": "left",
+      "instruction": "Given a web search query, retrieve relevant passages"}, True),
+    ({**VALID, "max_chunks_per_doc": None, "chunk_overlap_tokens": None, "truncation_direction": None,
+      "instruction": None}, True),
+    ({**VALID, "max_chunks_per_doc": 0}, False),
+    ({**VALID, "max_chunks_per_doc": "2"}, False),
+    ({**VALID, "chunk_overlap_tokens": -1}, False),
+    ({**VALID, "chunk_overlap_tokens": 1.5}, False),
+    ({**VALID, "truncation_direction": "middle"}, False),
+    ({**VALID, "truncation_direction": "Left"}, False),
+    ({**VALID, "instruction": ""}, False),
+    ({**VALID, "instruction": 3}, False),
 ]
 
 
@@ -201,7 +260,8 @@ def test_examples_are_judged_alike_by_jsonschema_and_the_service(
     assert service_accepts(payload) is valid
 
 
-@pytest.mark.parametrize("field", ["top_n", "deadline_ms", "prefilter.keep"])
+@pytest.mark.parametrize("field", ["top_n", "deadline_ms", "prefilter.keep", "max_chunks_per_doc",
+                                   "chunk_overlap_tokens"])
 @pytest.mark.parametrize(("number", "valid"), [(2.0, True), (1e3, True), (2.5, False), (True, False)])
 def test_integers_with_a_zero_fraction_are_integers_to_both(field: str, number: Any, valid: bool) -> None:
     # JSON Schema's "integer" includes 2.0 (and no standard validator can tell it from 2), so
@@ -235,6 +295,26 @@ def test_known_differences() -> None:
     del response["results"][0]["stage"]
     assert not RESPONSE_SCHEMA.is_valid(response)
     assert parse_response(json.dumps(response).encode()).results[0].stage == "cross_encoder"
+    # JSON Schema cannot read rank_fields' values as the names of other fields: it accepts a
+    # document without a named field, or with a non-string there; the service does not.
+    for document in ({"body": "b"}, {"title": 5}):
+        missing = {**VALID, "rank_fields": ["title"], "documents": [document]}
+        assert REQUEST_SCHEMA.is_valid(missing) and not service_accepts(missing)
+        assert misses_a_rank_field(missing)
+        assert "documents[0]: field 'title'" in (service_refusal(missing) or "")
+    # A structured document's other fields are any JSON to the schema; the service refuses what
+    # it could not echo: a number beyond a double's range, an unpaired surrogate.
+    assert REQUEST_SCHEMA.is_valid({**VALID, "rank_fields": ["t"], "documents": [{"t": "x", "n": float("inf")}]})
+    for raw in (b'{"request_id": "r", "query": "q", "rank_fields": ["t"], "documents": [{"t": "x", "n": 1e999}]}',
+                b'{"request_id": "r", "query": "q", "rank_fields": ["t"], "documents": [{"t": "x", "n": ["\\ud800"]}]}'):
+        with pytest.raises(RequestError, match=r"^invalid_request: documents\[0\]: "):
+            parse_request(raw)
+    # A chunk's span is [start, end) within its chunks: a schema cannot compare two numbers.
+    response = json.loads(encode(_example_response()))
+    response["results"][0]["chunk"] = {"index": 2, "start": 9, "end": 3, "chunks": 2}
+    assert RESPONSE_SCHEMA.is_valid(response)
+    with pytest.raises(ValueError, match="before its start"):
+        parse_response(json.dumps(response).encode())
 
 
 # --- requests: generated -----------------------------------------------------------------
@@ -274,7 +354,7 @@ documents = st.lists(
     max_size=4,
 )
 PREFILTER_METHODS = ["bi-encoder", "static", "bm25", "client", "static+bm25"]
-valid_requests = st.fixed_dictionaries(
+plain_valid_requests = st.fixed_dictionaries(
     {
         "request_id": st.text(min_size=1, max_size=128),
         "query": non_empty_texts,
@@ -294,8 +374,36 @@ valid_requests = st.fixed_dictionaries(
         "priority": st.integers(min_value=-1000, max_value=1000),
         "reply_to": st.none()
         | st.text(alphabet=TOPIC_ALPHABET, min_size=1, max_size=249).filter(lambda t: t not in (".", "..")),
+        "rank_fields": st.none(),
+        "max_chunks_per_doc": st.none() | st.integers(min_value=1, max_value=2**70),
+        "chunk_overlap_tokens": st.none() | st.integers(min_value=0, max_value=2**70),
+        "truncation_direction": st.none() | st.sampled_from(["right", "left"]),
+        "instruction": st.none() | non_empty_texts,
     },
 )
+# Names a structured document's fields may have; "score" is a number, so never a rank field.
+FIELD_NAMES = ["title", "text", "body", "id", "x y", "é", "copy", "model_dump"]
+rank_field_names = (st.sampled_from([n for n in FIELD_NAMES]) | non_empty_texts).filter(lambda n: n != "score")
+
+
+@st.composite
+def fielded_requests(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid request with rank_fields: objects with the named fields as strings, and others."""
+    payload = draw(plain_valid_requests)
+    rank_fields = draw(st.lists(rank_field_names, min_size=1, max_size=3, unique=True))
+    others = st.fixed_dictionaries(
+        {},
+        optional={"id": st.none() | texts, "score": st.none() | st.floats(allow_nan=False, allow_infinity=False),
+                  "tags": json_values, "text": json_values, "body": json_values, "x y": json_values},
+    )
+    documents = draw(st.lists(
+        st.builds(lambda extra, named: {**extra, **named}, others, st.fixed_dictionaries({n: texts for n in rank_fields})),
+        min_size=1, max_size=4,
+    ))
+    return {**payload, "rank_fields": rank_fields, "documents": documents}
+
+
+valid_requests = plain_valid_requests | fielded_requests()
 
 
 # --- requests generated from the shipped schema file itself -------------------------------
@@ -319,6 +427,14 @@ def schema_strategy(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchSt
         if combinator in keywords:
             assert keywords == {combinator}, schema
             return st.one_of([schema_strategy(branch, root) for branch in schema[combinator]])
+    if "if" in keywords:
+        # Each branch merged into the object, then kept only where the condition says so.
+        assert {"then", "else"} <= keywords and schema["type"] == "object", schema
+        condition = Draft202012Validator(schema["if"]).is_valid
+        base = {k: v for k, v in schema.items() if k not in ("if", "then", "else")}
+        then = _merge(base, schema["then"], required=schema["if"].get("required", []))
+        return (schema_strategy(then, root).filter(condition)
+                | schema_strategy(_merge(base, schema["else"]), root).filter(lambda v: not condition(v)))
     kind = schema.get("type")
     known = {
         "string": {"type", "minLength", "maxLength", "not", "enum"},
@@ -327,7 +443,7 @@ def schema_strategy(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchSt
         "boolean": {"type"},
         "null": {"type"},
         "object": {"type", "properties", "required", "additionalProperties"},
-        "array": {"type", "items", "minItems"},
+        "array": {"type", "items", "minItems", "uniqueItems"},
     }
     assert kind in known and keywords <= known[kind], f"keyword this generator does not know: {schema}"
     if kind == "string" and "enum" in schema:
@@ -357,27 +473,60 @@ def schema_strategy(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchSt
         return st.none()
     if kind == "array":
         low = schema.get("minItems", 0)
-        return st.lists(schema_strategy(schema["items"], root), min_size=low, max_size=low + 3)
-    assert schema.get("additionalProperties") is False, schema
+        unique_by = (lambda v: json.dumps(v, sort_keys=True)) if schema.get("uniqueItems") else None
+        return st.lists(schema_strategy(schema["items"], root), min_size=low, max_size=low + 3, unique_by=unique_by)
+    assert schema.get("additionalProperties") in (False, True), schema
     properties = {name: schema_strategy(sub, root) for name, sub in schema["properties"].items()}
     required = set(schema.get("required", []))
-    return st.fixed_dictionaries(
+    declared = st.fixed_dictionaries(
         {name: strategy for name, strategy in properties.items() if name in required},
         optional={name: strategy for name, strategy in properties.items() if name not in required},
     )
+    if schema["additionalProperties"] is False:
+        return declared
+    # Any other field, with any JSON value (names from a few likely ones and from anywhere).
+    other_names = (st.sampled_from(["title", "text", "body"]) | texts).filter(lambda n: n not in properties)
+    return st.builds(lambda known, other: {**other, **known}, declared,
+                     st.dictionaries(other_names, json_values, max_size=3))
+
+
+def _merge(base: dict[str, Any], branch: dict[str, Any], required: list[str] = ()) -> dict[str, Any]:
+    """``base`` with the keywords ``branch`` gives its properties (``{"properties": {name:
+    keywords}}``) added to theirs, and ``required`` added to its own."""
+    assert set(branch) == {"properties"}, branch
+    properties = {name: {**sub, **branch["properties"].get(name, {})} for name, sub in base["properties"].items()}
+    return {**base, "properties": properties, "required": sorted({*base.get("required", []), *required})}
 
 
 REQUEST_SCHEMA_DOCUMENT = json.loads(
     (REPO_ROOT / "schemas" / "json" / "rerank-request.schema.json").read_text(encoding="utf-8")
 )
-schema_valid_requests = schema_strategy(REQUEST_SCHEMA_DOCUMENT, REQUEST_SCHEMA_DOCUMENT)
+
+
+@st.composite
+def with_rank_fields_filled(draw: st.DrawFn, requests: st.SearchStrategy[dict[str, Any]]) -> dict[str, Any]:
+    """A request drawn from ``requests``; where it has rank_fields, mostly with every document
+    given each named field as a string: the one rule the schema cannot state (so it cannot
+    generate it), applied by hand."""
+    payload = draw(requests)
+    if payload.get("rank_fields") and draw(st.integers(0, 3)):
+        for document in payload["documents"]:
+            document.update({name: draw(texts) for name in payload["rank_fields"]})
+    return payload
+
+
+schema_valid_requests = with_rank_fields_filled(schema_strategy(REQUEST_SCHEMA_DOCUMENT, REQUEST_SCHEMA_DOCUMENT))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schema_valid_requests)
 def test_every_request_the_shipped_schema_allows_is_accepted(payload: dict[str, Any]) -> None:
     assert REQUEST_SCHEMA.is_valid(payload), f"the generator strayed: {payload!r}"
+    if misses_a_rank_field(payload):  # the known difference; assert_agree checks its message
+        assert_agree(payload)
+        return
     request = parse_request(json.dumps(payload).encode("utf-8"), NO_LIMITS)
+    assert len(request.texts()) == len(payload["documents"])
     # and it reads back as what was sent (2.0 as the integer 2)
     for field in ("top_n", "deadline_ms"):
         if payload.get(field) is not None:
@@ -391,7 +540,7 @@ def near_valid_requests(draw: st.DrawFn, base: st.SearchStrategy[dict[str, Any]]
     line between valid and invalid, where the two validators could disagree."""
     payload = draw(base)
     for _ in range(draw(st.integers(min_value=0, max_value=3))):
-        change = draw(st.sampled_from(["drop", "unknown", "replace", "document", "prefilter"]))
+        change = draw(st.sampled_from(["drop", "unknown", "replace", "document", "prefilter", "rank_fields"]))
         if change == "drop" and payload:
             del payload[draw(st.sampled_from(sorted(payload)))]
         elif change == "unknown":
@@ -401,12 +550,16 @@ def near_valid_requests(draw: st.DrawFn, base: st.SearchStrategy[dict[str, Any]]
         elif change == "document" and isinstance(payload.get("documents"), list) and payload["documents"]:
             index = draw(st.integers(min_value=0, max_value=len(payload["documents"]) - 1))
             payload["documents"][index] = draw(
-                anything | st.dictionaries(st.sampled_from(["id", "text", "score"]), anything, max_size=3)
+                anything | st.dictionaries(st.sampled_from(["id", "text", "score", *FIELD_NAMES]), anything, max_size=3)
             )
         elif change == "prefilter":
             payload["prefilter"] = draw(
                 st.dictionaries(st.sampled_from(["enabled", "keep", "method", "mode"]),
                                 anything | st.sampled_from([*PREFILTER_METHODS, "BM25", "static+"]), max_size=3)
+            )
+        elif change == "rank_fields":
+            payload["rank_fields"] = draw(
+                st.lists(st.sampled_from(FIELD_NAMES) | anything, max_size=3) | anything | st.none()
             )
     return payload
 
@@ -447,16 +600,28 @@ def _example_response() -> RerankResponse:
         request_id="r",
         model="minilm",
         engine="onnxruntime",
-        results=[RankedResult(index=0, id="a", relevance_score=0.5, document=DocumentText(text="t"))],
+        results=[RankedResult(index=0, id="a", relevance_score=0.5, document=DocumentText(text="t"),
+                              chunk=BestChunk(index=1, start=40, end=90, chunks=3))],
         meta=ResponseMeta(
-            documents=1, scored_by_cross_encoder=1, prefiltered=False, queue_ms=0, inference_ms=1, total_ms=1,
-            worker="w",
+            documents=1, scored_by_cross_encoder=1, pairs_scored=3, prefiltered=False, queue_ms=0, inference_ms=1,
+            total_ms=1, worker="w",
         ),
     )
 
 
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 durations = st.floats(min_value=0, max_value=1e9, allow_nan=False)
+
+
+@st.composite
+def best_chunks(draw: st.DrawFn) -> BestChunk:
+    count = draw(st.integers(min_value=1, max_value=50))
+    start = draw(st.integers(min_value=0, max_value=10**6))
+    return BestChunk(index=draw(st.integers(0, count - 1)), start=start, end=start + draw(st.integers(0, 10**4)),
+                     chunks=count)
+
+
+chunks = best_chunks()
 
 
 @st.composite
@@ -467,20 +632,15 @@ def responses(draw: st.DrawFn) -> RerankResponse:
                 finite_floats,
                 st.sampled_from(["cross_encoder", "prefilter"]),
                 st.none() | texts,
-                st.none() | texts,
+                st.none() | texts.map(lambda t: DocumentText(text=t)) | st.dictionaries(texts, json_values, max_size=3),
+                st.none() | chunks,
             ),
             max_size=6,
         )
     )
     results = [
-        RankedResult(
-            index=index,
-            id=doc_id,
-            relevance_score=score,
-            stage=stage,
-            document=None if text is None else DocumentText(text=text),
-        )
-        for index, (score, stage, doc_id, text) in enumerate(scored)
+        RankedResult(index=index, id=doc_id, relevance_score=score, stage=stage, document=document, chunk=chunk)
+        for index, (score, stage, doc_id, document, chunk) in enumerate(scored)
     ]
     documents = len(results) + draw(st.integers(min_value=0, max_value=5))
     return RerankResponse(
@@ -491,6 +651,7 @@ def responses(draw: st.DrawFn) -> RerankResponse:
         meta=ResponseMeta(
             documents=documents,
             scored_by_cross_encoder=draw(st.integers(min_value=0, max_value=documents)),
+            pairs_scored=draw(st.integers(min_value=0, max_value=10**6)),
             prefiltered=any(r.stage == "prefilter" for r in results),
             queue_ms=draw(durations),
             inference_ms=draw(durations),
@@ -509,7 +670,9 @@ def test_encoded_responses_match_the_response_schema_and_read_back(response: Rer
     assert not ERROR_SCHEMA.is_valid(message)
     for result, sent in zip(response.results, message["results"]):
         assert ("document" in sent) is (result.document is not None)
-    assert parse_response(encoded) == response
+        assert ("chunk" in sent) is (result.chunk is not None)
+    # The same data back: an echoed object {"text": ...} reads back as a DocumentText.
+    assert parse_response(encoded).model_dump(mode="json") == response.model_dump(mode="json")
 
 
 @settings(max_examples=100, deadline=None)
@@ -541,6 +704,13 @@ def test_encoded_errors_match_the_error_schema_and_read_back(
         lambda m: m["results"][0].pop("id"),
         lambda m: m["meta"].update(queue_ms=-1),
         lambda m: m["meta"].pop("worker"),
+        lambda m: m["meta"].pop("pairs_scored"),
+        lambda m: m["meta"].update(pairs_scored=-1),
+        lambda m: m["results"][0]["chunk"].update(chunks=0),
+        lambda m: m["results"][0]["chunk"].update(start=-1),
+        lambda m: m["results"][0]["chunk"].pop("end"),
+        lambda m: m["results"][0]["chunk"].update(extra=1),
+        lambda m: m["results"][0].update(document="t"),
     ],
 )
 def test_broken_responses_are_rejected_by_both(change: Any) -> None:

@@ -8,6 +8,7 @@ fakes.py (a producer, an admin client, events, faust's app, an engine scoring by
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -16,8 +17,10 @@ import numpy as np
 import pytest
 from fakes import FakeAdmin, FakeApp, FakeEvent, FakeProducer, FakeStream, LengthReranker
 
-from engines import RerankJob
-from schemas import ErrorCode, RequestError, RequestLimits, parse_request, parse_response
+from engines import JobPlan, JobRefused, JobTooLarge, RerankJob
+from engines.outcome import BestChunk
+from schemas import BestChunk as SchemaBestChunk
+from schemas import DocumentText, ErrorCode, RequestError, RequestLimits, encode, parse_request, parse_response
 from streams.answers import Answers, Timing
 from streams.intake import Inbound, Intake, job_of
 from streams.lifecycle import Drain
@@ -65,6 +68,37 @@ def test_intake_passes_the_requests_options_to_the_engines_job():
                             raw_scores=True)
 
 
+def test_intake_passes_chunking_truncation_and_instruction_and_the_joined_rank_fields_to_the_job():
+    raw = request(documents=[{"id": "k", "title": "Kafka", "text": "A log.", "year": 2011}], rank_fields=["title", "text"],
+                  max_chunks_per_doc=4, chunk_overlap_tokens=0, truncation_direction="left", instruction="Find answers")
+    job = intake().read(raw, None).job
+    assert job == RerankJob("q", ["title: Kafka\ntext: A log."], scores=[None], max_chunks=4, chunk_overlap=0,
+                            truncation="left", instruction="Find answers")
+    unset = job_of(parse_request(request()))
+    assert (unset.max_chunks, unset.chunk_overlap, unset.truncation, unset.instruction) == (None, None, None, None)
+
+
+class RefusingReranker(LengthReranker):
+    """Plans by refusing every job with ``refusal``."""
+
+    def __init__(self, refusal: Exception) -> None:
+        super().__init__()
+        self.refusal = refusal
+
+    def plan(self, job: RerankJob) -> JobPlan:
+        raise self.refusal
+
+
+@pytest.mark.parametrize("refused, code", [
+    (JobTooLarge("the request would cost 30000 pairs; the limit is 20000 (RERANK_MAX_PAIRS_PER_REQUEST)"),
+     ErrorCode.TOO_LARGE),
+    (JobRefused("an instruction needs a decoder reranker"), ErrorCode.INVALID_REQUEST),
+])
+def test_intake_answers_a_job_too_large_for_the_engine_too_large_and_other_refusals_invalid(refused, code):
+    err = refusal(request(), reranker=RefusingReranker(refused))
+    assert (err.code, err.message, err.request_id) == (code, str(refused), "r1")
+
+
 @pytest.mark.parametrize("raw, code, words", [
     (b"not json", ErrorCode.INVALID_REQUEST, "JSON"),
     (request(documents=["a"] * 101), ErrorCode.TOO_LARGE, "101"),
@@ -100,6 +134,27 @@ def test_a_ranked_answer_takes_the_engines_order_and_relevance_as_they_are():
 def test_a_ranked_answer_cuts_at_top_n_returns_documents_and_raw_scores_when_asked():
     _, response = ranked(request(documents=["aa", "a", "aaaa"], top_n=2, return_documents=True, raw_scores=True))
     assert [(r.index, r.relevance_score, r.document.text) for r in response.results] == [(2, 4.0, "aaaa"), (0, 2.0, "aa")]
+
+
+def test_a_ranked_answer_carries_the_best_chunk_of_a_document_scored_in_parts_and_the_pairs_scored():
+    inbound = intake().read(request(documents=["aa", "a", "aaaa"]), None)
+    (outcome,) = LengthReranker().rerank([inbound.job], [inbound.plan])
+    # as an engine that chunks would fill them: document 2 in 3 chunks, the second the best
+    outcome = dataclasses.replace(outcome, best_chunks={2: BestChunk(index=1, start=1, end=3, chunks=3)}, pairs_scored=5)
+    response = parse_response(ANSWERS.ranked(inbound.request, outcome, TIMING).value)
+    assert [(r.index, r.chunk) for r in response.results] == [
+        (2, SchemaBestChunk(index=1, start=1, end=3, chunks=3)), (0, None), (1, None)]
+    assert response.meta.pairs_scored == 5
+    assert b'"chunk"' not in encode(response.model_copy(update={"results": response.results[1:]}))
+
+
+def test_a_returned_structured_document_is_the_object_as_sent_and_a_plain_one_its_text():
+    sent = [{"id": "k", "title": "Kafka", "text": "A log.", "tags": ["a", None]}, {"title": "Faust", "text": "Streams."}]
+    _, response = ranked(request(documents=sent, rank_fields=["title", "text"], return_documents=True))
+    assert {r.index: r.document for r in response.results} == {0: sent[0], 1: sent[1]}
+    assert response.results[1].id == "k"
+    _, plain = ranked(request(documents=["aa", {"id": "x", "text": "a"}], return_documents=True))
+    assert [r.document for r in plain.results] == [DocumentText(text="aa"), DocumentText(text="a")]
 
 
 def test_a_prefiltered_answer_ranks_the_cut_documents_last_by_their_first_stage_score():
