@@ -96,6 +96,10 @@ def print_check(check: dict, console: Console) -> None:
 @click.option("--concurrency", type=click.IntRange(min=1), help="Closed loop: requests in flight.")
 @click.option("--docs", "docs", default="4-15", show_default=True,
               help=f"Documents per request: {', '.join(DISTRIBUTIONS)}, LO-HI, or LO-HI:W,LO-HI:W.")
+@click.option("--document-words", type=click.IntRange(min=1),
+              help="Each document this many words of passages run together (long pages); default one passage.")
+@click.option("--max-chunks-per-doc", type=click.IntRange(min=1),
+              help="Sent in every request: score long documents in up to this many chunks.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Seconds to send for.")
 @click.option("--requests", "n_requests", type=click.IntRange(min=1), help="Requests to send.")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the last answers; "
@@ -108,8 +112,8 @@ def print_check(check: dict, console: Console) -> None:
 @click.option("--check-with-plain-consumer", "check", is_flag=True,
               help="Also read the answers with a plain per-message consumer in its own process and "
                    "print both latencies side by side (checks the instrument).")
-def main(bootstrap, request_topic, response_topic, rate, concurrency, docs, duration, n_requests, timeout,
-         top_n, seed, json_path, plot_path, quiet, check) -> None:
+def main(bootstrap, request_topic, response_topic, rate, concurrency, docs, document_words, max_chunks_per_doc,
+         duration, n_requests, timeout, top_n, seed, json_path, plot_path, quiet, check) -> None:
     """Send rerank requests through Kafka and report throughput, latency, errors and losses."""
     console = Console(stderr=True)
     if (rate is None) == (concurrency is None):
@@ -130,9 +134,10 @@ def main(bootstrap, request_topic, response_topic, rate, concurrency, docs, dura
         # started (assigned at the topic's end) before the first request goes out
         checker = PlainConsumer(bootstrap, [response_topic]) if check else None
         try:
-            result = run_load(client, RequestFactory(distribution, seed), rate=rate, concurrency=concurrency,
-                              requests=n_requests, duration_s=duration, timeout_s=timeout,
-                              show_progress=not quiet, extra={"top_n": top_n})
+            extra = {"top_n": top_n} | ({"max_chunks_per_doc": max_chunks_per_doc} if max_chunks_per_doc else {})
+            result = run_load(client, RequestFactory(distribution, seed, document_words), rate=rate,
+                              concurrency=concurrency, requests=n_requests, duration_s=duration, timeout_s=timeout,
+                              show_progress=not quiet, extra=extra)
             if checker is not None:
                 arrivals = checker.collect([row["request_id"] for row in result.per_answer])
                 plain_check = compare_with_plain(result, client.snapshot(), arrivals)

@@ -26,13 +26,22 @@ from loadgen.distributions import DISTRIBUTIONS, Mix, parse_distribution  # noqa
 class RequestFactory:
     """Rerank requests with documents drawn from the corpus of real English passages."""
 
-    def __init__(self, distribution: list[tuple[float, int, int]], seed: int = 0) -> None:
+    def __init__(self, distribution: list[tuple[float, int, int]], seed: int = 0,
+                 document_words: int | None = None) -> None:
+        """``document_words``: each document that many words of passages run together (a long
+        page, for chunking); ``None``: one passage each (40-80 words)."""
         self.rng = random.Random(seed)
         self.passages = load_passages()
         self.queries = queries(500, seed=seed)
         self.distribution = distribution
+        self.document_words = document_words
+        self.words = " ".join(self.passages).split() if document_words else []
         self.run_tag = uuid.uuid4().hex[:8]
         self.count = 0
+
+    def long_document(self) -> str:
+        start = self.rng.randrange(max(1, len(self.words) - self.document_words))
+        return " ".join(self.words[start:start + self.document_words])
 
     def documents(self) -> int:
         weights = [w for w, _, _ in self.distribution]
@@ -42,8 +51,11 @@ class RequestFactory:
     def __call__(self, **extra) -> dict:
         self.count += 1
         n = self.documents()
-        docs = self.rng.sample(self.passages, n) if n <= len(self.passages) else \
-            [self.rng.choice(self.passages) for _ in range(n)]
+        if self.document_words:
+            docs = [self.long_document() for _ in range(n)]
+        else:
+            docs = self.rng.sample(self.passages, n) if n <= len(self.passages) else \
+                [self.rng.choice(self.passages) for _ in range(n)]
         return {"request_id": f"lg-{self.run_tag}-{self.count}", "query": self.rng.choice(self.queries),
                 "documents": docs, "top_n": 10, **extra}
 

@@ -26,6 +26,13 @@ def test_requests_follow_the_distribution_and_use_real_passages():
     assert all(40 <= len(d.split()) <= 80 for d in req["documents"])
 
 
+def test_long_documents_for_sizing_chunked_requests():
+    factory = RequestFactory(parse_distribution("10"), seed=4, document_words=2000)
+    req = factory(max_chunks_per_doc=4)
+    assert len(req["documents"]) == 10 and all(len(d.split()) == 2000 for d in req["documents"])
+    assert len(set(req["documents"])) == 10 and req["max_chunks_per_doc"] == 4
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "loadgen", *args], capture_output=True, text=True, timeout=120)
 
