@@ -283,6 +283,21 @@ def plan_micro_batches(lengths: np.ndarray, max_batch_tokens: int, max_batch_pai
     return batches
 
 
+def longest_first(budget: int, n1: int, n2: int) -> tuple[int, int]:
+    """Kept lengths of two sequences of ``n1`` and ``n2`` tokens under ``longest_first``
+    truncation to ``budget`` tokens, as the Rust tokenizer computes them
+    (tokenizers/src/utils/truncation.rs)."""
+    if n1 + n2 <= budget:
+        return n1, n2
+    swap = n1 > n2
+    short, long_ = (n2, n1) if swap else (n1, n2)
+    long_ = short if short > budget else max(short, budget - short)
+    if short + long_ > budget:
+        short = budget // 2
+        long_ = short + budget % 2
+    return (long_, short) if swap else (short, long_)
+
+
 class BatchRunner:
     """Tokenizes, batches and runs pairs or single texts through a :class:`Backend`.
 
@@ -316,6 +331,8 @@ class BatchRunner:
         self.template = _read_template(tokenizer)
         if self.max_length <= self.template.pair_added:
             raise ValueError(f"max_length {self.max_length} leaves no room for text between the special tokens")
+        # The tokens a pair holds for its query and document, special tokens left out.
+        self.text_budget = self.max_length - self.template.pair_added
         # No text keeps more than max_length tokens.
         self.encoder = TextEncoder(tokenizer, self.max_length)
         self.cap = self.encoder.cap
@@ -331,20 +348,6 @@ class BatchRunner:
     def _encode_whole(self, texts: Sequence[str], out: _Texts, indices: list[int]) -> None:
         self.encoder.encode_whole(texts, out, indices)
 
-    def _pair_lengths(self, n1: int, n2: int) -> tuple[int, int]:
-        """Kept lengths of two sequences under ``longest_first`` truncation, as the Rust tokenizer
-        computes them (tokenizers/src/utils/truncation.rs)."""
-        budget = self.max_length - self.template.pair_added
-        if n1 + n2 <= budget:
-            return n1, n2
-        swap = n1 > n2
-        short, long_ = (n2, n1) if swap else (n1, n2)
-        long_ = short if short > budget else max(short, budget - short)
-        if short + long_ > budget:
-            short = budget // 2
-            long_ = short + budget % 2
-        return (long_, short) if swap else (short, long_)
-
     # -- what a pair holds ------------------------------------------------------------------------
     #: Whether a pair's query side has a place for a task instruction (a decoder's prompt does).
     takes_instruction = False
@@ -355,15 +358,10 @@ class BatchRunner:
             raise ValueError("this model reads no instruction: only decoder rerankers take one")
         return query
 
-    @property
-    def text_budget(self) -> int:
-        """The tokens a pair holds for its query and document, special tokens left out."""
-        return self.max_length - self.template.pair_added
-
     def document_room(self, query: str) -> int:
         """How many tokens of a document fit beside ``query`` (a :meth:`pair_query`) untruncated."""
         [length] = self.encoder.encode([query]).lengths
-        return self._pair_lengths(int(length), 1 << 30)[1]
+        return longest_first(self.text_budget, int(length), 1 << 30)[1]
 
     # -- public entry points ----------------------------------------------------------------------
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str], pair_query: np.ndarray, pair_doc: np.ndarray,
@@ -403,7 +401,7 @@ class BatchRunner:
                 if d_texts.cut[di]:
                     self._encode_whole(documents, d_texts, [di])
                 a, b = q_texts.lengths[qi], d_texts.lengths[di]
-            n1[k], n2[k] = self._pair_lengths(a, b)
+            n1[k], n2[k] = longest_first(self.text_budget, a, b)
         lengths = n1 + n2 + self.template.pair_added
         prefix, middle, suffix, prefix_t, middle_t, suffix_t, type_a, type_b = self.template.pair
 

@@ -57,6 +57,11 @@ class JobTexts:
     spans: list[tuple[int, int] | None] = field(default_factory=list)
     parts: dict[int, int] = field(default_factory=dict)
 
+    def add(self, text: str, document: int, span: tuple[int, int] | None = None) -> None:
+        self.texts.append(text)
+        self.document.append(document)
+        self.spans.append(span)
+
     def best(self, scores: np.ndarray) -> tuple[dict[int, float], dict[int, BestChunk]]:
         """Each document's score (its best part's) from the pairs' ``scores``, and the best part
         of every document read in parts. The first of equal parts wins."""
@@ -81,25 +86,18 @@ def job_texts(runner: BatchRunner, query: str, instruction: str | None, document
     out = JobTexts(runner.pair_query(query, instruction))
     if options.whole:
         for d in selected:
-            out.texts.append(documents[int(d)])
-            out.document.append(int(d))
-            out.spans.append(None)
+            out.add(documents[int(d)], int(d))
         return out
     room = runner.document_room(out.query)
     overlap = min(options.overlap, room // 2)
-    for d in selected:
-        d = int(d)
+    for d in map(int, selected):
         spans = split(runner, documents[d], room, options.max_chunks, overlap, options.truncation, tokens)
         if spans is None:
-            out.texts.append(documents[d])
-            out.document.append(d)
-            out.spans.append(None)
+            out.add(documents[d], d)
             continue
         out.parts[d] = len(spans)
         for start, end in spans:
-            out.texts.append(documents[d][start:end])
-            out.document.append(d)
-            out.spans.append((start, end))
+            out.add(documents[d][start:end], d, (start, end))
     return out
 
 

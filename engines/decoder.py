@@ -82,16 +82,13 @@ class DecoderBatchRunner(BatchRunner):
         self.body_budget = self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
         if self.body_budget < 1:
             raise ValueError(f"max_length {self.max_length} leaves no room between the prompt's prefix and suffix")
+        self.text_budget = self.body_budget
 
     takes_instruction = True
 
     def pair_query(self, query: str, instruction: str | None = None) -> str:
         """The prompt's head: the job's instruction (the model card's when ``None``) and the query."""
         return self.prompt.head(query, instruction)
-
-    @property
-    def text_budget(self) -> int:
-        return self.body_budget
 
     def document_room(self, query: str) -> int:
         [length] = self.encoder.encode([query + DOCUMENT_TAG]).lengths

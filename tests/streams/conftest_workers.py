@@ -5,6 +5,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from loadgen.client import RerankClient
 from loadgen.cluster.workers import WorkerProcess
 
 
@@ -14,6 +15,11 @@ def unique_topics() -> dict[str, str]:
     return {"RERANK_REQUEST_TOPIC": f"req-{tag}", "RERANK_RESPONSE_TOPIC": f"resp-{tag}",
             "RERANK_DEAD_LETTER_TOPIC": f"dlq-{tag}", "RERANK_REPLY_TO_PREFIX": f"replies-{tag}.",
             "RERANK_GROUP_ID": f"workers-{tag}"}
+
+
+def client_of(bootstrap: str, topics: dict[str, str]) -> RerankClient:
+    """A client of the worker serving ``topics`` (:func:`unique_topics`); use it with ``with``."""
+    return RerankClient(bootstrap, topics["RERANK_REQUEST_TOPIC"], [topics["RERANK_RESPONSE_TOPIC"]])
 
 
 @contextmanager

@@ -160,7 +160,8 @@ class LengthReranker:
         self.calls: list[list[str]] = []  # the queries of each call, in order
 
     def plan(self, job: RerankJob) -> JobPlan:
-        return plan_job(job, self.config)
+        # It reads an instruction as a decoder reranker does, so that intake's handing one over shows.
+        return plan_job(job, self.config, takes_instruction=True)
 
     def rerank(self, jobs: list[RerankJob], plans: list[JobPlan] | None = None) -> list[RerankOutcome]:
         if self.block is not None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from sentence_transformers import CrossEncoder
 
-from conftest_workers import running_worker, unique_topics
+from conftest_workers import client_of, running_worker, unique_topics
 from engines.corpus import load_passages, queries
 from engines.testmodel import ensure_test_model
 from loadgen.client import RerankClient
@@ -40,7 +40,7 @@ def worker(kafka_bootstrap, topics, tmp_path_factory):
 
 @pytest.fixture
 def client(kafka_bootstrap, topics, worker):
-    with RerankClient(kafka_bootstrap, topics["RERANK_REQUEST_TOPIC"], [topics["RERANK_RESPONSE_TOPIC"]]) as c:
+    with client_of(kafka_bootstrap, topics) as c:
         yield c
 
 

@@ -12,13 +12,12 @@ import uuid
 import numpy as np
 import pytest
 
-from conftest_workers import running_worker, unique_topics
+from conftest_workers import client_of, running_worker, unique_topics
 from engines.corpus import load_passages, queries
 from engines.families import activate, inspect_reranker
 from engines.fidelity import model_max_length, reference_scores
 from engines.models import ModelFolder
 from engines.standins import ensure_standin
-from loadgen.client import RerankClient
 
 pytestmark = pytest.mark.kafka
 
@@ -43,7 +42,7 @@ def worker(kafka_bootstrap, model, topics, tmp_path_factory):
 
 @pytest.fixture
 def client(kafka_bootstrap, topics, worker):
-    with RerankClient(kafka_bootstrap, topics["RERANK_REQUEST_TOPIC"], [topics["RERANK_RESPONSE_TOPIC"]]) as c:
+    with client_of(kafka_bootstrap, topics) as c:
         yield c
 
 
