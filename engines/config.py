@@ -35,9 +35,11 @@ SCHEDULER_POLICIES: tuple[str, ...] = get_args(SchedulerPolicy)
 DEFAULT_CACHE_DIR = Path("~/.cache/kafka-rerank")
 
 #: Micro-batch limits when nothing is configured. On CPU the cost is linear in real tokens once a
-#: batch holds a few sequences, so a modest budget keeps latency low without losing throughput
-#: (see BENCHMARKS.md); a GPU wants large batches to fill its cores.
-CPU_MAX_BATCH_TOKENS = 2048
+#: batch holds a few sequences, so a modest budget keeps latency low without losing throughput; a
+#: GPU wants large batches to fill its cores. 1024 rather than 2048 halves the micro-batch a small
+#: request that arrives mid-batch waits for, for 1-3% of saturated throughput (BENCHMARKS.md,
+#: "Small requests beside large ones").
+CPU_MAX_BATCH_TOKENS = 1024
 CPU_MAX_BATCH_PAIRS = 64
 GPU_MAX_BATCH_TOKENS = 65536
 GPU_MAX_BATCH_PAIRS = 512
