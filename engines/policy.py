@@ -145,8 +145,8 @@ def plan_job(job: RerankJob, config: EngineConfig, cross_encoder: bool = True, d
     if isinstance(job.documents, str) or any(not isinstance(d, str) for d in job.documents):
         raise JobRefused("documents must be a list of strings")
     if job.instruction is not None and not takes_instruction:
-        raise JobRefused("instruction is read only by decoder rerankers (Qwen3-Reranker style); this model is a "
-                         "cross-encoder, whose input has no place for one: leave instruction out")
+        raise JobRefused("instruction is read only by decoder rerankers (Qwen3-Reranker style); this model's input "
+                         "has no place for one: leave instruction out")
     n = len(job.documents)
     if not cross_encoder:
         if (job.max_chunks or 1) > 1 or (job.truncation or RIGHT) != RIGHT:
