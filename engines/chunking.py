@@ -67,12 +67,11 @@ class JobTexts:
         of every document read in parts. The first of equal parts wins."""
         best: dict[int, float] = {}
         where: dict[int, int] = {}
+        first: dict[int, int] = {}  # a document's first pair: where its parts' numbering starts
         for pair, (doc, score) in enumerate(zip(self.document, scores)):
+            first.setdefault(doc, pair)
             if doc not in best or score > best[doc]:
                 best[doc], where[doc] = float(score), pair
-        first: dict[int, int] = {}
-        for pair, doc in enumerate(self.document):
-            first.setdefault(doc, pair)
         chunks = {}
         for doc, count in self.parts.items():
             start, end = self.spans[where[doc]]

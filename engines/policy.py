@@ -25,9 +25,9 @@ once, before the request takes room in a window) and hands the plan back to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -175,8 +175,7 @@ def plan_job(job: RerankJob, config: EngineConfig, cross_encoder: bool = True, d
             f"{chunking.max_chunks} chunks each, counted at {CHARS_PER_TOKEN} characters a token), more than the "
             f"{config.max_pairs_per_request} a request may (max_pairs_per_request): lower max_chunks_per_doc, or "
             "prefilter to fewer documents")
-    return JobPlan(plan.documents, plan.prefilter, plan.method, plan.keep, plan.client_scores, chunking,
-                   job.instruction, estimated)
+    return replace(plan, estimated_pairs=estimated)
 
 
 def chunk_options(job: RerankJob, config: EngineConfig) -> ChunkOptions:
