@@ -307,6 +307,9 @@ class BatchRunner:
         max_length: truncation length of a whole sequence, special tokens included.
         pad_id: id of the padding token.
         max_batch_tokens / max_batch_pairs: micro-batch limits (see :func:`plan_micro_batches`).
+        max_backlog_batch_tokens: the token budget of a micro-batch a scheduler cuts from a backlog
+            of jobs as urgent as each other (:mod:`engines.scheduler`); never below
+            ``max_batch_tokens``, which it is when None.
         overlap: run micro-batches on a helper thread so that the next one is padded meanwhile.
     """
 
@@ -318,6 +321,7 @@ class BatchRunner:
         pad_id: int,
         max_batch_tokens: int,
         max_batch_pairs: int,
+        max_backlog_batch_tokens: int | None = None,
         overlap: bool = True,
     ):
         self.tokenizer = tokenizer
@@ -326,6 +330,7 @@ class BatchRunner:
         self.pad_id = int(pad_id)
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_batch_pairs = int(max_batch_pairs)
+        self.max_backlog_batch_tokens = max(self.max_batch_tokens, int(max_backlog_batch_tokens or 0))
         self.overlap = overlap
         self.shape_buckets = bool(getattr(backend, "shape_buckets", False))
         self.template = _read_template(tokenizer)

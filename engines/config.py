@@ -43,6 +43,12 @@ CPU_MAX_BATCH_TOKENS = 1024
 CPU_MAX_BATCH_PAIRS = 64
 GPU_MAX_BATCH_TOKENS = 65536
 GPU_MAX_BATCH_PAIRS = 512
+#: The budget of a micro-batch cut from a backlog of small requests as urgent as each other (the
+#: scheduler's pool): they wait for each other anyway, so on CPU it may be twice the budget above,
+#: which runs more pairs per call and lets requests of up to 2048 tokens join the backlog rather
+#: than be batched alone (BENCHMARKS.md, "The backlog budget"). On a GPU the budget is already large.
+CPU_MAX_BACKLOG_BATCH_TOKENS = 2048
+GPU_MAX_BACKLOG_BATCH_TOKENS = GPU_MAX_BATCH_TOKENS
 
 
 @dataclass
@@ -65,6 +71,8 @@ class EngineConfig:
         prefilter_keep: How many documents (best by cosine) a prefiltered request cross-encodes.
         max_batch_tokens: Micro-batch budget, batch size x padded length; ``None`` = device default.
         max_batch_pairs: Cap on sequences per micro-batch; ``None`` = device default.
+        max_backlog_batch_tokens: Micro-batch budget for a backlog of small requests as urgent as
+            each other (never below ``max_batch_tokens``); ``None`` = device default.
         max_length: Truncation length in tokens; ``None`` = the model's own maximum.
         threads: Intra-op threads for the runtime; ``None`` = the CPUs this process may use: the
             smaller of its CPU affinity and its cgroup CPU quota (:func:`cpu_budget`).
@@ -109,6 +117,7 @@ class EngineConfig:
     prefilter_keep: int = 100
     max_batch_tokens: int | None = None
     max_batch_pairs: int | None = None
+    max_backlog_batch_tokens: int | None = None
     max_length: int | None = None
     threads: int | None = None
     cache_dir: str | None = None
@@ -159,7 +168,7 @@ class EngineConfig:
         # for that (RerankJob.keep), a default may not.
         if self.prefilter_keep < 1:
             raise ValueError(f"prefilter_keep must be >= 1, got {self.prefilter_keep}")
-        for name in ("max_batch_tokens", "max_batch_pairs", "max_length", "threads"):
+        for name in ("max_batch_tokens", "max_batch_pairs", "max_backlog_batch_tokens", "max_length", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")

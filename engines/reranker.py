@@ -40,8 +40,10 @@ import numpy as np
 from engines.batching import BatchRunner, TokenCache
 from engines.bi_encoder import BiEncoder
 from engines.config import (
+    CPU_MAX_BACKLOG_BATCH_TOKENS,
     CPU_MAX_BATCH_PAIRS,
     CPU_MAX_BATCH_TOKENS,
+    GPU_MAX_BACKLOG_BATCH_TOKENS,
     GPU_MAX_BATCH_PAIRS,
     GPU_MAX_BATCH_TOKENS,
     EngineConfig,
@@ -366,6 +368,8 @@ def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: 
         pad_id=pad_id,
         max_batch_tokens=config.max_batch_tokens or (GPU_MAX_BATCH_TOKENS if on_gpu else CPU_MAX_BATCH_TOKENS),
         max_batch_pairs=config.max_batch_pairs or (GPU_MAX_BATCH_PAIRS if on_gpu else CPU_MAX_BATCH_PAIRS),
+        max_backlog_batch_tokens=config.max_backlog_batch_tokens
+        or (GPU_MAX_BACKLOG_BATCH_TOKENS if on_gpu else CPU_MAX_BACKLOG_BATCH_TOKENS),
     )
 
 

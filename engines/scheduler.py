@@ -19,11 +19,13 @@ does one unit of work and returns what it finished:
    rivals in urgency goes whole: all its pairs at its longest one's width, the room left filled
    with the next jobs' pairs no longer than that, the longest first. Small jobs as urgent as each
    other (within :data:`URGENCY_SLACK_PAIRS`) are cut by length together, the longest first, with
-   the next small ones up to :data:`POOL_ROOMS` batches' worth, so that a backlog pads as little
-   as a window did. A large job gives its longest pairs of one width class, and the room they
-   leave goes to the next jobs' pairs of that class, then its own next ones, then theirs: it
-   goes on at nearly its own pace, and the batch pads little. A backend with shape buckets
-   (OpenVINO) gets a bucketed width and size;
+   the next jobs that fit the backlog budget up to :data:`POOL_ROOMS` batches' worth, in
+   micro-batches of up to that budget (the runner's ``max_backlog_batch_tokens``, twice the
+   ordinary one on CPU: these jobs wait for each other anyway), so that a backlog pads as little
+   and runs as many pairs per call as a window did. A large job gives its longest pairs of one
+   width class, and the room they leave goes to the next jobs' pairs of that class, then its own
+   next ones, then theirs: it goes on at nearly its own pace, and the batch pads little. A
+   backend with shape buckets (OpenVINO) gets a bucketed width and size;
 5. every job whose last pair was scored is finished at once, with its outcome.
 
 What the windows did well is kept: each text is tokenized once while jobs that use it are live
@@ -423,7 +425,7 @@ def _compose(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
     (None without shape buckets): the module's docstring, step 4."""
     small = _fits(anchor, runner.max_batch_tokens)
     pool, contested = ([anchor], False) if not small else \
-        _small_pool(anchor, order, fair, runner.max_batch_tokens)
+        _small_pool(anchor, order, fair, runner.max_batch_tokens, runner.max_backlog_batch_tokens)
     whole = small and not contested
     if whole:
         # A small job with no small rival in its urgency goes whole: all its pairs at its longest
@@ -440,7 +442,12 @@ def _compose(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
         own = [s for s in anchor.pending if bucket_width(s.length, runner.max_length) == top]
     width = bucket_width(longest, runner.max_length) if runner.shape_buckets else longest
     room = max(1, min(runner.max_batch_pairs, runner.max_batch_tokens // width))
-    chosen = own[:room]
+    if small and not whole:
+        # A backlog's jobs wait for each other anyway: its own pairs may fill the backlog budget
+        # (more pairs per call); the next jobs' pairs only ever fill the ordinary room.
+        chosen = own[: max(1, min(runner.max_batch_pairs, runner.max_backlog_batch_tokens // width))]
+    else:
+        chosen = own[:room]
     fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
     if not small:
         # The room a large job's width class leaves goes to the next jobs' pairs of that class
@@ -450,7 +457,7 @@ def _compose(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
         for slot in fillers:
             (same if bucket_width(slot.length, runner.max_length) == top else other).append(slot)
         fillers = same + anchor.pending[len(own):] + other
-    chosen += fillers[: room - len(chosen)]
+    chosen += fillers[: max(0, room - len(chosen))]
     size = None
     if runner.shape_buckets:
         finishing = len(own) if whole and len(own) <= room else 0  # the anchor is done with this batch
@@ -464,21 +471,22 @@ def _fits(ticket: _Ticket, max_tokens: int) -> bool:
 
 
 def _small_pool(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
-                max_tokens: int) -> tuple[list[_Ticket], bool]:
+                max_tokens: int, backlog_tokens: int) -> tuple[list[_Ticket], bool]:
     """The jobs a small anchor's micro-batch is cut from, the anchor first, and whether another
     small job is as urgent as the anchor (then they are cut by length together). The pool: the
     jobs with pairs pending within the fair order's slack of the anchor (at its priority); and,
-    once that is more than the anchor, the next small jobs too, until they hold
-    :data:`POOL_ROOMS` batches' worth of pairs, so that a backlog pads as little as a window
-    did. A large job never joins but as urgent, so it never slows a small one."""
+    once that is more than the anchor, the next jobs that fit the backlog budget
+    (``backlog_tokens``) too, until they hold :data:`POOL_ROOMS` batches' worth of pairs, so that
+    a backlog pads as little as a window did. A large job never joins but as urgent, so it never
+    slows a small one."""
     priority, key, _ = fair.rank(anchor)
-    room = max_tokens // anchor.pending[0].length
+    room = backlog_tokens // anchor.pending[0].length
     pool, pairs, contested = [anchor], len(anchor.pending), False
     for ticket in order:
         if ticket is anchor or not ticket.pending or fair.rank(ticket)[0] != priority:
             continue
         urgent = fair.rank(ticket)[1] <= key + fair.slack
-        backlog = len(pool) > 1 and pairs < POOL_ROOMS * room and _fits(ticket, max_tokens)
+        backlog = len(pool) > 1 and pairs < POOL_ROOMS * room and _fits(ticket, backlog_tokens)
         if not (urgent or backlog):
             continue
         contested = contested or (urgent and _fits(ticket, max_tokens))

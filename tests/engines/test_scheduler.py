@@ -258,3 +258,43 @@ def test_jobs_behind_a_large_one_are_prepared_so_that_its_batches_are_cut_with_t
     assert shared.kind == "micro_batch" and shared.requests > 1, (shared.kind, shared.requests)
     outcomes, _ = run_all(scheduler)
     assert set(outcomes) == {"first", "cut", "whole"}
+
+
+def test_a_backlog_is_cut_at_the_backlog_budget_and_a_lone_small_job_at_the_ordinary_one(test_model_path,
+                                                                                            monkeypatch):
+    """Small jobs as urgent as each other wait for each other anyway: their micro-batches may hold
+    up to ``max_backlog_batch_tokens``. A lone small job's batch, fillers included, keeps to
+    ``max_batch_tokens``, so that what arrives meanwhile waits no longer for it."""
+    reranker = build_reranker(EngineConfig(engine="onnx", model=test_model_path, precision="fp32", device="cpu",
+                                           max_batch_tokens=512, max_backlog_batch_tokens=1024))
+    backend = reranker.cross_encoder.backend
+    real_run, tokens = backend.run, []
+
+    def recorded(ids, mask, types):
+        tokens.append(ids.shape[0] * ids.shape[1])
+        return real_run(ids, mask, types)
+
+    monkeypatch.setattr(backend, "run", recorded)
+    passages = sorted(load_passages()[:400], key=len)[:120]  # short ones: many fit a batch
+    backlog = Scheduler(reranker, clock=Clock())  # one arrival time: every job as urgent
+    for k in range(12):
+        job = RerankJob(f"query {k}", passages[6 * k : 6 * k + 6])
+        backlog.submit(k, job, reranker.plan(job))
+    outcomes, _ = run_all(backlog)
+    assert len(outcomes) == 12
+    assert max(tokens) > 512 and max(tokens) <= 1024, tokens
+
+    tokens.clear()
+    clock = Clock()
+    lone = Scheduler(reranker, clock=clock)
+    large = RerankJob("a large request", passages[:90], prefilter=False)
+    lone.submit("large", large, reranker.plan(large))
+    lone.step()
+    clock.now += 1.0
+    small = RerankJob("a small request", passages[90:94])
+    lone.submit("small", small, reranker.plan(small))
+    tokens.clear()
+    step = lone.step()
+    assert [f.key for f in step.finished] == ["small"] and step.pairs > 4, step  # filled from the large one
+    assert tokens[-1] <= 512, tokens
+    run_all(lone)

@@ -66,6 +66,7 @@ def test_every_engine_option_is_a_worker_setting_with_the_engines_defaults(monke
     values = {"RERANK_ENGINE": "onnx", "RERANK_MODEL": "/models/mine", "RERANK_PRECISION": "fp32",
               "RERANK_DEVICE": "cpu", "RERANK_PREFILTER_MODEL": "/models/bi", "RERANK_PREFILTER_THRESHOLD": "50",
               "RERANK_PREFILTER_KEEP": "20", "RERANK_MAX_BATCH_TOKENS": "4096", "RERANK_MAX_BATCH_PAIRS": "32",
+              "RERANK_MAX_BACKLOG_BATCH_TOKENS": "8192",
               "RERANK_MAX_LENGTH": "256", "RERANK_THREADS": "3", "RERANK_CACHE_DIR": str(tmp_path),
               "RERANK_EMBEDDING_CACHE_SIZE": "10", "RERANK_PREFILTER_RUNTIME": "onnx", "RERANK_CPU_PINNING": "true",
               "RERANK_PREFILTER_METHOD": "static+bm25", "RERANK_SCHEDULER_POLICY": "fifo",
@@ -77,7 +78,8 @@ def test_every_engine_option_is_a_worker_setting_with_the_engines_defaults(monke
     config = load_settings().engine_config
     assert config == EngineConfig(engine="onnx", model="/models/mine", precision="fp32", device="cpu",
                                   prefilter_model="/models/bi", prefilter_threshold=50, prefilter_keep=20,
-                                  max_batch_tokens=4096, max_batch_pairs=32, max_length=256, threads=3,
+                                  max_batch_tokens=4096, max_batch_pairs=32, max_backlog_batch_tokens=8192,
+                                  max_length=256, threads=3,
                                   cache_dir=str(tmp_path), embedding_cache_size=10, prefilter_runtime="onnx",
                                   cpu_pinning=True, prefilter_method="static+bm25", scheduler_policy="fifo",
                                   max_chunks_per_doc=4, chunk_overlap_tokens=16, truncation_direction="left",
