@@ -75,9 +75,9 @@ class DecoderBatchRunner(BatchRunner):
 
     def __init__(self, tokenizer, backend, max_length: int, pad_id: int, max_batch_tokens: int, max_batch_pairs: int,
                  max_backlog_batch_tokens: int | None = None, prompt: DecoderPrompt = QWEN3_RERANKER,
-                 overlap: bool = True):
+                 overlap: bool = True, tokenize_threads: int = 1):
         super().__init__(tokenizer, backend, max_length, pad_id, max_batch_tokens, max_batch_pairs,
-                         max_backlog_batch_tokens, overlap=overlap)
+                         max_backlog_batch_tokens, overlap=overlap, tokenize_threads=tokenize_threads)
         self.prompt = prompt
         self.prefix_ids = np.asarray(tokenizer.encode(prompt.prefix, add_special_tokens=False).ids, dtype=np.int64)
         self.suffix_ids = np.asarray(tokenizer.encode(prompt.suffix, add_special_tokens=False).ids, dtype=np.int64)

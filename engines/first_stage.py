@@ -12,19 +12,25 @@ request may choose another):
 ``static``      cosine of static token embeddings distilled from the same model with model2vec
                 (:mod:`engines.static_embeddings`): a sum of table rows per document
 ``bm25``        BM25 (Lucene variant, k1 1.5, b 0.75, as ``bm25s``) over the request's own
-                documents, on the cross-encoder's WordPiece tokens
+                documents, on words: lower-cased, English stop words dropped, Snowball stems
+                (:class:`WordAnalyzer`), the first :data:`BM25_READ_WORDS` of each document
 ``client``      the scores the caller sent with its documents (its retriever's): no work at all
 ``static+bm25`` reciprocal-rank fusion (k = 60) of ``static`` and ``bm25``
 ==============  =================================================================================
 
-``static`` and ``bm25`` read a document's first tokens through the window's token cache, which
-the cross-encoder's encoder fills, so a document is tokenized once for both stages (``static``
-only when the cross-encoder's tokenizer is MiniLM's own: checked, not assumed) and never far past
-what the stages read.
+``static`` reads a document's first tokens through the window's token cache, which the
+cross-encoder's encoder fills, so a document is tokenized once for both (when the cross-encoder's
+tokenizer is MiniLM's own: checked, not assumed) and never far past what the stage reads. ``bm25``
+never runs the cross-encoder's tokenizer: it reads words, so only the documents it keeps are
+tokenized for the cross-encoder, and it ranks as a word BM25 does (WordPiece pieces ranked
+clearly worse on a held-out collection: BENCHMARKS.md, "First stages").
 """
 
 from __future__ import annotations
 
+import itertools
+import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,6 +52,19 @@ READ_TOKENS = 512
 RRF_K = 60
 BM25_K1 = 1.5
 BM25_B = 0.75
+#: Words of a text that ``bm25`` reads at most: more than the ~512 tokens a cross-encoder reads
+#: (about 380 English words), far fewer than a long document may hold.
+BM25_READ_WORDS = 512
+#: A word never spans more characters than this, so a text clipped to ``BM25_READ_WORDS`` times
+#: it still holds its first ``BM25_READ_WORDS`` words (a longer "word" is cut, and counted).
+_WORD_CHARS = 32
+#: Runs of two or more word characters: the words of ``bm25s``'s (and scikit-learn's) pattern
+#: ``\b\w\w+\b`` (a greedy run is maximal, so the word boundaries add nothing but a third of
+#: the time).
+_WORD = re.compile(r"\w\w+")
+#: Distinct words a :class:`WordAnalyzer` remembers before it starts afresh (a bound on memory
+#: against a stream of never-seen words; about 100 bytes each).
+ANALYZER_WORDS = 500_000
 
 
 @dataclass
@@ -70,6 +89,21 @@ class FirstStage(Protocol):
     method: str
 
     def score(self, jobs: Sequence[StageJob], tokens: TokenCache | None) -> list[np.ndarray]: ...
+
+
+@dataclass
+class FirstStageRanking:
+    """One first stage's verdict on one request (:meth:`engines.Reranker.rank_first_stage`).
+
+    Attributes:
+        method: the first stage that scored.
+        scores: float32, one per document, higher = more relevant (``SCORE_KINDS[method]``).
+        order: document indices, best first (ties by index), as a prefilter keeps them.
+    """
+
+    method: str
+    scores: np.ndarray
+    order: np.ndarray
 
 
 def ranked(indices: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -104,15 +138,21 @@ def bm25_scores(query: np.ndarray, documents: Sequence[np.ndarray], k1: float = 
     that occurs twice in the query counts twice). Only the query's tokens are counted, so the
     cost is one pass over the documents' ids.
     """
-    n = len(documents)
+    lengths = np.fromiter((len(d) for d in documents), dtype=np.int64, count=len(documents))
+    flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in documents]) if len(documents) else \
+        np.zeros(0, dtype=np.int64)
+    return bm25_scores_flat(query, flat, lengths, k1, b)
+
+
+def bm25_scores_flat(query: np.ndarray, flat: np.ndarray, lengths: np.ndarray, k1: float = BM25_K1,
+                     b: float = BM25_B) -> np.ndarray:
+    """:func:`bm25_scores` of documents given as their ids run together (``flat``) and the
+    number of ids of each (``lengths``)."""
+    n = len(lengths)
     out = np.zeros(n, dtype=np.float32)
     terms, weights = np.unique(np.asarray(query, dtype=np.int64), return_counts=True)
-    if n == 0 or len(terms) == 0:
+    if n == 0 or len(terms) == 0 or lengths.sum() == 0:
         return out
-    lengths = np.fromiter((len(d) for d in documents), dtype=np.int64, count=n)
-    if lengths.sum() == 0:
-        return out
-    flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in documents])
     owner = np.repeat(np.arange(n), lengths)
     slot = np.minimum(np.searchsorted(terms, flat), len(terms) - 1)
     hit = terms[slot] == flat
@@ -132,27 +172,64 @@ def read_tokens(texts: Sequence[str], tokens: TokenCache, own: TextEncoder | Non
     return own.encode(texts).ids
 
 
+class WordAnalyzer:
+    """Texts as the term ids BM25 counts, the way ``bm25s.tokenize`` with PyStemmer makes them:
+    lower-cased runs of two or more word characters (at most the first
+    :data:`BM25_READ_WORDS` of a text), English stop words (``bm25s``'s list) dropped, each word
+    replaced by its Snowball English stem. Each distinct word is stemmed once and remembered (up to
+    :data:`ANALYZER_WORDS`), so a request costs a regular-expression pass and a dictionary look-up
+    per word. Term ids are the analyzer's own: compare them only within one :meth:`analyze`."""
+
+    def __init__(self, read_words: int = BM25_READ_WORDS, language: str = "english"):
+        # Imported here, as the engines import their runtimes: bm25s brings scipy, and the load
+        # generator imports this package without them.
+        import Stemmer
+        from bm25s.stopwords import STOPWORDS_EN
+
+        self.read_words = int(read_words)
+        self._stemmer = Stemmer.Stemmer(language)
+        self._stop = frozenset(STOPWORDS_EN)
+        self._lock = threading.Lock()
+        self._forget()
+
+    def _forget(self) -> None:
+        self._term_of: dict[str, int] = {}  # word -> term id, -1 for a stop word
+        self._stems: dict[str, int] = {}  # stem -> term id
+
+    def analyze(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The term ids of ``texts`` run together, and how many belong to each text."""
+        limit, chars = self.read_words, self.read_words * _WORD_CHARS
+        words = [_WORD.findall(text[:chars].lower())[:limit] for text in texts]
+        flat = list(itertools.chain.from_iterable(words))
+        with self._lock:
+            if len(self._term_of) > ANALYZER_WORDS:
+                self._forget()
+            term_of = self._term_of
+            new = [w for w in set(flat) if w not in term_of]
+            if new:
+                for word, stem in zip(new, self._stemmer.stemWords(new)):
+                    term_of[word] = -1 if word in self._stop else self._stems.setdefault(stem, len(self._stems))
+            ids = np.fromiter(map(term_of.__getitem__, flat), dtype=np.int64, count=len(flat))
+        kept = ids >= 0
+        counts = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        owner = np.repeat(np.arange(len(texts)), counts)
+        return ids[kept], np.bincount(owner[kept], minlength=len(texts)).astype(np.int64)
+
+
 class Bm25Stage:
-    """BM25 over each request's own documents, on the cross-encoder's tokens (the window's
-    cache: the first tokens it would read of each text, at most :data:`READ_TOKENS`)."""
+    """BM25 over each request's own documents, on words (:class:`WordAnalyzer`): the
+    cross-encoder's tokenizer does not run for it."""
 
     method = BM25
 
-    def __init__(self):
-        self._own: dict[str, TextEncoder] = {}  # by tokenizer signature, for long-context cross-encoders
+    def __init__(self, analyzer: WordAnalyzer | None = None):
+        self.analyzer = analyzer or WordAnalyzer()  # built with the stage: on first use of bm25
 
     def score(self, jobs: Sequence[StageJob], tokens: TokenCache | None) -> list[np.ndarray]:
-        if tokens is None:
-            raise ValueError("the bm25 first stage needs the cross-encoder's tokenizer")
-        own = None
-        if tokens.cap > READ_TOKENS:
-            if tokens.signature not in self._own:
-                self._own[tokens.signature] = TextEncoder(tokens.owner.tokenizer, READ_TOKENS)
-            own = self._own[tokens.signature]
         out = []
         for job in jobs:
-            ids = read_tokens([job.query, *job.documents], tokens, own)
-            out.append(bm25_scores(ids[0], ids[1:]))
+            flat, lengths = self.analyzer.analyze([job.query, *job.documents])
+            out.append(bm25_scores_flat(flat[: lengths[0]], flat[lengths[0]:], lengths[1:]))
         return out
 
 

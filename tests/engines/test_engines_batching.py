@@ -109,6 +109,35 @@ def test_single_texts_are_encoded_exactly_like_the_tokenizer(tokenizer):
         assert recorder.rows == [(expected.ids, expected.type_ids)]
 
 
+def test_a_large_batch_tokenized_on_several_threads_gives_the_ids_of_one(tokenizer):
+    from engines.batching import PARALLEL_TOKENIZE_TEXTS, TextEncoder
+
+    tokenizer, _ = tokenizer
+    rng = random.Random(fresh_seed("threads"))
+    texts = [*edge_documents(rng), *NON_ASCII, *load_passages(5 * PARALLEL_TOKENIZE_TEXTS)]
+    rng.shuffle(texts)
+    one, three = TextEncoder(tokenizer, 256), TextEncoder(tokenizer, 256, threads=3)
+    calls = []
+    real = tokenizer.encode_batch_fast
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def encode_batch_fast(self, batch, add_special_tokens=False):
+            calls.append(len(batch))
+            return real(batch, add_special_tokens=add_special_tokens)
+
+    three.tokenizer = Counting()
+    alone, split = one.encode(texts), three.encode(texts)
+    assert len(calls) >= 3 and sum(calls[:3]) == len(texts)  # split in three (the redo of cut texts aside)
+    assert [list(ids) for ids in split.ids] == [list(ids) for ids in alone.ids]
+    assert split.lengths == alone.lengths and split.cut == alone.cut
+    calls.clear()
+    three.encode(texts[: PARALLEL_TOKENIZE_TEXTS - 1])
+    assert len(calls) == 1  # a small batch is not split
+
+
 def test_micro_batch_plan_respects_budget_and_covers_every_sequence():
     rng = np.random.default_rng(fresh_seed("plan"))
     lengths = rng.integers(3, 512, size=777)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from engines import EngineConfig, JobRefused, RerankJob, build_reranker
 from engines.batching import TextEncoder, tokenizer_signature
 from engines.corpus import load_passages, queries
 from engines.first_stage import (
+    BM25_READ_WORDS,
     READ_TOKENS,
     Bm25Stage,
     StageJob,
+    WordAnalyzer,
     bm25_scores,
     ranked,
     reciprocal_rank_fusion,
@@ -72,6 +75,74 @@ def test_bm25_equals_bm25s_on_token_ids():
         known = [str(t) for t in query if str(t) in index.vocab_dict]
         expected = index.get_scores(known) if known else np.zeros(n)
         np.testing.assert_allclose(bm25_scores(query, docs), expected, rtol=1e-5, atol=1e-6)
+
+
+def bm25s_on_words(query: str, documents: list[str]) -> np.ndarray:
+    """BM25 over words the way a bm25s user computes it: bm25s.tokenize with English stop words and
+    PyStemmer's English stemmer, a Lucene-variant index of the documents, scored for the query."""
+    import bm25s
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer("english")
+    docs = bm25s.tokenize(documents, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+    index = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
+    index.index(docs, show_progress=False)
+    [words] = bm25s.tokenize([query], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+    known = [w for w in words if w in index.vocab_dict]
+    return index.get_scores(known) if known else np.zeros(len(documents))
+
+
+def test_the_bm25_stage_scores_words_as_bm25s_does_with_stop_words_and_stems():
+    rng = random.Random(fresh_seed("bm25 words"))
+    passages = [p for p in load_passages() if len(p.split()) >= 8]  # (bm25s counts a wordless one as 1 word)
+    stage = Bm25Stage()
+    for k in range(10):
+        docs = rng.sample(passages, rng.randint(2, 80))
+        query = rng.choice([*queries(5, seed=k), "How are the files opened and read?", "THE the a"])
+        [ours] = stage.score([StageJob(query, docs)], None)
+        np.testing.assert_allclose(ours, bm25s_on_words(query, docs), rtol=1e-5, atol=1e-6)
+    # Case, inflection and stop words do not matter; a word's stem does.
+    [scores] = stage.score([StageJob("Opening FILES", ["the file was opened", "a socket is closed", "files open"])], None)
+    assert scores[0] == scores[2] > scores[1] == 0
+
+
+def test_the_bm25_stage_reads_the_first_words_of_a_long_document_and_forgets_past_its_bound(monkeypatch):
+    rng = random.Random(fresh_seed("bm25 long"))
+    words = [w for w in vocabulary() if w.isalpha() and len(w) > 1]  # one word each, as BM25 reads them
+    long_doc = " ".join(rng.choice(words) for _ in range(5 * BM25_READ_WORDS))
+    head = " ".join(long_doc.split()[:BM25_READ_WORDS])
+    docs = [*rng.sample(load_passages(), 10)]
+    query = " ".join(rng.sample(words, 4))
+    stage = Bm25Stage()
+    [whole] = stage.score([StageJob(query, [*docs, long_doc])], None)
+    [cut] = stage.score([StageJob(query, [*docs, head])], None)
+    np.testing.assert_allclose(whole, cut, rtol=1e-6)
+    # A stream of new words never grows the analyzer's memory past its bound; scores stay the same.
+    import engines.first_stage as first_stage
+
+    monkeypatch.setattr(first_stage, "ANALYZER_WORDS", 50)
+    analyzer = WordAnalyzer()
+    for _ in range(3):
+        [again] = Bm25Stage(analyzer).score([StageJob(query, [*docs, long_doc])], None)
+        np.testing.assert_allclose(again, whole, rtol=1e-6)
+    distinct = {w for text in [query, *docs, head] for w in re.findall(r"(?u)\b\w\w+\b", text.lower())}
+    assert len(analyzer._term_of) <= 50 + len(distinct)
+    [empty] = stage.score([StageJob("", ["", "a b c", "text"])], None)
+    np.testing.assert_array_equal(empty, [0.0, 0.0, 0.0])
+
+
+def test_a_first_stage_runs_alone_through_the_public_call(reranker):
+    rng = random.Random(fresh_seed("rank first stage"))
+    docs = rng.sample(load_passages(), 40)
+    query = queries(1, seed=rng.randrange(1000))[0]
+    ranking = reranker.rank_first_stage(query, docs, method="bm25")
+    np.testing.assert_allclose(ranking.scores, bm25s_on_words(query, docs), rtol=1e-5, atol=1e-6)
+    assert ranking.method == "bm25" and list(ranking.order) == list(ranked(np.arange(40), ranking.scores))
+    assert reranker.rank_first_stage(query, docs).method == reranker.config.prefilter_method
+    client = reranker.rank_first_stage(query, docs[:3], method="client", scores=[0.5, 2.0, -1.0])
+    assert list(client.order) == [1, 0, 2]
+    with pytest.raises(JobRefused, match="prefilter method 'client'"):
+        reranker.rank_first_stage(query, docs[:3], method="client")
 
 
 def test_bm25_edge_cases():
@@ -155,8 +226,7 @@ def _expected_first_stage(reranker, method, query, docs, client_scores, tokenize
         vectors = reranker.static_embeddings.embed([query, *docs])
         return vectors[1:] @ vectors[0]
     if method == "bm25":
-        ids = [np.asarray(e.ids[:512]) for e in tokenizer.encode_batch([query, *docs], add_special_tokens=False)]
-        return bm25_scores(ids[0], ids[1:])
+        return bm25s_on_words(query, docs).astype(np.float32)
     static = _expected_first_stage(reranker, "static", query, docs, client_scores, tokenizer)
     bm25 = _expected_first_stage(reranker, "bm25", query, docs, client_scores, tokenizer)
     return reciprocal_rank_fusion([static, bm25])
@@ -263,8 +333,10 @@ def test_documents_are_tokenized_once_for_both_stages_and_not_far_past_what_is_r
             query = "open a file for reading"
             [outcome] = reranker.rerank([RerankJob(query, docs, method=method, keep=8)])
             assert outcome.prefiltered and outcome.cross_encoder_scored == 8
-            # Each text once, for the first stage; the cross-encoder found them all tokenized.
-            assert sorted(counting.texts) == sorted([query, *(_clip(d, cross.clip_chars) for d in docs)])
+            # Each text once: for static, all, which the cross-encoder finds tokenized; bm25 reads
+            # words, so the cross-encoder's tokenizer sees only the documents kept.
+            read = docs if "static" in method else [docs[i] for i in np.flatnonzero(outcome.cross_encoded)]
+            assert sorted(counting.texts) == sorted([query, *(_clip(d, cross.clip_chars) for d in read)])
             assert max(len(t) for t in counting.texts) <= cross.clip_chars  # the 250 KB text is cut first
         assert own.texts == []  # the static stage used the shared tokens
     finally:
@@ -304,11 +376,11 @@ def test_static_stage_tokenizes_on_its_own_when_the_cross_encoder_tokenizer_diff
     assert static.encoder.cap == READ_TOKENS
 
 
-def test_behind_a_long_context_cross_encoder_the_first_stages_read_512_tokens_of_their_own(tokenizer, reranker):
+def test_behind_a_long_context_cross_encoder_the_static_stage_reads_512_tokens_of_its_own(tokenizer, reranker):
     rng = random.Random(fresh_seed("long context"))
     long_doc = random_text(rng, vocabulary(), 3000, 3000)
     jobs = [StageJob("open a file", [*rng.sample(load_passages(), 20), long_doc])]
-    for stage in (Bm25Stage(), StaticStage(reranker.static_embeddings)):
+    for stage in (StaticStage(reranker.static_embeddings),):
         short, long_ = TextEncoder(tokenizer, 512).new_cache(), TextEncoder(tokenizer, 4096).new_cache()
         np.testing.assert_allclose(stage.score(jobs, long_)[0], stage.score(jobs, short)[0], rtol=1e-6)
         assert long_.entries == {}  # nothing tokenized 4096 tokens deep for a first stage

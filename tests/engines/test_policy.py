@@ -34,9 +34,15 @@ def test_a_job_is_cut_when_it_asks_or_is_large_and_costs_the_pairs_it_keeps(job,
     assert (plan.prefilter, plan.method, plan.pairs, plan.documents) == (prefilter, method, pairs, len(job.documents))
 
 
-def test_the_bi_encoder_engine_cuts_nothing_and_costs_every_document():
-    plan = plan_job(RerankJob("q", docs(50), prefilter=True, keep=2, method=CLIENT), CONFIG, cross_encoder=False)
-    assert (plan.prefilter, plan.method, plan.pairs) == (False, None, 50)
+def test_the_bi_encoder_engine_cuts_nothing_costs_every_document_and_refuses_a_first_stages_options():
+    for job in (RerankJob("q", docs(50)), RerankJob("q", docs(50), prefilter=False)):
+        plan = plan_job(job, CONFIG, cross_encoder=False)
+        assert (plan.prefilter, plan.method, plan.pairs) == (False, None, 50)
+    with pytest.raises(JobRefused, match=r"has no first stage: prefilter, keep, method need a cross-encoder engine; "
+                                         r"leave them out"):
+        plan_job(RerankJob("q", docs(50), prefilter=True, keep=2, method=CLIENT), CONFIG, cross_encoder=False)
+    with pytest.raises(JobRefused, match=r"keep need a cross-encoder engine; leave it out"):
+        plan_job(RerankJob("q", docs(50), keep=2), CONFIG, cross_encoder=False)
 
 
 def test_a_client_cut_needs_a_finite_score_on_every_document_and_only_then():

@@ -10,7 +10,7 @@ from engines import EngineConfig, build_reranker
 from vocabulary import PREFILTER_METHODS
 from engines.corpus import load_passages
 from engines.testmodel import ensure_test_model
-from loadgen.bench.engine_speed import _hybrid_lines, bench_hybrid
+from loadgen.bench.engine_speed import _hybrid_lines, bench_hybrid, hybrid_documents
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,22 @@ def test_every_method_is_measured_cold_and_warm(reranker):
             assert run["prefilter_tokenize_s"] <= run["prefilter_s"]
         assert row["speedup"] == pytest.approx(result["full_s"] / row["cold_s"])
         assert 0 < row["prefilter_share"] < 1
-    # The stages that read the shared tokens tokenize there; the client's scores need none.
-    assert result["methods"]["bm25"]["cold"]["prefilter_tokenize_s"] > 0
+    # static reads the shared tokens and tokenizes there; bm25 reads words, and the client's scores
+    # need nothing: the cross-encoder's tokenizer does not run for them.
+    assert result["methods"]["static"]["cold"]["prefilter_tokenize_s"] > 0
+    assert result["methods"]["bm25"]["cold"]["prefilter_tokenize_s"] == 0
     assert result["methods"]["client"]["cold"]["prefilter_tokenize_s"] == 0
     # The worker's default method's figures also sit under the keys earlier reports used.
     assert result["default_method"] == "bm25" and result["speedup"] == result["methods"]["bm25"]["speedup"]
     lines = "\n".join(_hybrid_lines({"hybrid_1000": result, "hybrid_engine": reranker.engine_name}))
     assert all(f"| {method} |" in lines for method in PREFILTER_METHODS)
+
+
+def test_past_the_corpus_the_hybrid_documents_are_distinct_splices_of_passages():
+    import random
+
+    passages = load_passages()[:50]
+    documents = hybrid_documents(passages, 120, random.Random(1))
+    assert len(documents) == len(set(documents)) == 120
+    assert set(documents[:50]) == set(passages)
+    assert hybrid_documents(passages, 20, random.Random(1)) == random.Random(1).sample(passages, 20)
