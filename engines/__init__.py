@@ -10,6 +10,7 @@ Public surface::
 
     from engines import EngineConfig, RerankJob, RerankOutcome, Reranker, build_reranker
     from engines import JobPlan, JobRefused, JobTooLarge   # the request policy: Reranker.plan(job)
+    reranker.rank_first_stage(query, documents, method="bm25")  # one first stage alone: scores, order
 
 Engines (one module each): ``openvino`` (default on CPU; NNCF static int8 where the CPU has VNNI or
 AMX, fp32 elsewhere), ``onnx`` (ONNX Runtime; CUDA execution provider when available), ``torch``
