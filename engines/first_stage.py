@@ -23,7 +23,7 @@ cross-encoder's encoder fills, so a document is tokenized once for both (when th
 tokenizer is MiniLM's own: checked, not assumed) and never far past what the stage reads. ``bm25``
 never runs the cross-encoder's tokenizer: it reads words, so only the documents it keeps are
 tokenized for the cross-encoder, and it ranks as a word BM25 does (WordPiece pieces ranked
-clearly worse on a held-out collection: BENCHMARKS.md, "First stages").
+worse on held-out collections: BENCHMARKS.md, "First stages on words").
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ BM25_B = 0.75
 #: Words of a text that ``bm25`` reads at most: more than the ~512 tokens a cross-encoder reads
 #: (about 380 English words), far fewer than a long document may hold.
 BM25_READ_WORDS = 512
-#: A word never spans more characters than this, so a text clipped to ``BM25_READ_WORDS`` times
-#: it still holds its first ``BM25_READ_WORDS`` words (a longer "word" is cut, and counted).
+#: A text is read no further than ``BM25_READ_WORDS`` times this many characters (a word and its
+#: separator rarely pass 32), so a long document costs what its beginning does.
 _WORD_CHARS = 32
 #: Runs of two or more word characters: the words of ``bm25s``'s (and scikit-learn's) pattern
 #: ``\b\w\w+\b`` (a greedy run is maximal, so the word boundaries add nothing but a third of
