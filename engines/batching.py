@@ -339,18 +339,9 @@ class BatchRunner:
         overlap: run micro-batches on a helper thread so that the next one is padded meanwhile.
     """
 
-    def __init__(
-        self,
-        tokenizer,
-        backend: Backend,
-        max_length: int,
-        pad_id: int,
-        max_batch_tokens: int,
-        max_batch_pairs: int,
-        max_backlog_batch_tokens: int | None = None,
-        overlap: bool = True,
-        tokenize_threads: int = 1,
-    ):
+    def __init__(self, tokenizer, backend: Backend, max_length: int, pad_id: int, max_batch_tokens: int,
+                 max_batch_pairs: int, max_backlog_batch_tokens: int | None = None, overlap: bool = True,
+                 tokenize_threads: int = 1):
         self.tokenizer = tokenizer
         self.backend = backend
         self.max_length = int(max_length)
