@@ -441,13 +441,10 @@ def _compose(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
         top = bucket_width(longest, runner.max_length)
         own = [s for s in anchor.pending if bucket_width(s.length, runner.max_length) == top]
     width = bucket_width(longest, runner.max_length) if runner.shape_buckets else longest
-    room = max(1, min(runner.max_batch_pairs, runner.max_batch_tokens // width))
-    if small and not whole:
-        # A backlog's jobs wait for each other anyway: its own pairs may fill the backlog budget
-        # (more pairs per call); the next jobs' pairs only ever fill the ordinary room.
-        chosen = own[: max(1, min(runner.max_batch_pairs, runner.max_backlog_batch_tokens // width))]
-    else:
-        chosen = own[:room]
+    room = _room(runner, runner.max_batch_tokens, width)
+    # A backlog's jobs wait for each other anyway: its own pairs may fill the backlog budget (more
+    # pairs per call); the next jobs' pairs only ever fill the ordinary room.
+    chosen = own[: _room(runner, runner.max_backlog_batch_tokens, width) if small and not whole else room]
     fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
     if not small:
         # The room a large job's width class leaves goes to the next jobs' pairs of that class
@@ -463,6 +460,11 @@ def _compose(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
         finishing = len(own) if whole and len(own) <= room else 0  # the anchor is done with this batch
         chosen, size = _bucketed(chosen, finishing, fillers[room - min(room, len(own)):], runner.max_batch_pairs)
     return chosen, width, size
+
+
+def _room(runner: BatchRunner, max_tokens: int, width: int) -> int:
+    """How many pairs of ``width`` tokens a micro-batch of ``max_tokens`` holds (at least one)."""
+    return max(1, min(runner.max_batch_pairs, max_tokens // width))
 
 
 def _fits(ticket: _Ticket, max_tokens: int) -> bool:
