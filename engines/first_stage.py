@@ -129,25 +129,17 @@ class ClientStage:
         return out
 
 
-def bm25_scores(query: np.ndarray, documents: Sequence[np.ndarray], k1: float = BM25_K1, b: float = BM25_B) -> np.ndarray:
-    """BM25 of each document (token id arrays) for the query's token ids, with document
-    frequencies and the average length taken over ``documents`` themselves.
+def bm25_scores(query: np.ndarray, flat: np.ndarray, lengths: np.ndarray, k1: float = BM25_K1,
+                b: float = BM25_B) -> np.ndarray:
+    """BM25 of each document for the query's term ids, the documents given as their ids run
+    together (``flat``) and the number of ids of each (``lengths``), with document frequencies
+    and the average length taken over the documents themselves.
 
     The Lucene variant as ``bm25s`` computes it: idf = ln(1 + (N - df + 0.5) / (df + 0.5)),
-    tf part = tf / (tf + k1 (1 - b + b |d| / avg|d|)), summed over the query's tokens (a token
-    that occurs twice in the query counts twice). Only the query's tokens are counted, so the
+    tf part = tf / (tf + k1 (1 - b + b |d| / avg|d|)), summed over the query's terms (a term
+    that occurs twice in the query counts twice). Only the query's terms are counted, so the
     cost is one pass over the documents' ids.
     """
-    lengths = np.fromiter((len(d) for d in documents), dtype=np.int64, count=len(documents))
-    flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in documents]) if len(documents) else \
-        np.zeros(0, dtype=np.int64)
-    return bm25_scores_flat(query, flat, lengths, k1, b)
-
-
-def bm25_scores_flat(query: np.ndarray, flat: np.ndarray, lengths: np.ndarray, k1: float = BM25_K1,
-                     b: float = BM25_B) -> np.ndarray:
-    """:func:`bm25_scores` of documents given as their ids run together (``flat``) and the
-    number of ids of each (``lengths``)."""
     n = len(lengths)
     out = np.zeros(n, dtype=np.float32)
     terms, weights = np.unique(np.asarray(query, dtype=np.int64), return_counts=True)
@@ -229,7 +221,7 @@ class Bm25Stage:
         out = []
         for job in jobs:
             flat, lengths = self.analyzer.analyze([job.query, *job.documents])
-            out.append(bm25_scores_flat(flat[: lengths[0]], flat[lengths[0]:], lengths[1:]))
+            out.append(bm25_scores(flat[: lengths[0]], flat[lengths[0]:], lengths[1:]))
         return out
 
 

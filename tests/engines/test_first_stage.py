@@ -61,6 +61,13 @@ def tokenizer(test_model_path):
 
 # -- BM25 and fusion -------------------------------------------------------------------------------
 
+def bm25_of(query, documents) -> np.ndarray:
+    """bm25_scores of documents given one id array each."""
+    lengths = np.array([len(d) for d in documents], dtype=np.int64)
+    flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in documents]) if documents else np.zeros(0, np.int64)
+    return bm25_scores(np.asarray(query), flat, lengths)
+
+
 def test_bm25_equals_bm25s_on_token_ids():
     import bm25s
 
@@ -74,7 +81,7 @@ def test_bm25_equals_bm25s_on_token_ids():
         index.index([[str(t) for t in d] for d in docs], show_progress=False)
         known = [str(t) for t in query if str(t) in index.vocab_dict]
         expected = index.get_scores(known) if known else np.zeros(n)
-        np.testing.assert_allclose(bm25_scores(query, docs), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(bm25_of(query, docs), expected, rtol=1e-5, atol=1e-6)
 
 
 def bm25s_on_words(query: str, documents: list[str]) -> np.ndarray:
@@ -146,11 +153,11 @@ def test_a_first_stage_runs_alone_through_the_public_call(reranker):
 
 
 def test_bm25_edge_cases():
-    assert bm25_scores(np.array([1]), []).shape == (0,)
-    np.testing.assert_array_equal(bm25_scores(np.array([], dtype=np.int64), [np.array([1, 2])]), [0.0])
-    np.testing.assert_array_equal(bm25_scores(np.array([1]), [np.array([], dtype=np.int64)] * 3), [0.0, 0.0, 0.0])
+    assert bm25_of(np.array([1]), []).shape == (0,)
+    np.testing.assert_array_equal(bm25_of(np.array([], dtype=np.int64), [np.array([1, 2])]), [0.0])
+    np.testing.assert_array_equal(bm25_of(np.array([1]), [np.array([], dtype=np.int64)] * 3), [0.0, 0.0, 0.0])
     # A document holding the query's rare term beats one holding only its common term.
-    scores = bm25_scores(np.array([7, 9]), [np.array([7, 1]), np.array([9, 1]), np.array([9, 2])])
+    scores = bm25_of(np.array([7, 9]), [np.array([7, 1]), np.array([9, 1]), np.array([9, 2])])
     assert scores[0] > scores[1] == scores[2] > 0
 
 
