@@ -32,10 +32,13 @@ import sys
 import time
 from pathlib import Path
 
+import bm25s
 import click
 import numpy as np
+import Stemmer
 
 from engines import EngineConfig, build_reranker
+from engines.first_stage import BM25_B, BM25_K1, ranked
 from engines.testmodel import ensure_test_model
 from evaluation.dataset import BeirData, read_beir
 from evaluation.relevance import (
@@ -55,43 +58,42 @@ CORPUS = "corpus"
 
 
 def _bm25s_words(texts: list[str], stem: bool) -> list[list[str]]:
-    import bm25s
-    import Stemmer
-
+    """``bm25s.tokenize``'s words without English stop words, Snowball-stemmed when ``stem``."""
     stemmer = Stemmer.Stemmer("english") if stem else None
     return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+
+
+def _bm25s_index(texts: list[str], stem: bool) -> bm25s.BM25:
+    index = bm25s.BM25(method="lucene", k1=BM25_K1, b=BM25_B)
+    index.index(_bm25s_words(texts, stem), show_progress=False)
+    return index
+
+
+def _bm25s_scores(index: bm25s.BM25, words: list[str], documents: int) -> np.ndarray:
+    known = [w for w in words if w in index.vocab_dict]
+    return index.get_scores(known) if known else np.zeros(documents)
 
 
 def corpus_bm25_candidates(data: BeirData, depth: int) -> dict[str, list[tuple[str, float]]]:
     """Top ``depth`` of the whole corpus per query by BM25 (Lucene variant, k1 1.5, b 0.75) on
     stemmed words without English stop words: the classic first retrieval stage."""
-    import bm25s
-
     ids = list(data.corpus)
-    index = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
-    index.index(_bm25s_words([data.corpus[i] for i in ids], stem=True), show_progress=False)
+    index = _bm25s_index([data.corpus[i] for i in ids], stem=True)
     out = {}
     for query_id, words in zip(data.queries, _bm25s_words(list(data.queries.values()), stem=True)):
-        known = [w for w in words if w in index.vocab_dict]
-        scores = index.get_scores(known) if known else np.zeros(len(ids))
-        top = np.lexsort((np.arange(len(ids)), -scores))[:depth]
-        out[query_id] = [(ids[k], float(scores[k])) for k in top]
+        scores = _bm25s_scores(index, words, len(ids))
+        out[query_id] = [(ids[k], float(scores[k])) for k in ranked(np.arange(len(ids)), scores)[:depth]]
     return out
 
 
 def plain_bm25(query: str, documents: list[str]) -> np.ndarray:
     """BM25 of the documents among themselves, on ``bm25s.tokenize``'s default words."""
-    import bm25s
-
-    index = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
-    index.index(_bm25s_words(documents, stem=False), show_progress=False)
     [words] = _bm25s_words([query], stem=False)
-    known = [w for w in words if w in index.vocab_dict]
-    return index.get_scores(known) if known else np.zeros(len(documents))
+    return _bm25s_scores(_bm25s_index(documents, stem=False), words, len(documents))
 
 
 def _order(doc_ids: list[str], scores: np.ndarray) -> list[str]:
-    return [doc_ids[k] for k in np.lexsort((np.arange(len(doc_ids)), -np.asarray(scores, dtype=np.float64)))]
+    return [doc_ids[k] for k in ranked(np.arange(len(doc_ids)), np.asarray(scores))]
 
 
 def evaluate(data: BeirData, candidates: dict[str, list[tuple[str, float]]], methods: list[str], seed: int) -> dict:
