@@ -19,17 +19,16 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from engines import EngineConfig, RerankJob, build_reranker
+from engines import EngineConfig, build_reranker
 from engines.corpus import load_passages
 from engines.testmodel import ensure_test_model
-from loadgen.bench.engine_speed import make_rounds, run_saturated, windows
+from loadgen.bench.engine_speed import SchedulerContender, make_rounds, measure_windows
 from loadgen.bench.machine import machine
 from loadgen.bench.report import command
 
@@ -40,40 +39,27 @@ BEFORE = "windows, 2048 tokens"
 
 
 def contenders(reranker) -> dict:
-    """Name -> a function of one round's requests giving (pairs/s, padding)."""
+    """Name -> a function of one round's requests giving its figures (``engine_speed``'s), each
+    run at its own micro-batch budgets, which are put back after it."""
     runner = reranker.cross_encoder
     budget, backlog = runner.max_batch_tokens, runner.max_backlog_batch_tokens
+    scheduler = SchedulerContender(reranker)
 
-    def measured(run, requests) -> tuple[float, float]:
-        reranker.reset_stats()
-        started = time.perf_counter()
-        run(requests)
-        elapsed = time.perf_counter() - started
-        stats = reranker.stats()["cross"]
-        return sum(len(d) for _, d in requests) / elapsed, stats["padded_tokens"] / max(1, stats["real_tokens"]) - 1
-
-    def windowed(tokens: int):
-        def run(requests):
-            runner.max_batch_tokens = tokens
+    def at(tokens: int, backlog_tokens: int, measure):
+        def run(requests) -> dict:
+            runner.max_batch_tokens, runner.max_backlog_batch_tokens = tokens, backlog_tokens
             try:
-                for window in windows(requests):
-                    reranker.rerank([RerankJob(q, d, prefilter=False) for q, d in window])
+                return measure(requests)
             finally:
-                runner.max_batch_tokens = budget
-        return lambda requests: measured(run, requests)
+                runner.max_batch_tokens, runner.max_backlog_batch_tokens = budget, backlog
+        return run
 
-    def scheduled(backlog_tokens: int):
-        def run(requests):
-            runner.max_backlog_batch_tokens = backlog_tokens
-            try:
-                run_saturated(reranker, (RerankJob(q, d, prefilter=False) for q, d in requests))
-            finally:
-                runner.max_backlog_batch_tokens = backlog
-        return lambda requests: measured(run, requests)
+    def windowed(requests) -> dict:
+        return measure_windows(reranker, requests)
 
-    return {BEFORE: windowed(2048), f"windows, {budget} tokens": windowed(budget),
-            f"scheduler, {budget} + backlog {backlog} tokens": scheduled(backlog),
-            f"scheduler, {budget} tokens, no backlog budget": scheduled(budget)}
+    return {BEFORE: at(2048, backlog, windowed), f"windows, {budget} tokens": at(budget, backlog, windowed),
+            f"scheduler, {budget} + backlog {backlog} tokens": at(budget, backlog, scheduler.measure),
+            f"scheduler, {budget} tokens, no backlog budget": at(budget, budget, scheduler.measure)}
 
 
 def measure(reranker, rounds: list, warm: list, reps: int) -> dict:
@@ -86,9 +72,9 @@ def measure(reranker, rounds: list, warm: list, reps: int) -> dict:
     for _ in range(reps):
         for requests in rounds:
             for name, run in runs.items():
-                pairs_per_s, padded = run(requests)
-                rates[name].append(pairs_per_s)
-                padding[name].append(padded)
+                figures = run(requests)
+                rates[name].append(figures["pairs_per_s"])
+                padding[name].append(figures["padding_overhead"])
     best_before, median_before = max(rates[BEFORE]), statistics.median(rates[BEFORE])
     return {name: {"best": max(values), "median": statistics.median(values),
                    "best_vs_before": max(values) / best_before,
