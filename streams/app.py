@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engines import Reranker
 from streams import metrics
-from streams.faust_adapter import use_idempotent_producer
+from streams.faust_adapter import commit_before_revoke, use_idempotent_producer
 from streams.logs import keep_sasl_frames_out_of_logs
 from streams.service import RerankService
 from streams.settings import WorkerSettings
@@ -29,6 +29,7 @@ log = logging.getLogger("rerank.worker")
 def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
     """The Faust app of one worker: its agent, engine loop, web endpoints and timers."""
     use_idempotent_producer()
+    commit_before_revoke()
     keep_sasl_frames_out_of_logs()
     app = _faust_app(settings)
     service = RerankService(app, settings, reranker)

@@ -13,17 +13,28 @@ public hook for. Written against faust-streaming 0.15.3 and mode-streaming 0.7.1
    overrides those two methods and offers ``on_stop_signal``, ``on_repeated_signal`` and
    ``before_stop`` instead.
 
+3. **Committing before partitions are given up.** faust's ``Consumer.on_partitions_revoked``
+   forgets the acked offsets of the revoked partitions first, and commits nothing, so every
+   rebalance made even a surviving worker answer again what it had answered since its last
+   commit (about a second's worth), and what it finished while the rebalance waited for it.
+   ``commit_before_revoke`` makes it stop fetching, wait for the requests taken to be settled
+   (as faust's own revoke then would) and commit, before faust forgets.
+
 Everything else the worker uses of faust is public: ``App.crashed``, ``App.crash``,
 ``stream.ack``, ``consumer.commit``, ``consumer.stop_flow``, ``app.flow_control``, ``conf``.
 """
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Mapping
 from typing import Any
 
 import faust
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+log = logging.getLogger("rerank.worker")
 
 #: The versions this module was written against (pyproject.toml pins them).
 FAUST_VERSION = "0.15.3"
@@ -39,6 +50,27 @@ def _idempotent_settings(self: Any) -> Mapping[str, Any]:
 def use_idempotent_producer() -> None:
     """Every faust producer made from now on is idempotent with acks=all."""
     faust_aiokafka.Producer._settings_extra = _idempotent_settings
+
+
+_FORGETFUL_REVOKE = faust_consumer.Consumer.on_partitions_revoked
+
+
+async def _commit_then_revoke(self: Any, revoked: set) -> None:
+    if self.assignment() and not self.app.should_stop:
+        try:
+            stop_fetching(self.app)
+            if self.app.conf.stream_wait_empty:
+                await self.wait_empty()
+            await self.commit()
+        except Exception as exc:  # the commit is an optimisation: at least once holds without it
+            log.warning("rebalance: could not commit before giving up partitions (%r); what was answered "
+                        "since the last commit will be answered again", exc)
+    await _FORGETFUL_REVOKE(self, revoked)
+
+
+def commit_before_revoke() -> None:
+    """From now on faust's consumers commit what is answered before a rebalance takes partitions."""
+    faust_consumer.Consumer.on_partitions_revoked = _commit_then_revoke
 
 
 def stop_fetching(app: faust.App) -> None:

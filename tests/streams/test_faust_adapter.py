@@ -71,3 +71,54 @@ def test_the_hooks_run_in_order_and_a_repeated_signal_does_not_stop_twice():
     asyncio.run(scenario())
     assert calls == [("first", signal.SIGTERM), ("again", signal.SIGINT), ("before_stop", signal.SIGTERM),
                      ("stop", None)]
+
+
+def test_faust_forgets_the_acked_offsets_of_revoked_partitions_where_the_adapter_commits_first():
+    """The wrapper must run before faust drops ``_acked`` (else it commits nothing), and faust's
+    own revoke must still commit nothing of its own (else the wrapper is no longer needed)."""
+    from faust.transport import consumer as faust_consumer
+
+    original = inspect.getsource(faust_adapter._FORGETFUL_REVOKE)
+    assert "self._acked.pop(tp, None)" in original and ".commit(" not in original
+    faust_adapter.commit_before_revoke()
+    assert faust_consumer.Consumer.on_partitions_revoked is faust_adapter._commit_then_revoke
+
+
+def test_the_revoke_wrapper_stops_fetching_waits_commits_then_runs_faust_s_own():
+    calls = []
+
+    class App:
+        should_stop = False
+        conf = type("Conf", (), {"stream_wait_empty": True})()
+        flow_control = type("Flow", (), {"suspend": lambda self: calls.append("suspend"),
+                                         "clear": lambda self: None})()
+
+    class Consumer:
+        app = App()
+
+        def assignment(self):
+            return {"tp0"}
+
+        def stop_flow(self):
+            calls.append("stop_flow")
+
+        def pause_partitions(self, tps):
+            calls.append("pause")
+
+        async def wait_empty(self):
+            calls.append("wait_empty")
+
+        async def commit(self):
+            calls.append("commit")
+
+    original = faust_adapter._FORGETFUL_REVOKE
+
+    async def forgetful(self, revoked):
+        calls.append("faust")
+    faust_adapter._FORGETFUL_REVOKE = forgetful
+    try:
+        App.consumer = Consumer()
+        asyncio.run(faust_adapter._commit_then_revoke(App.consumer, {"tp0"}))
+    finally:
+        faust_adapter._FORGETFUL_REVOKE = original
+    assert calls == ["stop_flow", "suspend", "pause", "wait_empty", "commit", "faust"]
