@@ -119,7 +119,10 @@ class RerankClient:
         self.producer = Producer({**base, "linger.ms": 2, "enable.idempotence": True,
                                   "error_cb": self._producer_error,
                                   "message.max.bytes": 10_000_000})
-        self.consumer = Consumer({**base, "group.id": f"rerank-client-{uuid.uuid4().hex[:8]}",
+        # read_committed (librdkafka's default, said here because it matters): with
+        # RERANK_DELIVERY=exactly_once an answer of an aborted transaction is never seen.
+        self.consumer = Consumer({"isolation.level": "read_committed", **base,
+                                  "group.id": f"rerank-client-{uuid.uuid4().hex[:8]}",
                                   "enable.auto.commit": False, "auto.offset.reset": "latest",
                                   "fetch.max.bytes": 52_428_800})
         self._assign(bootstrap, timeout_s)

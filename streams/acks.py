@@ -58,6 +58,13 @@ class AckOrder:
             entries.popitem(last=False)
         return ready
 
+    def holds(self, event: Any) -> bool:
+        """Whether ``event`` is taken and not yet released by ``answered`` (nor dropped by a
+        redelivery)."""
+        tp, offset = position(event)
+        entry = self._open.get(tp, {}).get(offset)
+        return entry is not None and entry[0] is event
+
     @property
     def open(self) -> int:
         """Events taken and not yet acked, over every partition."""

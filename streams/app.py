@@ -13,7 +13,11 @@ from __future__ import annotations
 import logging
 import ssl
 
+from collections.abc import Callable
+
 import faust
+from aiokafka import AIOKafkaProducer
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engines import Reranker
@@ -22,6 +26,7 @@ from streams.faust_adapter import commit_before_revoke, use_idempotent_producer
 from streams.logs import keep_sasl_frames_out_of_logs
 from streams.service import RerankService
 from streams.settings import WorkerSettings
+from streams.transactions import TRANSACTION_TIMEOUT_MS, TransactionalDelivery
 
 log = logging.getLogger("rerank.worker")
 
@@ -32,7 +37,7 @@ def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
     commit_before_revoke()
     keep_sasl_frames_out_of_logs()
     app = _faust_app(settings)
-    service = RerankService(app, settings, reranker)
+    service = RerankService(app, settings, reranker, make_producer=transactional_producer(settings, app))
     app.rerank_service = service  # for tests and introspection
     requests = app.topic(settings.request_topic, value_serializer="raw", key_serializer="raw")
 
@@ -50,6 +55,9 @@ def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs) -> None:
         _holding(service, sorted(tp.partition for tp in assigned if tp.topic == settings.request_topic))
+
+    if isinstance(service.delivery, TransactionalDelivery):
+        _transactions_follow_the_assignment(app, service.delivery, settings.request_topic)
 
     @app.timer(interval=settings.summary_every_s)
     async def summary() -> None:
@@ -90,6 +98,32 @@ def _faust_app(settings: WorkerSettings) -> faust.App:
         web_metrics_enabled=False,
         web_router_enabled=False,
     )
+
+
+def transactional_producer(settings: WorkerSettings, app: faust.App) -> Callable[[str], AIOKafkaProducer]:
+    """Builds the exactly-once producers: the worker's connection settings, idempotent, acks=all."""
+    auth = credentials_to_aiokafka_auth(faust_credentials(settings))
+
+    def make(transactional_id: str) -> AIOKafkaProducer:
+        return AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers.split(","),
+                                client_id=f"{settings.worker_name}-{transactional_id}",
+                                transactional_id=transactional_id, enable_idempotence=True, acks="all",
+                                max_request_size=int(app.conf.producer_max_request_size),
+                                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS, **auth)
+    return make
+
+
+def _transactions_follow_the_assignment(app: faust.App, delivery: TransactionalDelivery, topic: str) -> None:
+    """exactly_once: commit what is ready before partitions are given up, and start the producers
+    of the partitions held before their committed offsets are read (faust sends
+    on_rebalance_complete just before it seeks to them)."""
+    @app.on_partitions_revoked.connect
+    async def commit_before_giving_up(app, revoked, **kwargs) -> None:
+        await delivery.flush()
+
+    @app.on_rebalance_complete.connect
+    async def fence_before_seeking(app, **kwargs) -> None:
+        await delivery.prepare({tp.partition for tp in app.consumer.assignment() if tp.topic == topic})
 
 
 def faust_credentials(settings: WorkerSettings) -> faust.types.auth.CredentialsT | None:

@@ -141,6 +141,9 @@ class Delivery:
         while self.in_flight:
             await asyncio.wait(list(self.in_flight))
 
+    async def close(self) -> None:
+        """Nothing of its own to close: the producer is faust's."""
+
     async def cancel(self) -> int:
         """Cancels the deliveries in flight (their requests stay unacked); how many there were."""
         tasks = list(self.in_flight)

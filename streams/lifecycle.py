@@ -69,6 +69,10 @@ class Drain:
         except TimeoutError:
             await self._abandon()
         await self._commit(reserve / 2)
+        try:
+            await asyncio.wait_for(self.delivery.close(), reserve / 4)
+        except Exception as exc:  # TimeoutError included: a transaction left open is aborted by the broker
+            log.warning("stopping: could not close the transactional producers cleanly: %r", exc)
         # faust would otherwise wait, without end, for the abandoned requests to be acked.
         self.app.conf.stream_wait_empty = False
 

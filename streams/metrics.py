@@ -32,6 +32,8 @@ QUEUE_SECONDS = Histogram("rerank_queue_seconds", "Time from receipt until the e
                           "size in pairs.", ["size"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 TOTAL_SECONDS = Histogram("rerank_total_seconds", "Receipt to answer delivered, per request.",
                           buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+TRANSACTIONS = Counter("rerank_transactions_total", "Transactions committed (RERANK_DELIVERY=exactly_once): "
+                       "answers with their requests' offsets.", registry=REGISTRY)
 INFLIGHT_PAIRS = Gauge("rerank_inflight_pairs", "Pairs taken from Kafka and not yet answered.", registry=REGISTRY)
 ASSIGNED_PARTITIONS = Gauge("rerank_assigned_partitions", "Request-topic partitions this worker holds.",
                             registry=REGISTRY)

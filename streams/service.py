@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 
 from engines import Reranker
 from schemas import RequestError, RequestLimits
@@ -37,6 +39,7 @@ from streams.scoring import Scorer
 from streams.settings import WorkerSettings
 from streams.topic_metadata import TopicMetadata
 from streams.topics import quiet_admin_client
+from streams.transactions import TransactionalDelivery
 
 log = logging.getLogger("rerank.worker")
 
@@ -45,11 +48,13 @@ class RerankService:
     """Owns the inbox, the scoring thread and the replies of one worker.
 
     ``metadata`` answers what delivery asks of the cluster about topics; by default a
-    confluent-kafka admin client with the worker's connection settings.
+    confluent-kafka admin client with the worker's connection settings. ``make_producer``
+    builds a transactional producer for a transactional.id (``RERANK_DELIVERY=exactly_once``).
     """
 
     def __init__(self, app: faust.App, settings: WorkerSettings, reranker: Reranker,
-                 metadata: TopicMetadata | None = None) -> None:
+                 metadata: TopicMetadata | None = None,
+                 make_producer: Callable[[str], AIOKafkaProducer] | None = None) -> None:
         self.app = app
         self.settings = settings
         self.reranker = reranker
@@ -64,10 +69,17 @@ class RerankService:
         self.scorer = Scorer(reranker, self.answers)
         metadata = metadata or TopicMetadata(lambda: quiet_admin_client(settings.confluent_config()),
                                              producer_limit=int(app.conf.producer_max_request_size))
-        self.delivery = Delivery(lambda: app.producer, metadata, self.answers, ack=self._ack,
-                                 release=self._release, on_failure=self._undeliverable)
         self.stream: Any = None
         self.acks = AckOrder()
+        self.delivery: Delivery
+        if settings.delivery == "exactly_once":
+            self.delivery = TransactionalDelivery(
+                make_producer, metadata, self.answers, self.acks, group_id=settings.group_id,
+                request_topic=settings.request_topic, interval_s=settings.transaction_interval_ms / 1000,
+                ack=self._ack_settled, release=self._release, on_failure=self._undeliverable)
+        else:
+            self.delivery = Delivery(lambda: app.producer, metadata, self.answers, ack=self._ack,
+                                     release=self._release, on_failure=self._undeliverable)
         self.partitions_held = 0
         self.joined = asyncio.Event()
         self.stopping = False
@@ -112,6 +124,10 @@ class RerankService:
         """``event`` is answered: ack it, and the later ones of its partition it held back."""
         for ready in self.acks.answered(event):
             await self.stream.ack(ready)
+
+    async def _ack_settled(self, event: Any) -> None:
+        """exactly_once: ``event``'s transaction is committed (the offset order was kept before it)."""
+        await self.stream.ack(event)
 
     async def _release(self, pairs: int) -> None:
         await self.inbox.release(pairs)

@@ -105,6 +105,12 @@ class WorkerSettings(BaseSettings):
     # How soon the group notices a dead worker and hands its partitions to the others.
     session_timeout_s: float = Field(10.0, ge=6.0)
     heartbeat_interval_s: float = Field(2.0, gt=0)
+    # at_least_once: each answer is produced the moment it is ready, and a worker that dies may
+    # leave duplicates. exactly_once: answers and offsets in one transaction per partition
+    # (streams/transactions.py), for clients that read with isolation.level=read_committed.
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # exactly_once: how long ready answers wait to share a transaction.
+    transaction_interval_ms: float = Field(100.0, ge=0, le=10_000)
 
     # --- Operations ------------------------------------------------------------------
     http_host: str = "127.0.0.1"

@@ -109,12 +109,14 @@ def test_broker_restart_under_load_worker_reconnects_and_answers_every_request(t
 
 
 @pytest.mark.timeout(420)
-def test_three_sigkills_of_two_replicas_under_load_lose_no_request(kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_three_sigkills_of_two_replicas_under_load_lose_no_request(kafka_bootstrap, tmp_path, delivery):
     """Two replicas; three times: SIGKILL one mid-load, start a replacement, wait until the
     two share the partitions again. Killed workers commit nothing, so their unanswered
-    requests are redelivered: duplicates are possible, losses are not."""
+    requests are redelivered: at least once, duplicates are possible and losses are not; exactly
+    once (answers and offsets in one transaction), a read_committed client sees neither."""
     tag = uuid.uuid4().hex[:8]
-    env = worker_env(kafka_bootstrap, tag)
+    env = worker_env(kafka_bootstrap, tag, RERANK_DELIVERY=delivery)
     workers = {"a": WorkerProcess(env, tmp_path / "a0.log", "worker-a0").start(),
                "b": WorkerProcess(env, tmp_path / "b0.log", "worker-b0").start()}
     try:
@@ -136,9 +138,11 @@ def test_three_sigkills_of_two_replicas_under_load_lose_no_request(kafka_bootstr
             client.wait(ids, 150)
             result = tally(client, ids)
             worst = assert_duplicates_agree(client, ids)
-            print(f"\n3 x SIGKILL: {result.line()}; worst duplicate difference {worst:.1e}; "
+            print(f"\n3 x SIGKILL, {delivery}: {result.line()}; worst duplicate difference {worst:.1e}; "
                   f"{time.monotonic() - t0:.0f} s under load")
             assert result.lost == 0, f"lost after SIGKILLs: {result.lost_ids}"
+            if delivery == "exactly_once":
+                assert result.duplicated == 0, f"{result.duplicated} requests answered twice in exactly_once"
             assert set(result.statuses) == {"ok"}, result.statuses
     finally:
         for w in workers.values():

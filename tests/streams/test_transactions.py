@@ -1,0 +1,147 @@
+"""Exactly-once delivery (streams.transactions) against a real broker: answers leave in offset
+order, each transaction carries its answers and the offset after them, and a partition's newer
+holder fences the old one, whose uncommitted answers a read_committed client never sees.
+(The SIGKILL test in test_faults.py shows the same through real worker processes.)"""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from types import SimpleNamespace
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from confluent_kafka import Consumer, TopicPartition
+from faust.types import TP
+
+from schemas import ErrorCode, RequestError
+from streams.acks import AckOrder
+from streams.answers import Answers
+from streams.topic_metadata import TopicMetadata
+from streams.topics import quiet_admin_client
+from streams.transactions import TransactionalDelivery, transactional_id
+
+pytestmark = pytest.mark.kafka
+
+
+class Event:
+    """A request's Kafka event as the agent hands it over: its partition and offset."""
+
+    def __init__(self, topic: str, offset: int) -> None:
+        self.message = SimpleNamespace(tp=TP(topic, 0), offset=offset)
+
+
+class Worker:
+    """One worker's exactly-once delivery of partition 0 of ``topics['req']``, and what it acked."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, str], interval_s: float) -> None:
+        self.acks, self.acked, self.failures = AckOrder(), [], []
+        self.answers = Answers(request_topic=topics["req"], response_topic=topics["resp"],
+                               dead_letter_topic=topics["resp"], worker="w", model="m", engine="e")
+
+        async def ack(event):
+            self.acked.append(event.message.offset)
+
+        async def release(pairs):
+            pass
+
+        async def on_failure(exc):
+            self.failures.append(exc)
+
+        self.delivery = TransactionalDelivery(
+            lambda tid: AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=tid, enable_idempotence=True),
+            TopicMetadata(lambda: quiet_admin_client({"bootstrap.servers": bootstrap}), producer_limit=1_000_000),
+            self.answers, self.acks, group_id=topics["group"], request_topic=topics["req"], interval_s=interval_s,
+            ack=ack, release=release, on_failure=on_failure)
+
+    def take(self, event: Event) -> None:
+        self.acks.taken(event)
+
+    def answer(self, event: Event) -> None:
+        request_id = f"r{event.message.offset}"
+        self.delivery.spawn([self.answers.error(RequestError(ErrorCode.INVALID_REQUEST, "test", request_id))],
+                            [event])
+
+
+@pytest.fixture
+def topics(new_topic) -> dict[str, str]:
+    return {"req": new_topic("txreq"), "resp": new_topic("txresp"), "group": f"txgroup-{uuid.uuid4().hex[:8]}"}
+
+
+def committed_answers(bootstrap: str, topic: str) -> list[str]:
+    """The request_ids a read_committed client sees on ``topic``, in order."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+                         "isolation.level": "read_committed", "enable.auto.commit": False})
+    try:
+        end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        seen: list[str] = []
+        for _ in range(100):
+            message = consumer.poll(0.2)
+            if message is not None and not message.error():
+                seen.append(json.loads(message.value())["request_id"])
+            position = consumer.position([TopicPartition(topic, 0)])[0].offset
+            if position >= end:  # past every record, aborted ones and transaction markers included
+                break
+        return seen
+    finally:
+        consumer.close()
+
+
+def committed_offset(bootstrap: str, group: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+    finally:
+        consumer.close()
+
+
+def test_answers_wait_for_earlier_requests_then_commit_with_their_offset(kafka_bootstrap, topics):
+    async def scenario():
+        worker = Worker(kafka_bootstrap, topics, interval_s=0.05)
+        await worker.delivery.prepare({0})
+        events = [Event(topics["req"], offset) for offset in range(3)]
+        for event in events:
+            worker.take(event)
+        worker.answer(events[2])
+        worker.answer(events[1])
+        await asyncio.sleep(0.5)
+        early = (list(worker.acked), committed_answers(kafka_bootstrap, topics["resp"]))
+        worker.answer(events[0])
+        await worker.delivery.wait()
+        await worker.delivery.close()
+        return worker, early
+
+    worker, (acked_early, seen_early) = asyncio.run(scenario())
+    assert acked_early == [] and seen_early == [], "answers left before the request ahead of them was answered"
+    assert worker.acked == [0, 1, 2] and worker.failures == []
+    assert committed_answers(kafka_bootstrap, topics["resp"]) == ["r0", "r1", "r2"]
+    assert committed_offset(kafka_bootstrap, topics["group"], topics["req"]) == 3
+
+
+def test_a_newer_holder_fences_the_old_one_whose_answers_are_never_seen(kafka_bootstrap, topics):
+    async def scenario():
+        old = Worker(kafka_bootstrap, topics, interval_s=30.0)  # holds its answer in a transaction-to-be
+        await old.delivery.prepare({0})
+        event = Event(topics["req"], 0)
+        old.take(event)
+        old.answer(event)
+        new = Worker(kafka_bootstrap, topics, interval_s=0.05)
+        await new.delivery.prepare({0})  # the rebalance gave partition 0 to it: the old producer is fenced
+        await old.delivery.flush()  # the zombie tries to commit
+        redelivered = Event(topics["req"], 0)
+        new.take(redelivered)
+        new.answer(redelivered)
+        await new.delivery.wait()
+        await asyncio.gather(old.delivery.close(), new.delivery.close())
+        return old, new
+
+    old, new = asyncio.run(scenario())
+    assert old.acked == [] and old.failures == [], "the fenced worker must leave its request, not fail"
+    assert new.acked == [0]
+    assert committed_answers(kafka_bootstrap, topics["resp"]) == ["r0"]
+    assert committed_offset(kafka_bootstrap, topics["group"], topics["req"]) == 1
+
+
+def test_the_transactional_id_names_group_topic_and_partition():
+    assert transactional_id("workers", "rerank-requests", 3) == "workers-rerank-requests-3"
