@@ -344,3 +344,46 @@ class SteadyLoad:
                 return True
             time.sleep(0.1)
         return False
+
+
+@dataclass
+class Failover:
+    """How a fault showed at the client: the longest stretch without any answer, and latency
+    (p50/p99, seconds) of the requests sent before the fault, during it, and after it ended."""
+
+    longest_gap_s: float
+    gap_began_s: float  # when that stretch began, from the fault (negative: before it)
+    latency: dict[str, dict[str, float | int | None]]
+
+    def line(self) -> str:
+        def p99(phase: str) -> str:
+            value = self.latency[phase]["p99"]
+            return "-" if value is None else f"{value:.2f}"
+        return (f"longest gap without answers {self.longest_gap_s:.1f} s (began {self.gap_began_s:+.1f} s from the "
+                f"fault); p99 before/during/after {p99('before')}/{p99('during')}/{p99('after')} s")
+
+
+def failover(client: RerankClient, ids: list[str], fault_at: float, recovered_at: float) -> Failover:
+    """``fault_at`` and ``recovered_at`` are ``time.monotonic()`` readings: when the fault was
+    injected, and when it was over (the node back, the replacement ready). A request belongs to
+    the phase it was sent in; its latency is its first answer's."""
+    snapshot = client.snapshot()
+    received = sorted(a.received_at for i in ids for a in snapshot[i].answers)
+    gap, began = 0.0, fault_at
+    for earlier, later in zip(received, received[1:]):
+        if later - earlier > gap:
+            gap, began = later - earlier, earlier
+    phases: dict[str, list[float]] = {"before": [], "during": [], "after": []}
+    for i in ids:
+        request = snapshot[i]
+        if not request.answers:
+            continue
+        phase = "before" if request.sent_at < fault_at else "during" if request.sent_at < recovered_at else "after"
+        phases[phase].append(request.answers[0].latency_s)
+    latency = {}
+    for phase, values in phases.items():
+        ordered = sorted(values)
+        latency[phase] = {"n": len(ordered),
+                          "p50": ordered[len(ordered) // 2] if ordered else None,
+                          "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else None}
+    return Failover(longest_gap_s=gap, gap_began_s=began - fault_at, latency=latency)
