@@ -123,8 +123,9 @@ class TransactionalDelivery(Delivery):
         """Holds exactly ``partitions`` of the request topic from now on: starts (and so fences
         earlier holders of) the producers of new ones, closes those of the ones given up.
         Called before the consumer reads the committed offsets."""
-        for partition in sorted(set(self.partitions) - partitions):
-            await self._close(partition)
+        fenced = {partition for partition, state in self.partitions.items() if state.fenced}
+        for partition in sorted(set(self.partitions) - partitions | fenced):
+            await self._close(partition)  # a fenced one held again (after another holder) gets a new producer
         new = sorted(partitions - set(self.partitions))
         started = time.monotonic()
         await asyncio.gather(*(self._open(partition) for partition in new))

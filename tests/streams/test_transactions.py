@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import ProducerFenced
 from confluent_kafka import Consumer, TopicPartition
 from faust.types import TP
 
@@ -61,6 +62,20 @@ class Worker:
         request_id = f"r{event.message.offset}"
         self.delivery.spawn([self.answers.error(RequestError(ErrorCode.INVALID_REQUEST, "test", request_id))],
                             [event])
+
+
+def fenced_futures_unlogged() -> None:
+    """aiokafka leaves a fenced producer's transaction waiter unawaited (it replaces it with a new
+    one), and asyncio logs "Future exception was never retrieved" when it is collected. Logged
+    through pytest's capture during garbage collection, that left CPython 3.11.7 unable to compile
+    anything afterwards (SystemError: AST constructor recursion depth mismatch), so the tests that
+    fence a producer keep those messages from the log; any other unhandled error still goes there."""
+    loop = asyncio.get_running_loop()
+
+    def handler(loop, context) -> None:
+        if not isinstance(context.get("exception"), ProducerFenced):
+            loop.default_exception_handler(context)
+    loop.set_exception_handler(handler)
 
 
 @pytest.fixture
@@ -121,6 +136,7 @@ def test_answers_wait_for_earlier_requests_then_commit_with_their_offset(kafka_b
 
 def test_a_newer_holder_fences_the_old_one_whose_answers_are_never_seen(kafka_bootstrap, topics):
     async def scenario():
+        fenced_futures_unlogged()
         old = Worker(kafka_bootstrap, topics, interval_s=30.0)  # holds its answer in a transaction-to-be
         await old.delivery.prepare({0})
         event = Event(topics["req"], 0)
@@ -145,3 +161,29 @@ def test_a_newer_holder_fences_the_old_one_whose_answers_are_never_seen(kafka_bo
 
 def test_the_transactional_id_names_group_topic_and_partition():
     assert transactional_id("workers", "rerank-requests", 3) == "workers-rerank-requests-3"
+
+
+def test_a_fenced_partition_held_again_later_gets_a_producer_of_its_own_again(kafka_bootstrap, topics):
+    async def scenario():
+        fenced_futures_unlogged()
+        first = Worker(kafka_bootstrap, topics, interval_s=0.05)
+        await first.delivery.prepare({0})
+        second = Worker(kafka_bootstrap, topics, interval_s=0.05)
+        await second.delivery.prepare({0})  # partition 0 moved on: first is fenced at its next transaction
+        event = Event(topics["req"], 0)
+        first.take(event)
+        first.answer(event)
+        await first.delivery.wait()
+        fenced_acks = list(first.acked)
+        await second.delivery.prepare(set())  # ... and came back to first
+        await first.delivery.prepare({0})
+        again = Event(topics["req"], 0)
+        first.take(again)
+        first.answer(again)
+        await first.delivery.wait()
+        await asyncio.gather(first.delivery.close(), second.delivery.close())
+        return first, fenced_acks
+
+    first, fenced_acks = asyncio.run(scenario())
+    assert fenced_acks == [] and first.acked == [0] and first.failures == []
+    assert committed_answers(kafka_bootstrap, topics["resp"]) == ["r0"]
