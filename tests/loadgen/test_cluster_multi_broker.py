@@ -1,8 +1,11 @@
-"""A real three-node KRaft cluster (deploy/kafka/kafka.sh with KAFKA_BROKERS=3): the leader of a
-partition is SIGKILLed under acks=all writes, another node takes over, nothing written is lost,
-and the killed node comes back into the ISR; teardown leaves no JVM behind."""
+"""A real three-node KRaft cluster (deploy/kafka/kafka.sh with KAFKA_BROKERS=3), one for the module:
+the leader of a partition is SIGKILLed under acks=all writes, another node takes over, nothing
+written is lost, and the killed node comes back into the ISR; a SIGTERMed node hands its
+leadership over at once; the worker's topics get 3 copies and min.insync.replicas 2, and an
+existing topic that one broker's loss would hurt is warned about. Teardown leaves no JVM behind."""
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 import uuid
@@ -12,6 +15,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from loadgen.cluster.multi_broker import ClusterNodes, local_cluster
+from streams.topics import Replication, ensure_topics
+from tests.streams.test_topic_replication import topic_replication
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
@@ -52,45 +57,51 @@ def java_pids_under(state: str) -> list[str]:
     return found.stdout.split()
 
 
-def test_a_killed_leader_is_replaced_and_rejoins_the_isr() -> None:
+@pytest.fixture(scope="module")
+def cluster():
     started = time.monotonic()
-    with local_cluster(3) as cluster:
-        print(f"\n3 nodes up in {time.monotonic() - started:.1f} s: {cluster.bootstrap}")
-        state = str(cluster.state)
-        assert len(cluster.admin().list_topics(timeout=10).brokers) == 3
-        topic = f"mb-{uuid.uuid4().hex[:8]}"
-        created = cluster.admin().create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=3,
-                                                          config={"min.insync.replicas": "2"})])
-        created[topic].result(timeout=30)
-        cluster.wait_in_isr(topic, 1)  # every replica in sync before the kill
-        before = [f"before-{i}" for i in range(60)]
-        produce(cluster.bootstrap, topic, before)
-
-        victim = cluster.leaders(topic)[0]
-        assert cluster.busiest_leader(topic) in cluster.node_ids()
-        killed_at = time.monotonic()
-        cluster.kill(victim)
-        # acks=all writes during the failover: they wait for the new leader, none is lost
-        during = [f"during-{i}" for i in range(60)]
-        produce(cluster.bootstrap, topic, during)
-        new_leader = cluster.wait_new_leader(topic, 0, victim)
-        elected_s = time.monotonic() - killed_at
-        print(f"node {victim} SIGKILLed: partition 0 led by node {new_leader} after {elected_s:.1f} s")
-        assert new_leader != victim and victim not in cluster.leaders(topic).values()
-        assert all(victim not in isr for isr in cluster.in_sync(topic).values()), cluster.in_sync(topic)
-
-        seen = consume_all(cluster.bootstrap, topic, len(before) + len(during))
-        assert sorted(seen) == sorted(before + during), "every acknowledged record is there, once"
-
-        restart_s = cluster.restart(victim)
-        isr_s = cluster.wait_in_isr(topic, victim)
-        print(f"node {victim} restarted in {restart_s:.1f} s, back in every ISR {isr_s:.1f} s later")
-        after = [f"after-{i}" for i in range(30)]
-        produce(cluster.bootstrap, topic, after)
-        assert len(consume_all(cluster.bootstrap, topic, 150)) == 150
+    with local_cluster(3) as nodes:
+        print(f"\n3 nodes up in {time.monotonic() - started:.1f} s: {nodes.bootstrap}")
+        yield nodes
+        state = str(nodes.state)
     assert java_pids_under(state) == [], "a node outlived the cluster's teardown"
-    assert not cluster.state.exists(), "the data is removed"
-    print(f"whole test {time.monotonic() - started:.1f} s")
+    assert not nodes.state.exists(), "the data is removed"
+
+
+def new_topic(cluster: ClusterNodes, **config: str) -> str:
+    topic = f"mb-{uuid.uuid4().hex[:8]}"
+    cluster.admin().create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=3,
+                                            config=config)])[topic].result(timeout=30)
+    cluster.wait_in_isr(topic, 1)  # every replica in sync before anything happens to a node
+    return topic
+
+
+def test_a_killed_leader_is_replaced_and_rejoins_the_isr(cluster) -> None:
+    assert len(cluster.admin().list_topics(timeout=10).brokers) == 3
+    topic = new_topic(cluster, **{"min.insync.replicas": "2"})
+    before = [f"before-{i}" for i in range(60)]
+    produce(cluster.bootstrap, topic, before)
+
+    victim = cluster.leaders(topic)[0]
+    killed_at = time.monotonic()
+    cluster.kill(victim)
+    new_leader = cluster.wait_new_leader(topic, 0, victim)
+    elected_s = time.monotonic() - killed_at
+    # acks=all writes right after the failover: with 2 of 3 in sync, min ISR 2 holds
+    during = [f"during-{i}" for i in range(60)]
+    produce(cluster.bootstrap, topic, during)
+    print(f"node {victim} SIGKILLed: partition 0 led by node {new_leader} after {elected_s:.1f} s; "
+          f"60 acks=all writes acknowledged {time.monotonic() - killed_at - elected_s:.1f} s later")
+    assert victim not in cluster.leaders(topic).values()
+    assert all(victim not in isr for isr in cluster.in_sync(topic).values()), cluster.in_sync(topic)
+    seen = consume_all(cluster.bootstrap, topic, len(before) + len(during))
+    assert sorted(seen) == sorted(before + during), "every acknowledged record is there, once"
+
+    restart_s = cluster.restart(victim)
+    isr_s = cluster.wait_in_isr(topic, victim)
+    print(f"node {victim} restarted in {restart_s:.1f} s, back in every ISR {isr_s:.1f} s later")
+    produce(cluster.bootstrap, topic, [f"after-{i}" for i in range(30)])
+    assert len(consume_all(cluster.bootstrap, topic, 150)) == 150
 
 
 def test_nodes_are_named_by_their_ids_only() -> None:
@@ -104,20 +115,33 @@ def test_nodes_are_named_by_their_ids_only() -> None:
     cluster.down()  # nothing started: nothing to stop
 
 
-def test_stop_is_a_controlled_shutdown_that_moves_leadership_at_once() -> None:
-    with local_cluster(3) as cluster:
-        topic = f"mb-{uuid.uuid4().hex[:8]}"
-        cluster.admin().create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=3)])[topic] \
-            .result(timeout=30)
-        cluster.wait_in_isr(topic, 1)
-        busiest = cluster.busiest_leader(topic)
-        took = cluster.stop(busiest)
-        print(f"\nnode {busiest} stopped (SIGTERM) in {took:.1f} s")
-        assert cluster.pid(busiest) is None
-        assert busiest not in cluster.leaders(topic).values(), cluster.leaders(topic)
-        with pytest.raises(RuntimeError, match="still running"):
-            cluster.restart(next(n for n in cluster.node_ids() if n != busiest))
-        cluster.restart(busiest)
-        cluster.wait_in_isr(topic, busiest)
-        with pytest.raises(RuntimeError, match="no-such-topic"):
-            cluster.partitions("no-such-topic-" + uuid.uuid4().hex[:6])
+def test_stop_is_a_controlled_shutdown_that_moves_leadership_at_once(cluster) -> None:
+    topic = new_topic(cluster)
+    busiest = cluster.busiest_leader(topic)
+    took = cluster.stop(busiest)
+    print(f"\nnode {busiest} stopped (SIGTERM) in {took:.1f} s")
+    assert cluster.pid(busiest) is None
+    assert busiest not in cluster.leaders(topic).values(), cluster.leaders(topic)
+    with pytest.raises(RuntimeError, match="still running"):
+        cluster.restart(next(n for n in cluster.node_ids() if n != busiest))
+    cluster.restart(busiest)
+    cluster.wait_in_isr(topic, busiest)
+    with pytest.raises(RuntimeError, match="no-such-topic"):
+        cluster.partitions("no-such-topic-" + uuid.uuid4().hex[:6])
+
+
+def test_worker_topics_get_three_copies_and_fragile_ones_are_warned_about(cluster, caplog) -> None:
+    config = {"bootstrap.servers": cluster.bootstrap}
+    created = f"mb-auto-{uuid.uuid4().hex[:8]}"
+    assert ensure_topics(config, {created: 2}) == Replication(3, 2, 3)
+    assert topic_replication(cluster.bootstrap, created) == (3, 2)
+
+    single = f"mb-rf1-{uuid.uuid4().hex[:8]}"
+    cluster.admin().create_topics([NewTopic(single, 1, replication_factor=1)])[single].result(timeout=30)
+    lax = new_topic(cluster, **{"min.insync.replicas": "1"})
+    with caplog.at_level(logging.WARNING, logger="rerank.topics"):
+        assert ensure_topics(config, {created: 2, single: 1, lax: PARTITIONS}) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert any(single in w and "replication factor 1 on a 3-broker cluster" in w for w in warnings), warnings
+    assert any(lax in w and "min.insync.replicas=1" in w and "min.insync.replicas=2" in w for w in warnings), warnings
