@@ -2,7 +2,9 @@
 the leader of a partition is SIGKILLed under acks=all writes, another node takes over, nothing
 written is lost, and the killed node comes back into the ISR; a SIGTERMed node hands its
 leadership over at once; the worker's topics get 3 copies and min.insync.replicas 2, and an
-existing topic that one broker's loss would hurt is warned about. Teardown leaves no JVM behind."""
+existing topic that one broker's loss would hurt is warned about; a real worker answers every
+request through a SIGKILL of the node leading most of its partitions, and its log stays free of
+faust's leader-topic errors. Teardown leaves no JVM behind."""
 from __future__ import annotations
 
 import logging
@@ -14,8 +16,12 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from loadgen.client import RerankClient
+from loadgen.cluster.faults import SteadyLoad, short_requests, tally
 from loadgen.cluster.multi_broker import ClusterNodes, local_cluster
+from loadgen.cluster.workers import WorkerProcess
 from streams.topics import Replication, ensure_topics
+from tests.streams.test_faults import RATE, wait_split, worker_env
 from tests.streams.test_topic_replication import topic_replication
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
@@ -145,3 +151,41 @@ def test_worker_topics_get_three_copies_and_fragile_ones_are_warned_about(cluste
     assert len(warnings) == 2, warnings
     assert any(single in w and "replication factor 1 on a 3-broker cluster" in w for w in warnings), warnings
     assert any(lax in w and "min.insync.replicas=1" in w and "min.insync.replicas=2" in w for w in warnings), warnings
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_answers_every_request_through_a_leader_kill_with_a_clean_log(cluster, tmp_path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    request_topic = f"req-{tag}"
+    worker = WorkerProcess(worker_env(cluster.bootstrap, tag), tmp_path / "worker.log", "worker-mb").start()
+    try:
+        worker.wait_ready()
+        wait_split([worker])
+        assert topic_replication(cluster.bootstrap, request_topic) == (3, 2), "auto: 3 copies, min ISR 2"
+        with RerankClient(cluster.bootstrap, request_topic, [f"resp-{tag}"]) as client:
+            load = SteadyLoad(client, short_requests(25), RATE).start()
+            assert load.wait_answers(15, 90), "no steady state before the fault:\n" + worker.tail()
+            victim = cluster.busiest_leader(request_topic)
+            led = [p for p, leader in cluster.leaders(request_topic).items() if leader == victim]
+            killed_at = time.monotonic()
+            cluster.kill(victim)
+            for partition in led:
+                cluster.wait_new_leader(request_topic, partition, victim)
+            elected_s = time.monotonic() - killed_at
+            answered = client.answered()
+            assert load.wait_answers(answered + 20, 120), "nothing answered after the kill:\n" + worker.tail()
+            cluster.restart(victim)
+            cluster.wait_in_isr(request_topic, victim)
+            ids = load.stop()
+            client.wait(ids, 150)
+            result = tally(client, ids)
+        print(f"\nworker through a SIGKILL of node {victim} (leaders moved after {elected_s:.1f} s): {result.line()}")
+        assert result.lost == 0, f"lost through a leader kill: {result.lost_ids}"
+        assert worker.proc.poll() is None, "the worker died:\n" + worker.tail()
+    finally:
+        code = worker.stop()
+    log = worker.log_path.read_text(errors="replace")
+    noisy = [line for line in log.splitlines() if "[ERROR]" in line or "[WARNING]" in line]  # faust's format
+    print(f"{len(noisy)} warning/error lines in the worker's log:\n" + "\n".join(noisy[:25]))
+    assert "__assignor-__leader" not in log and "not found in cluster metadata" not in log
+    assert code == 0, f"worker exit code {code} on SIGTERM"

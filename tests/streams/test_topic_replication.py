@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -52,7 +53,11 @@ def test_the_settings_default_to_auto_and_read_numbers(monkeypatch):
 def topic_replication(bootstrap: str, topic: str) -> tuple[int, int]:
     """(replication factor, min.insync.replicas) as the cluster has them."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    deadline = time.monotonic() + 15
+    # a broker other than the controller may not know a just-created topic's partitions yet
+    while not (partitions := admin.list_topics(topic, timeout=10).topics[topic].partitions):
+        assert time.monotonic() < deadline, f"topic {topic} has no partitions in the metadata"
+        time.sleep(0.2)
     (future,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
     return len(partitions[0].replicas), int(future.result(timeout=10)["min.insync.replicas"].value)
 
