@@ -89,12 +89,13 @@ model: venv
 model-trained: venv
 	@$(RUN) -m evaluation.training
 
-# The fault tests (~8.5 min on 2 shared cores) run with make test-faults, not here;
+# The fault tests (~10.5 min on 2 shared cores) run with make test-faults, not here;
 # PYTEST_ARGS='-m ""' runs everything.
 test: venv kafka-jars
 	$(RUN) -m pytest -m "not faults" $(PYTEST_ARGS)
 
-# Fault injection under load (broker restart, SIGKILLs, rebalance, produce failures): ~8.5 min.
+# Fault injection under load (broker restart, SIGKILLs, rebalance, produce failures, a node of a
+# 3-node cluster SIGKILLed under a worker; tests/loadgen/test_cluster_multi_broker.py): ~10.5 min.
 test-faults: venv kafka-jars
 	$(RUN) -m pytest -m faults $(PYTEST_ARGS)
 
