@@ -91,13 +91,11 @@ def _warn_fragile_replication(admin: AdminClient, topics: dict, brokers: int, ti
     """One warning per existing topic that a single broker's loss would stop or lose data of:
     replication factor 1, or (with 3 replicas or more) min.insync.replicas below 2."""
     for name, topic in topics.items():
-        factor = min((len(p.replicas) for p in topic.partitions.values()), default=0)
-        if factor == 1:
+        if _copies(topic) == 1:
             log.warning("topic %s has replication factor 1 on a %d-broker cluster: losing its broker stops it "
                         "and can lose its records; recreate it with replication factor %d (or move its "
                         "partitions with kafka-reassign-partitions)", name, brokers, min(3, brokers))
-    wide = [name for name, topic in topics.items()
-            if min((len(p.replicas) for p in topic.partitions.values()), default=0) >= 3]
+    wide = [name for name, topic in topics.items() if _copies(topic) >= 3]
     if not wide:
         return
     futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name) for name in wide],
@@ -112,6 +110,11 @@ def _warn_fragile_replication(admin: AdminClient, topics: dict, brokers: int, ti
             log.warning("topic %s has min.insync.replicas=%d: an acks=all write is acknowledged with one copy "
                         "alone; set it to 2 (kafka-configs --alter --entity-type topics --entity-name %s "
                         "--add-config min.insync.replicas=2)", resource.name, min_insync, resource.name)
+
+
+def _copies(topic) -> int:
+    """A topic's replication factor as its metadata shows it (its least replicated partition)."""
+    return min((len(partition.replicas) for partition in topic.partitions.values()), default=0)
 
 
 # librdkafka retries a refused login or a failed TLS handshake for ever, and metadata
