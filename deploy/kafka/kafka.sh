@@ -250,8 +250,14 @@ cluster_up() {
     jars
     rm -rf "$state"
     mkdir -p "$state"
+    local taken=" ${ports[*]} " cport
     for id in $(seq 1 "$brokers"); do
-        echo "$id ${ports[$((id - 1))]} $(free_port)" >> "$state/nodes"
+        # a free port the kernel offers may be one that a client port above, or another node's
+        # controller, is about to take (a caller may have picked the client ports the same way)
+        cport="$(free_port)"
+        while [[ "$taken" == *" $cport "* ]]; do cport="$(free_port)"; done
+        taken+="$cport "
+        echo "$id ${ports[$((id - 1))]} $cport" >> "$state/nodes"
     done
     voters="$(awk '{printf "%s%s@127.0.0.1:%s", (NR > 1 ? "," : ""), $1, $3}' "$state/nodes")"
     local cid heap="${KAFKA_HEAP_OPTS:-$cluster_heap}" formats=() pid

@@ -8,6 +8,7 @@ faust's leader-topic errors. Teardown leaves no JVM behind."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 import uuid
@@ -18,13 +19,15 @@ from confluent_kafka.admin import NewTopic
 
 from loadgen.client import RerankClient
 from loadgen.cluster.faults import SteadyLoad, short_requests, tally
+from loadgen.cluster.local_kafka import KAFKA_SH
 from loadgen.cluster.multi_broker import ClusterNodes, local_cluster
 from loadgen.cluster.workers import WorkerProcess
 from streams.topics import Replication, ensure_topics
 from tests.streams.test_faults import RATE, wait_split, worker_env
 from tests.streams.test_topic_replication import topic_replication
 
-pytestmark = [pytest.mark.kafka, pytest.mark.faults]
+# The tests on the cluster (marked faults) share one, as a start takes 15-30 s on 2 shared cores,
+# and take ~2 min together: `make test-faults`. The ones that start no JVM run in `make test`.
 
 PARTITIONS = 3
 
@@ -66,7 +69,10 @@ def java_pids_under(state: str) -> list[str]:
 @pytest.fixture(scope="module")
 def cluster():
     started = time.monotonic()
-    with local_cluster(3) as nodes:
+    # Kafka's own default, set: the failover variables reach every node's server.properties
+    with local_cluster(3, broker_settings={"KAFKA_REPLICA_LAG_TIME_MAX_MS": "30000"}) as nodes:
+        for node in nodes.node_ids():
+            assert "replica.lag.time.max.ms=30000" in (nodes.state / f"node-{node}" / "server.properties").read_text()
         print(f"\n3 nodes up in {time.monotonic() - started:.1f} s: {nodes.bootstrap}")
         yield nodes
         state = str(nodes.state)
@@ -82,6 +88,8 @@ def new_topic(cluster: ClusterNodes, **config: str) -> str:
     return topic
 
 
+@pytest.mark.kafka
+@pytest.mark.faults
 def test_a_killed_leader_is_replaced_and_rejoins_the_isr(cluster) -> None:
     assert len(cluster.admin().list_topics(timeout=10).brokers) == 3
     topic = new_topic(cluster, **{"min.insync.replicas": "2"})
@@ -121,6 +129,21 @@ def test_nodes_are_named_by_their_ids_only() -> None:
     cluster.down()  # nothing started: nothing to stop
 
 
+@pytest.mark.parametrize("env, args, says", [
+    ({"KAFKA_BROKERS": "three"}, ["up"], "KAFKA_BROKERS must be a whole number of nodes"),
+    ({"KAFKA_BROKERS": "3", "KAFKA_PORTS": "19601,19602"}, ["up"], "KAFKA_PORTS names 2 ports for KAFKA_BROKERS=3"),
+    ({"KAFKA_BROKERS": "3", "KAFKA_SECURITY": "sasl_ssl"}, ["up"], "plaintext only"),
+    ({}, ["node-start", "2"], "no node 2 in"),
+    ({}, ["node-stop", "x"], "usage:"),
+])
+def test_kafka_sh_refuses_a_cluster_it_cannot_start_with_a_reason(tmp_path, env, args, says) -> None:
+    done = subprocess.run(["bash", str(KAFKA_SH), *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "KAFKA_STATE_DIR": str(tmp_path / "state"), **env})
+    assert done.returncode != 0 and says in done.stderr, done.stderr
+
+
+@pytest.mark.kafka
+@pytest.mark.faults
 def test_stop_is_a_controlled_shutdown_that_moves_leadership_at_once(cluster) -> None:
     topic = new_topic(cluster)
     busiest = cluster.busiest_leader(topic)
@@ -136,6 +159,8 @@ def test_stop_is_a_controlled_shutdown_that_moves_leadership_at_once(cluster) ->
         cluster.partitions("no-such-topic-" + uuid.uuid4().hex[:6])
 
 
+@pytest.mark.kafka
+@pytest.mark.faults
 def test_worker_topics_get_three_copies_and_fragile_ones_are_warned_about(cluster, caplog) -> None:
     config = {"bootstrap.servers": cluster.bootstrap}
     created = f"mb-auto-{uuid.uuid4().hex[:8]}"
@@ -153,6 +178,8 @@ def test_worker_topics_get_three_copies_and_fragile_ones_are_warned_about(cluste
     assert any(lax in w and "min.insync.replicas=1" in w and "min.insync.replicas=2" in w for w in warnings), warnings
 
 
+@pytest.mark.kafka
+@pytest.mark.faults
 @pytest.mark.timeout(300)
 def test_a_worker_answers_every_request_through_a_leader_kill_with_a_clean_log(cluster, tmp_path) -> None:
     tag = uuid.uuid4().hex[:8]
