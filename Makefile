@@ -22,14 +22,16 @@ help:
 	@echo "  make kafka-jars  resolve Apache Kafka's broker and command-line tools from Maven Central"
 	@echo "  make model       build the local test cross-encoder (untrained head) and print its folder"
 	@echo "  make model-trained  the demo cross-encoder fine-tuned on stdlib docstrings (cached; ~27 min on 2 cores)"
-	@echo "Local Kafka (KAFKA_PORT, default 9092):"
-	@echo "  make kafka-up    start the local Apache Kafka"
+	@echo "Local Kafka (KAFKA_PORT, default 9092; KAFKA_BROKERS, default 1):"
+	@echo "  make kafka-up    start the local Apache Kafka; KAFKA_BROKERS=3: a 3-node KRaft cluster on ports"
+	@echo "                   KAFKA_PORT..+2 (512 MiB heap each; deploy/kafka/kafka.sh node-start/node-stop ID)"
 	@echo "  make kafka-up-secure  the same with SASL_SSL (SCRAM-SHA-512), a CA made per run and ACLs"
-	@echo "  make kafka-down  stop it and remove its data"
+	@echo "  make kafka-down  stop it (every node) and remove its data"
 	@echo "  make topics      Kafka's kafka-topics --describe: every topic, its partitions and leaders"
 	@echo "  make lag         Kafka's kafka-consumer-groups --describe of RERANK_GROUP_ID (rerank-workers): lag per partition"
 	@echo "Tests and measurements:"
-	@echo "  make test-faults fault tests under load: broker restart, SIGKILLs, rebalance, produce failures (~8.5 min)"
+	@echo "  make test-faults fault tests under load: broker restart, SIGKILLs, rebalance, produce failures,"
+	@echo "                   a 3-node cluster's leader SIGKILLed (~10.5 min)"
 	@echo "  make test-security    the security tests (their own SASL_SSL broker, ~1.5 min)"
 	@echo "  make compose-test     build the images, run docker-compose.yaml with podman: 2 -> 3 -> 2 workers,"
 	@echo "                   requests from the host, cold and warm start (~10 min; the first run ~20 min more)"
@@ -87,12 +89,13 @@ model: venv
 model-trained: venv
 	@$(RUN) -m evaluation.training
 
-# The fault tests (~8.5 min on 2 shared cores) run with make test-faults, not here;
+# The fault tests (~10.5 min on 2 shared cores) run with make test-faults, not here;
 # PYTEST_ARGS='-m ""' runs everything.
 test: venv kafka-jars
 	$(RUN) -m pytest -m "not faults" $(PYTEST_ARGS)
 
-# Fault injection under load (broker restart, SIGKILLs, rebalance, produce failures): ~8.5 min.
+# Fault injection under load (broker restart, SIGKILLs, rebalance, produce failures, a node of a
+# 3-node cluster SIGKILLed under a worker; tests/loadgen/test_cluster_multi_broker.py): ~10.5 min.
 test-faults: venv kafka-jars
 	$(RUN) -m pytest -m faults $(PYTEST_ARGS)
 

@@ -15,6 +15,18 @@ deps=$("$PY" deploy/requirements.py dev)
 key=$( { echo "$deps"; "$PY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)
 cache="${RERANK_VENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kafka-rerank}"
 store="$cache/venv-$key"
+holds_these_pins() {  # true when $1 is a finished venv of this very key (pins and Python)
+    [ -f "$1/.complete" ] && [ -x "$1/bin/python" ] \
+        && [ "$(cat "$1/requirements.txt" 2>/dev/null)" = "$deps" ] \
+        && [ "$("$1/bin/python" -c 'import sys; print(sys.version)' 2>/dev/null)" = "$("$PY" -c 'import sys; print(sys.version)')" ]
+}
+# A .venv that already holds these pins is left alone, wherever it points (another cache, another
+# clone's venv): `make worker` and every other target run this first, and re-linking such a .venv
+# changed the environment under a command already running from it.
+if [ "$(readlink .venv 2>/dev/null)" != "$store" ] && holds_these_pins .venv; then
+    echo "venv: .venv -> $(readlink -f .venv) (holds the pinned dependencies; left as it is)"
+    exit 0
+fi
 mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9
@@ -31,4 +43,4 @@ if [ "$(readlink .venv 2>/dev/null)" != "$store" ]; then
     rm -rf .venv
     ln -s "$store" .venv
 fi
-echo "venv: .venv -> $store"
+echo "venv: .venv -> $(readlink -f .venv)"

@@ -28,14 +28,15 @@ def cli() -> None:
     """Streaming reranking service on Kafka."""
 
 
-def _init_topics(settings) -> None:
+def _init_topics(settings):
+    """The worker's topics, created where missing; returns the replication used (None: all existed)."""
     from streams.topics import ensure_topics
 
-    ensure_topics(settings.confluent_config(), {
+    return ensure_topics(settings.confluent_config(), {
         settings.request_topic: settings.request_partitions,
         settings.response_topic: settings.response_partitions,
         settings.dead_letter_topic: 1,
-    }, settings.replication_factor, timeout_s=settings.startup_timeout_s)
+    }, settings.replication_factor, settings.min_insync_replicas, timeout_s=settings.startup_timeout_s)
 
 
 def _settings_and_logging():
@@ -54,9 +55,14 @@ def _settings_and_logging():
 def init_topics() -> None:
     """Create the request, response and dead-letter topics if missing, then exit."""
     settings = _settings_and_logging()
-    _init_topics(settings)
+    replication = _init_topics(settings)
+    if replication is None:
+        how = "all existed already and were left as they are"
+    else:
+        how = (f"created missing ones with replication factor {replication.factor} and min.insync.replicas "
+               f"{replication.min_insync} ({replication.brokers} broker(s))")
     click.echo(f"topics ready on {settings.bootstrap_servers}: {settings.request_topic} "
-               f"({settings.request_partitions} partitions), {settings.response_topic}, {settings.dead_letter_topic}")
+               f"({settings.request_partitions} partitions), {settings.response_topic}, {settings.dead_letter_topic}; {how}")
 
 
 @cli.command()

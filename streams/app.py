@@ -88,6 +88,13 @@ def _faust_app(settings: WorkerSettings) -> faust.App:
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         # Topics are created by streams.topics.ensure_topics with the configured partition counts.
         topic_allow_declare=False,
+        # faust's leader election (an internal topic <group>-__assignor-__leader that every member
+        # subscribes to) serves only on_leader=True timers and tasks, which the worker has none of.
+        # With topic_allow_declare=False that topic is never created, and aiokafka logged "Topic
+        # ...-__assignor-__leader not found in cluster metadata" as an ERROR at every metadata
+        # refresh and rebalance (and "is not authorized" on a cluster with ACLs): noise in every
+        # failover's log. Without the election there is no such topic to look for.
+        topic_disable_leader=True,
         web_enabled=True,
         web_bind=settings.http_host,
         web_host=settings.http_host,

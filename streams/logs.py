@@ -8,6 +8,7 @@ the broker away, aiokafka otherwise logs ~50 lines a second for as long as it is
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -16,10 +17,22 @@ from collections.abc import Callable
 #: Loggers whose repeated warnings and errors are rate-limited (prefixes of logger names).
 LIMITED_LOGGERS = ("aiokafka", "faust", "mode", "rerank.worker")
 
+#: The broker a message is about, as aiokafka writes it: "node with id 2", "node 2",
+#: "from 2" / "to 2" (the fetcher and the sender), or a "host:port" it could not reach.
+_BROKER_IN_MESSAGE = re.compile(r'\bnode (?:with id )?(\d+)|\b(?:from|to) (\d+)\b|"?([\w.-]+:\d+)"?')
+
+
+def broker_named(message: str) -> str | None:
+    """The broker (node id or host:port) a log message names first, or None."""
+    found = _BROKER_IN_MESSAGE.search(message)
+    return next((group for group in found.groups() if group), None) if found else None
+
 
 class RepeatLimiter(logging.Filter):
-    """Lets one record per (logger, level, message template) through every `every_s` seconds;
-    the next one let through says how many were held back. Warnings and errors only, of the
+    """Lets one record per (logger, level, message template, broker) through every `every_s`
+    seconds; the next one let through says how many were held back. The broker (``broker_named``)
+    is part of the key so that, with two brokers away in a cluster, each one's "Unable connect to
+    node with id N" gets through rather than only the first one's. Warnings and errors only, of the
     `loggers` prefixes; everything else passes. Put it on handlers (a filter on a logger does
     not see its children's records); a record seen by several handlers is judged once."""
 
@@ -30,8 +43,8 @@ class RepeatLimiter(logging.Filter):
         self.loggers = loggers
         self.clock = clock
         self.held_back = 0  # over the process's life
-        self._last: dict[tuple[str, int, str], float] = {}
-        self._held: Counter[tuple[str, int, str]] = Counter()
+        self._last: dict[tuple[str, int, str, str | None], float] = {}
+        self._held: Counter[tuple[str, int, str, str | None]] = Counter()
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -45,7 +58,11 @@ class RepeatLimiter(logging.Filter):
         if (self.every_s <= 0 or record.levelno not in (logging.WARNING, logging.ERROR)
                 or not record.name.startswith(self.loggers)):
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        try:
+            broker = broker_named(record.getMessage())
+        except Exception:  # arguments that do not fit the template: logging reports that itself
+            broker = None
+        key = (record.name, record.levelno, str(record.msg), broker)
         now = self.clock()
         with self._lock:
             last = self._last.get(key)

@@ -83,7 +83,10 @@ class WorkerSettings(BaseSettings):
     dead_letter_topic: str = "rerank-dlq"
     request_partitions: int = Field(6, ge=1)
     response_partitions: int = Field(6, ge=1)
-    replication_factor: int = Field(1, ge=1)
+    # None ("auto", the default): min(3, brokers) and RF - 1 (at least 1), decided when a topic
+    # is created (streams.topics.replication_for); a number sets it.
+    replication_factor: int | None = Field(None, ge=1)
+    min_insync_replicas: int | None = Field(None, ge=1)
     # reply_to is honoured only for topics that start with this prefix.
     reply_to_prefix: str = "rerank-replies."
 
@@ -152,6 +155,11 @@ class WorkerSettings(BaseSettings):
         value.validate()  # its messages begin with the field's name: see _env_name
         return value
 
+    @field_validator("replication_factor", "min_insync_replicas", mode="before")
+    @classmethod
+    def _auto_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("auto", "") else value
+
     @field_validator("request_topic", "response_topic", "dead_letter_topic", "reply_to_prefix")
     @classmethod
     def _legal_topic(cls, value: str) -> str:
@@ -179,6 +187,10 @@ class WorkerSettings(BaseSettings):
             raise ValueError(f"KAFKA_SSL_CA_FILE={self.ssl_ca_file} is not a readable file")
         if self.sasl_password_file is not None and not self.sasl_password_file.is_file():
             raise ValueError(f"KAFKA_SASL_PASSWORD_FILE={self.sasl_password_file} is not a readable file")
+        if (self.replication_factor is not None and self.min_insync_replicas is not None
+                and self.min_insync_replicas > self.replication_factor):
+            raise ValueError(f"RERANK_MIN_INSYNC_REPLICAS={self.min_insync_replicas} is more than "
+                             f"RERANK_REPLICATION_FACTOR={self.replication_factor}: no acks=all write could succeed")
         if self.reply_to_prefix and self.request_topic.startswith(self.reply_to_prefix):
             raise ValueError("RERANK_REQUEST_TOPIC must not start with RERANK_REPLY_TO_PREFIX: "
                              "a request could then make the worker write to its own input")

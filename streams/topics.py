@@ -4,9 +4,10 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
-from confluent_kafka.admin import AclOperation, AdminClient, NewTopic
+from confluent_kafka.admin import AclOperation, AdminClient, ConfigResource, NewTopic, ResourceType
 
 log = logging.getLogger("rerank.topics")
 
@@ -15,25 +16,63 @@ class KafkaUnavailable(SystemExit):
     """Start-up stops: the cluster cannot be reached or refuses us."""
 
 
-def ensure_topics(client_config: dict[str, str], topics: dict[str, int], replication_factor: int = 1,
-                  timeout_s: float = 30.0) -> None:
-    """Creates each missing topic with its partition count; existing ones are left as they are
-    (a smaller partition count than asked for is logged, never changed)."""
+@dataclass(frozen=True)
+class Replication:
+    """The replication the worker's topics are created with, on a cluster of ``brokers``."""
+
+    factor: int
+    min_insync: int
+    brokers: int
+
+
+def replication_for(brokers: int, factor: int | None = None, min_insync: int | None = None) -> Replication:
+    """RERANK_REPLICATION_FACTOR and RERANK_MIN_INSYNC_REPLICAS on a cluster of ``brokers``:
+    unset (auto), min(3, brokers) and factor - 1 (at least 1), so that one broker can be lost
+    without losing an acknowledged write or stopping acks=all writes."""
+    if brokers < 1:
+        raise KafkaUnavailable("worker: the cluster's metadata lists no broker")
+    factor = factor if factor is not None else min(3, brokers)
+    if factor > brokers:
+        raise KafkaUnavailable(f"worker: RERANK_REPLICATION_FACTOR={factor} but the cluster has {brokers} "
+                               f"broker(s): set it to at most {brokers}, or unset it (auto: min(3, brokers))")
+    min_insync = min_insync if min_insync is not None else max(1, factor - 1)
+    if min_insync > factor:
+        raise KafkaUnavailable(f"worker: RERANK_MIN_INSYNC_REPLICAS={min_insync} is more than the replication "
+                               f"factor {factor}: no acks=all write could succeed")
+    return Replication(factor, min_insync, brokers)
+
+
+def ensure_topics(client_config: dict[str, str], topics: dict[str, int], replication_factor: int | None = None,
+                  min_insync_replicas: int | None = None, timeout_s: float = 30.0) -> Replication | None:
+    """Creates each missing topic with its partition count and ``replication_for``'s replication
+    (returned; None when every topic existed, so that a worker restarted while a broker is down
+    does not refuse an explicit replication factor the live brokers cannot hold); existing ones
+    are left as they are (a smaller partition count than asked for,
+    and on a multi-broker cluster a replication that cannot survive a broker, are logged,
+    never changed)."""
     errors: list[KafkaError] = []
     admin = quiet_admin_client(client_config, error_cb=errors.append)
-    existing = _list_topics(admin, client_config, errors, timeout_s)
-    missing = [NewTopic(name, num_partitions=n, replication_factor=replication_factor)
-               for name, n in topics.items() if name not in existing]
+    metadata = _list_topics(admin, client_config, errors, timeout_s)
+    existing = metadata.topics
     for name, n in topics.items():
         if name in existing and len(existing[name].partitions) < n:
             log.warning("topic %s has %d partitions (configured %d): at most %d replicas can share it",
                         name, len(existing[name].partitions), n, len(existing[name].partitions))
+    brokers = len(metadata.brokers)
+    if brokers > 1:
+        _warn_fragile_replication(admin, {name: existing[name] for name in topics if name in existing}, brokers,
+                                  timeout_s)
+    missing = [name for name in topics if name not in existing]
     if not missing:
-        return
-    for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+        return None
+    replication = replication_for(brokers, replication_factor, min_insync_replicas)
+    new_topics = [NewTopic(name, num_partitions=topics[name], replication_factor=replication.factor,
+                           config={"min.insync.replicas": str(replication.min_insync)}) for name in missing]
+    for name, future in admin.create_topics(new_topics, request_timeout=timeout_s).items():
         try:
             future.result(timeout=timeout_s)
-            log.info("created topic %s", name)
+            log.info("created topic %s (%d partitions, replication factor %d, min.insync.replicas %d)",
+                     name, topics[name], replication.factor, replication.min_insync)
         except KafkaException as exc:
             err = exc.args[0]
             if getattr(err, "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
@@ -45,6 +84,37 @@ def ensure_topics(client_config: dict[str, str], topics: dict[str, int], replica
                     f"worker: topic {name} is missing or hidden from {who}, who may not create it "
                     f"({err.name()}): create it as an admin and allow {who} to use it") from None
             raise KafkaUnavailable(f"worker: could not create topic {name}: {err}") from None
+    return replication
+
+
+def _warn_fragile_replication(admin: AdminClient, topics: dict, brokers: int, timeout_s: float) -> None:
+    """One warning per existing topic that a single broker's loss would stop or lose data of:
+    replication factor 1, or (with 3 replicas or more) min.insync.replicas below 2."""
+    for name, topic in topics.items():
+        if _copies(topic) == 1:
+            log.warning("topic %s has replication factor 1 on a %d-broker cluster: losing its broker stops it "
+                        "and can lose its records; recreate it with replication factor %d (or move its "
+                        "partitions with kafka-reassign-partitions)", name, brokers, min(3, brokers))
+    wide = [name for name, topic in topics.items() if _copies(topic) >= 3]
+    if not wide:
+        return
+    futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name) for name in wide],
+                                     request_timeout=timeout_s)
+    for resource, future in futures.items():
+        try:
+            min_insync = int(future.result(timeout=timeout_s)["min.insync.replicas"].value)
+        except Exception as exc:  # no DESCRIBE_CONFIGS, a busy broker: the check is advice only
+            log.info("could not read min.insync.replicas of topic %s: %s", resource.name, exc)
+            continue
+        if min_insync < 2:
+            log.warning("topic %s has min.insync.replicas=%d: an acks=all write is acknowledged with one copy "
+                        "alone; set it to 2 (kafka-configs --alter --entity-type topics --entity-name %s "
+                        "--add-config min.insync.replicas=2)", resource.name, min_insync, resource.name)
+
+
+def _copies(topic) -> int:
+    """A topic's replication factor as its metadata shows it (its least replicated partition)."""
+    return min((len(partition.replicas) for partition in topic.partitions.values()), default=0)
 
 
 # librdkafka retries a refused login or a failed TLS handshake for ever, and metadata
@@ -59,12 +129,13 @@ _FATAL_AT_STARTUP = {
 
 
 def _list_topics(admin: AdminClient, client_config: dict[str, str], errors: list[KafkaError],
-                 timeout_s: float) -> dict:
-    """list_topics, polled in short steps so that a fatal connection error stops it at once."""
+                 timeout_s: float):
+    """list_topics (the cluster's metadata: topics and brokers), polled in short steps so that a
+    fatal connection error stops it at once."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic()))).topics
+            return admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
         except KafkaException as exc:
             last = exc
         admin.poll(0)  # serves error_cb

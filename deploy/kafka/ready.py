@@ -1,7 +1,8 @@
 """Waits until a Kafka metadata request to BOOTSTRAP succeeds; exit 0 when it does.
 
 Used by kafka.sh: a broker is ready when a client can read its metadata, not when
-its process exists.
+its process exists. ``ready.py BOOTSTRAP TIMEOUT_S [PID [BROKERS]]``: with BROKERS, ready
+also means the metadata counts that many brokers (every node of a cluster registered).
 """
 import logging
 import os
@@ -27,12 +28,13 @@ def client_properties() -> dict[str, str]:
     return props
 
 
-def main(bootstrap: str, timeout_s: float, pid: int | None) -> int:
+def main(bootstrap: str, timeout_s: float, pid: int | None, brokers: int = 1) -> int:
     # "connection refused" is expected until the listener is up: keep librdkafka quiet
     quiet = logging.getLogger("kafka-ready")
     quiet.disabled = True
     admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet, **client_properties()})
     deadline = time.monotonic() + timeout_s
+    seen = 0
     while time.monotonic() < deadline:
         if pid is not None:
             try:
@@ -41,16 +43,20 @@ def main(bootstrap: str, timeout_s: float, pid: int | None) -> int:
                 print(f"kafka: broker process {pid} exited during start-up", file=sys.stderr)
                 return 1
         try:
-            md = admin.list_topics(timeout=2)
-            if md.brokers:
+            seen = len(admin.list_topics(timeout=2).brokers)
+            if seen >= brokers:
                 return 0
         except Exception:  # not up yet: the listener refuses or times out
             pass
         time.sleep(0.5)
-    print(f"kafka: no metadata from {bootstrap} within {timeout_s:.0f}s", file=sys.stderr)
+    if seen:
+        print(f"kafka: {bootstrap} counts {seen} of {brokers} brokers after {timeout_s:.0f}s", file=sys.stderr)
+    else:
+        print(f"kafka: no metadata from {bootstrap} within {timeout_s:.0f}s", file=sys.stderr)
     return 1
 
 
 if __name__ == "__main__":
     pid_arg = int(sys.argv[3]) if len(sys.argv) > 3 else None
-    sys.exit(main(sys.argv[1], float(sys.argv[2]), pid_arg))
+    brokers_arg = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    sys.exit(main(sys.argv[1], float(sys.argv[2]), pid_arg, brokers_arg))

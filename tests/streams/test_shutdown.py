@@ -22,7 +22,7 @@ from loadgen.cluster.faults import RestartableBroker, short_requests, tally
 from loadgen.cluster.local_kafka import REPO
 from loadgen.cluster.workers import WorkerProcess
 from streams.lifecycle import Watchdog
-from streams.logs import RepeatLimiter
+from streams.logs import RepeatLimiter, broker_named
 
 
 class FakeClock:
@@ -78,6 +78,37 @@ def test_the_limiter_keeps_other_messages_levels_and_loggers():
     assert lines.count("INFO a routine line") == 3
     assert lines.count("CRITICAL something that must always show") == 3
     assert ours_out.getvalue().count("not a limited logger") == 3
+
+
+def test_messages_about_different_brokers_are_limited_each_on_its_own():
+    clock = FakeClock()
+    limiter = RepeatLimiter(10.0, clock=clock)
+    logger, out = limited_logger(limiter, "aiokafka.client")
+    for _ in range(3):  # two nodes of a cluster away at once: each is named, once
+        for node in (1, 2):
+            logger.error("Unable connect to node with id %s: %s", node, "[Errno 111] refused")
+            logger.error("Failed fetch messages from %s: %s", node, "NodeNotReadyError")
+            logger.warning("Cannot send %r to %s: %r", "ProduceRequest", node, "timeout")
+        for port in (19512, 19513):
+            logger.error('Unable connect to "%s:%s": %s', "127.0.0.1", port, "[Errno 111] refused")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 8, lines
+    assert [line for line in lines if "node with id" in line] == [
+        "ERROR Unable connect to node with id 1: [Errno 111] refused",
+        "ERROR Unable connect to node with id 2: [Errno 111] refused"]
+    assert sum("127.0.0.1:19512" in line for line in lines) == sum("127.0.0.1:19513" in line for line in lines) == 1
+    assert limiter.held_back == 16
+    clock.now += 11
+    logger.error("Unable connect to node with id %s: %s", 2, "[Errno 111] refused")
+    assert out.getvalue().splitlines()[-1].endswith("[2 more like this in the last 11 s not logged]")
+
+
+def test_the_broker_a_message_names():
+    assert broker_named("Unable connect to node with id 3: [Errno 111]") == "3"
+    assert broker_named("Marking the coordinator dead (node 2)for group g.") == "2"
+    assert broker_named("Failed fetch offsets from 1: KafkaConnectionError") == "1"
+    assert broker_named('Unable to request metadata from "127.0.0.1:9093": refused') == "127.0.0.1:9093"
+    assert broker_named("Heartbeat failed for group g: generation id is not current.") is None
 
 
 def test_a_record_seen_by_two_handlers_is_judged_once():

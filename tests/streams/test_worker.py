@@ -302,6 +302,9 @@ def test_metrics_and_health_endpoints(worker, client):
         text, "rerank_micro_batch_tokens_total", kind="real") > 0
     health = worker.status("/healthz")
     assert health["alive"] is True and health["partitions"] == 2
+    # faust's leader-election topic is off (streams/app.py): aiokafka no longer looks it up in vain
+    log = worker.log_path.read_text(errors="replace")
+    assert "__assignor-__leader" not in log and "not found in cluster metadata" not in log
 
 
 def test_loadgen_cli_against_the_worker_writes_json_and_plot(kafka_bootstrap, topics, worker, tmp_path):
