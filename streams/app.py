@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engines import Reranker
 from streams import metrics
-from streams.faust_adapter import commit_before_revoke, use_idempotent_producer
+from streams.faust_adapter import follow_rebalances, use_idempotent_producer
 from streams.logs import keep_sasl_frames_out_of_logs
 from streams.service import RerankService
 from streams.settings import WorkerSettings
@@ -34,7 +34,7 @@ log = logging.getLogger("rerank.worker")
 def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
     """The Faust app of one worker: its agent, engine loop, web endpoints and timers."""
     use_idempotent_producer()
-    commit_before_revoke()
+    follow_rebalances()
     keep_sasl_frames_out_of_logs()
     app = _faust_app(settings)
     service = RerankService(app, settings, reranker, make_producer=transactional_producer(settings, app))
@@ -57,7 +57,7 @@ def create_app(settings: WorkerSettings, reranker: Reranker) -> faust.App:
         _holding(service, sorted(tp.partition for tp in assigned if tp.topic == settings.request_topic))
 
     if isinstance(service.delivery, TransactionalDelivery):
-        _transactions_follow_the_assignment(app, service.delivery, settings.request_topic)
+        _transactions_follow_the_assignment(app, service.delivery)
 
     @app.timer(interval=settings.summary_every_s)
     async def summary() -> None:
@@ -120,17 +120,15 @@ def transactional_producer(settings: WorkerSettings, app: faust.App) -> Callable
     return make
 
 
-def _transactions_follow_the_assignment(app: faust.App, delivery: TransactionalDelivery, topic: str) -> None:
-    """exactly_once: commit what is ready before partitions are given up, and start the producers
-    of the partitions held before their committed offsets are read (faust sends
-    on_rebalance_complete just before it seeks to them)."""
-    @app.on_partitions_revoked.connect
-    async def commit_before_giving_up(app, revoked, **kwargs) -> None:
-        await delivery.flush()
+def _transactions_follow_the_assignment(app: faust.App, delivery: TransactionalDelivery) -> None:
+    """exactly_once: the delivery hears of revocations and assignments inside faust's rebalance
+    callbacks (streams.faust_adapter), and starts the producers of the partitions held before
+    their committed offsets are read (faust sends on_rebalance_complete just before it seeks)."""
+    app.rebalance_listener = delivery
 
     @app.on_rebalance_complete.connect
     async def fence_before_seeking(app, **kwargs) -> None:
-        await delivery.prepare({tp.partition for tp in app.consumer.assignment() if tp.topic == topic})
+        await delivery.prepare()
 
 
 def faust_credentials(settings: WorkerSettings) -> faust.types.auth.CredentialsT | None:

@@ -17,8 +17,10 @@ public hook for. Written against faust-streaming 0.15.3 and mode-streaming 0.7.1
    forgets the acked offsets of the revoked partitions first, and commits nothing, so every
    rebalance made even a surviving worker answer again what it had answered since its last
    commit (about a second's worth), and what it finished while the rebalance waited for it.
-   ``commit_before_revoke`` makes it stop fetching, wait for the requests taken to be settled
-   (as faust's own revoke then would) and commit, before faust forgets.
+   ``_commit_then_revoke`` makes it stop fetching, wait for the requests taken to be settled
+   (as faust's own revoke then would) and commit, before faust forgets. ``follow_rebalances``
+   installs it, and also tells the app's ``RebalanceListener`` (exactly-once delivery) of each
+   revocation and assignment from inside faust's callbacks, where the group waits for them.
 
 Everything else the worker uses of faust is public: ``App.crashed``, ``App.crash``,
 ``stream.ack``, ``consumer.commit``, ``consumer.stop_flow``, ``app.flow_control``, ``conf``.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.transport import consumer as faust_consumer
@@ -52,7 +54,18 @@ def use_idempotent_producer() -> None:
     faust_aiokafka.Producer._settings_extra = _idempotent_settings
 
 
+class RebalanceListener(Protocol):
+    """Told of rebalances inside faust's own callbacks, so that the group waits for it: what a
+    worker must finish before its partitions can go to another (``revoking``), and which
+    partitions it holds once they are assigned (``assigned``). Set as ``app.rebalance_listener``."""
+
+    async def revoking(self) -> None: ...
+
+    def assigned(self, partitions: set) -> None: ...
+
+
 _FORGETFUL_REVOKE = faust_consumer.Consumer.on_partitions_revoked
+_PLAIN_ASSIGN = faust_consumer.Consumer.on_partitions_assigned
 
 
 async def _commit_then_revoke(self: Any, revoked: set) -> None:
@@ -65,12 +78,24 @@ async def _commit_then_revoke(self: Any, revoked: set) -> None:
         except Exception as exc:  # the commit is an optimisation: at least once holds without it
             log.warning("rebalance: could not commit before giving up partitions (%r); what was answered "
                         "since the last commit will be answered again", exc)
+    listener: RebalanceListener | None = getattr(self.app, "rebalance_listener", None)
+    if listener is not None:
+        await listener.revoking()
     await _FORGETFUL_REVOKE(self, revoked)
 
 
-def commit_before_revoke() -> None:
-    """From now on faust's consumers commit what is answered before a rebalance takes partitions."""
+async def _tell_then_assign(self: Any, assigned: set, generation_id: int = 0) -> None:
+    listener: RebalanceListener | None = getattr(self.app, "rebalance_listener", None)
+    if listener is not None:
+        listener.assigned(set(assigned))
+    await _PLAIN_ASSIGN(self, assigned, generation_id)
+
+
+def follow_rebalances() -> None:
+    """From now on faust's consumers commit what is answered before a rebalance takes partitions,
+    and tell the app's ``rebalance_listener`` (if it has one) of revocations and assignments."""
     faust_consumer.Consumer.on_partitions_revoked = _commit_then_revoke
+    faust_consumer.Consumer.on_partitions_assigned = _tell_then_assign
 
 
 def stop_fetching(app: faust.App) -> None:

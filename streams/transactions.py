@@ -100,6 +100,8 @@ class TransactionalDelivery(Delivery):
         self.request_topic = request_topic
         self.interval_s = interval_s
         self.partitions: dict[int, _Partition] = {}
+        self._assigned: set[int] | None = None  # None: between a revocation and the next assignment
+        self._preparing: asyncio.Future | None = None
         self._waiting: dict[int, _Ready] = {}  # id(event) -> its answer, until its turn comes
 
     # --- what the service calls ------------------------------------------------------------
@@ -119,10 +121,29 @@ class TransactionalDelivery(Delivery):
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
 
-    async def prepare(self, partitions: set[int]) -> None:
-        """Holds exactly ``partitions`` of the request topic from now on: starts (and so fences
-        earlier holders of) the producers of new ones, closes those of the ones given up.
-        Called before the consumer reads the committed offsets."""
+    def assigned(self, partitions: set) -> None:
+        """The consumer's new assignment (faust's TPs), before faust acts on it."""
+        self._assigned = {tp.partition for tp in partitions if tp.topic == self.request_topic}
+
+    async def revoking(self) -> None:
+        """A rebalance takes the partitions: finish starting producers (so that the next holder's
+        start comes after, and fences them, not the other way round) and commit what is ready.
+        Until the next assignment this worker holds nothing."""
+        self._assigned = None
+        if self._preparing is not None:
+            await asyncio.gather(self._preparing, return_exceptions=True)
+        await self.flush()
+
+    async def prepare(self) -> None:
+        """Starts (and so fences earlier holders of) the producers of the partitions assigned,
+        closes those of the ones given up. Called before the consumer reads the committed
+        offsets; does nothing while a rebalance is under way (its assignment prepares then)."""
+        if self._assigned is None:
+            return
+        self._preparing = asyncio.ensure_future(self._hold(set(self._assigned)))
+        await self._preparing
+
+    async def _hold(self, partitions: set[int]) -> None:
         fenced = {partition for partition, state in self.partitions.items() if state.fenced}
         for partition in sorted(set(self.partitions) - partitions | fenced):
             await self._close(partition)  # a fenced one held again (after another holder) gets a new producer
@@ -201,8 +222,17 @@ class TransactionalDelivery(Delivery):
             batch, state.queue = state.queue, []
             try:
                 delivered = await self._transaction(partition, state, batch)
-            except ProducerFenced:
+            except ProducerFenced as exc:
                 state.fenced = True
+                if self._assigned is not None and partition in self._assigned:
+                    # The group says this worker holds it, yet another producer started since: a
+                    # zombie (this worker, dropped from the group without knowing it yet, or
+                    # another, starting late). Stopping is the one safe way on: a restart
+                    # rejoins the group and reads the committed offsets again.
+                    await self._on_failure(RuntimeError(
+                        f"exactly-once: the producer of partition {partition}, which this worker holds, was "
+                        f"fenced by another ({exc}); {len(batch)} answers left uncommitted"))
+                    return
                 log.warning("exactly-once: partition %d has a newer holder; its %d uncommitted answers are left "
                             "to it", partition, len(batch))
                 return

@@ -80,8 +80,30 @@ def test_faust_forgets_the_acked_offsets_of_revoked_partitions_where_the_adapter
 
     original = inspect.getsource(faust_adapter._FORGETFUL_REVOKE)
     assert "self._acked.pop(tp, None)" in original and ".commit(" not in original
-    faust_adapter.commit_before_revoke()
+    assert list(inspect.signature(faust_adapter._PLAIN_ASSIGN).parameters) == ["self", "assigned", "generation_id"]
+    faust_adapter.follow_rebalances()
     assert faust_consumer.Consumer.on_partitions_revoked is faust_adapter._commit_then_revoke
+    assert faust_consumer.Consumer.on_partitions_assigned is faust_adapter._tell_then_assign
+
+
+def test_the_rebalance_listener_hears_of_an_assignment_before_faust_acts_on_it():
+    calls = []
+
+    class Listener:
+        def assigned(self, partitions):
+            calls.append(("assigned", partitions))
+
+    class Consumer:
+        app = type("App", (), {"rebalance_listener": Listener()})()
+
+    async def plain(self, assigned, generation_id=0):
+        calls.append(("faust", generation_id))
+    original, faust_adapter._PLAIN_ASSIGN = faust_adapter._PLAIN_ASSIGN, plain
+    try:
+        asyncio.run(faust_adapter._tell_then_assign(Consumer(), {"tp1"}, 7))
+    finally:
+        faust_adapter._PLAIN_ASSIGN = original
+    assert calls == [("assigned", {"tp1"}), ("faust", 7)]
 
 
 def test_the_revoke_wrapper_stops_fetching_waits_commits_then_runs_faust_s_own():
