@@ -89,3 +89,21 @@ class WorkerProcess:
                 self.proc.wait(10)
         self._log.close()
         return self.proc.returncode
+
+
+def partitions_held(worker: WorkerProcess) -> int:
+    """How many request partitions ``worker`` holds, as its /healthz says (0 if it does not answer)."""
+    state = worker.status("/healthz") or {}
+    return int(state.get("partitions", 0))
+
+
+def wait_split(workers: list[WorkerProcess], partitions: int, timeout_s: float = 90.0) -> list[int]:
+    """Waits until every worker holds partitions and together they hold all ``partitions``."""
+    deadline = time.monotonic() + timeout_s
+    held: list[int] = []
+    while time.monotonic() < deadline:
+        held = [partitions_held(w) for w in workers]
+        if all(held) and sum(held) == partitions:
+            return held
+        time.sleep(0.3)
+    raise AssertionError(f"partitions not split across {[w.name for w in workers]} after {timeout_s}s: {held}")

@@ -27,6 +27,7 @@ from loadgen.cluster.faults import (
     tally,
 )
 from loadgen.cluster.workers import WorkerProcess
+from loadgen.cluster.workers import wait_split as wait_until_split
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
@@ -46,21 +47,9 @@ def worker_env(bootstrap: str, tag: str, **extra: str) -> dict[str, str]:
             "RERANK_SESSION_TIMEOUT_S": "6", "RERANK_HEARTBEAT_INTERVAL_S": "1", **extra}
 
 
-def partitions_of(worker: WorkerProcess) -> int:
-    state = worker.status("/healthz") or {}
-    return int(state.get("partitions", 0))
-
-
 def wait_split(workers: list[WorkerProcess], timeout_s: float = 90.0) -> list[int]:
-    """Waits until every worker holds partitions and together they hold all of them."""
-    deadline = time.monotonic() + timeout_s
-    held: list[int] = []
-    while time.monotonic() < deadline:
-        held = [partitions_of(w) for w in workers]
-        if all(held) and sum(held) == PARTITIONS:
-            return held
-        time.sleep(0.3)
-    raise AssertionError(f"partitions not split across {[w.name for w in workers]} after {timeout_s}s: {held}")
+    """Waits until every worker holds partitions and together they hold all PARTITIONS."""
+    return wait_until_split(workers, PARTITIONS, timeout_s)
 
 
 def assert_duplicates_agree(client: RerankClient, ids: list[str]) -> float:
