@@ -2,8 +2,12 @@
 
 CPU: the exported graph with ONNX Runtime's transformer fusions, in fp32 or static int8
 (per-channel int8 weights, activation scales calibrated once on the texts OpenVINO's NNCF
-calibrates on; VNNI kernels where the CPU has them). Static, so that a pair's int8 score does not
-depend on the other pairs or the padding of its micro-batch (:func:`engines.export.onnx_int8_static`).
+calibrates on; VNNI kernels where the CPU has them; the feed-forward blocks and the attention's
+probability MatMuls stay fp32). Static, so that a pair's int8 score does not depend on the other
+pairs or the padding of its micro-batch (:func:`engines.export.onnx_int8_static`); the dynamic
+int8 before it (activations quantized per batch) moved scores by up to 6e-3 with the batch, and
+was faster: the static model runs at about fp32's pairs/s (BENCHMARKS.md, "ONNX int8 whatever
+shares the window").
 CUDA: the fused graph in fp16 (or fp32) on the CUDA execution provider when onnxruntime-gpu is
 installed and a GPU is visible; otherwise the CPU provider, said once in the log.
 """
