@@ -5,8 +5,9 @@ Layout: ``<cache>/onnx/<model>-<task>-opset<N>-<key>/`` where ``key`` hashes the
 this module's recipe version. Inside, one file per precision/variant::
 
     model.fp32.onnx         the export (run by ONNX Runtime and OpenVINO, input of the quantizers)
-    model.int8.onnx         ONNX Runtime dynamic int8 (per-channel weights)
-    model.int8-reduced-range.onnx  the same with 7-bit weights, for CPUs without VNNI or AMX
+    model.int8-static-<cal>.onnx  ONNX Runtime static int8 (per-channel weights, calibrated
+                            activation scales); ``-reduced-range`` before ``.onnx``: 7-bit
+                            weights, for CPUs without VNNI or AMX
     model.fp16.onnx         fp16 weights and activations, for the CUDA execution provider
     model.int8-<cal>.xml    OpenVINO IR (+ .bin), NNCF static int8 (see engines.openvino_engine);
                             ``-overflow-fix`` before ``.xml`` for CPUs without VNNI or AMX
@@ -250,20 +251,70 @@ def onnx_fp32(cache: ExportCache) -> Path:
     return cache.get_or_make("model.fp32.onnx", lambda out: _export_fp32(cache, out), "exported")
 
 
-def ffn_output_matmuls(model) -> list[str]:
-    """Names of the MatMuls that project each layer's feed-forward (GELU) output back down."""
-    return [node.name for node in model.graph.node
-            if node.op_type == "MatMul" and node.name.endswith("output/dense/MatMul") and "attention" not in node.name]
+#: A layer's two feed-forward MatMuls: up to the GELU (BERT-like ``intermediate/dense``, ModernBERT's
+#: ``mlp/Wi``) and back down (``output/dense`` outside the attention, ``mlp/Wo``).
+FEED_FORWARD_MATMUL = re.compile(r"/(intermediate/dense|(?<!attention/)output/dense|mlp/Wi|mlp/Wo)/MatMul$")
 
 
-def onnx_int8_dynamic(cache: ExportCache) -> Path:
-    """Dynamic int8: weights quantized per output channel ahead of time, activations per batch at
-    run time. Needs no calibration data; runs the int8 GEMMs with VNNI where the CPU has it.
+def feed_forward_matmuls(model) -> list[str]:
+    """Names of the MatMuls of each layer's feed-forward block (:data:`FEED_FORWARD_MATMUL`)."""
+    return [node.name for node in model.graph.node if node.op_type == "MatMul" and FEED_FORWARD_MATMUL.search(node.name)]
 
-    The feed-forward output projections stay fp32. Their input, the GELU output, is quantized
-    per batch as one tensor with one scale, and that is where int8 lost the ranking: with them
-    in fp32, rank agreement with fp32 and NDCG@10 retention rose on the demo cross-encoder, for
-    some of the all-int8 speed (figures in docs/evaluation.md).
+
+#: What may stand between an attention's Softmax and the MatMul that weighs the values with it.
+_RESHAPING = {"Cast", "Reshape", "Transpose", "Identity", "Dropout"}
+
+
+def softmax_matmuls(model) -> list[str]:
+    """Names of the MatMuls that weigh the attention's values by its Softmax output (the
+    probabilities), found by the graph, not by name: every family names them its own way."""
+    made_by = {output: node for node in model.graph.node for output in node.output}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        producer = made_by.get(node.input[0])
+        while producer is not None and producer.op_type in _RESHAPING:
+            producer = made_by.get(producer.input[0])
+        if producer is not None and producer.op_type == "Softmax":
+            names.append(node.name)
+    return names
+
+
+def fp32_matmuls(model) -> list[str]:
+    """The MatMuls static int8 leaves in fp32, where one calibrated range per tensor failed:
+
+    * the attention's probabilities times values (:func:`softmax_matmuls`): a long sequence's
+      probabilities are spread thin, ~1/8000 each at 8k tokens, far below the 1/255 step of a
+      range calibrated on short pairs; they rounded to zero, and an 8k-token document's score
+      moved by 27 logits on the XLM-RoBERTa-8k stand-in while short pairs kept the 0.99 floor;
+    * the feed-forward blocks (:func:`feed_forward_matmuls`): their inputs have outlier channels
+      that one range serves badly. On the test model (the probability MatMuls int8), Pearson with
+      transformers was 0.982 with the blocks int8, below the 0.99 floor; 0.879 with only the down
+      projections int8; 0.995 with the blocks fp32, as the dynamic recipe had (which kept the
+      down projection fp32 for the same reason: docs/evaluation.md). What it costs in speed:
+      BENCHMARKS.md, "ONNX int8 whatever shares the window".
+    """
+    return feed_forward_matmuls(model) + softmax_matmuls(model)
+
+
+#: Bumped when the ONNX Runtime int8 recipe changes, so cached int8 models are re-made (it is part
+#: of the artefact's name, with the calibration set: :func:`engines.calibration.calibration_key`).
+ONNX_INT8_RECIPE = 1  # 1: static (calibrated) activation scales; before it, dynamic per-batch scales
+
+
+def onnx_int8_static(cache: ExportCache, calibration: Callable[[], list[dict[str, np.ndarray]]], key: str) -> Path:
+    """Static int8 for ONNX Runtime: weights quantized per output channel, activations with one
+    scale and zero point each, calibrated once (min/max) on ``calibration()``'s batches, the same
+    texts OpenVINO's NNCF calibrates on (:mod:`engines.calibration`); ``key`` names that set.
+
+    Static, not dynamic: ``quantize_dynamic`` quantizes activations per batch at run time, with
+    the batch's own range, so a pair's score moved with the other pairs (and the padding) of its
+    micro-batch, by up to 6e-3 on the test model, and a redelivered request could come back in
+    another order. With fixed scales, each row's int8 arithmetic is its own, and a pair scores
+    bitwise the same alone or in a crowded window (tests/engines/test_engines.py).
+
+    The MatMuls of :func:`fp32_matmuls` stay fp32: one static range per tensor cannot serve them.
 
     On a CPU without VNNI or AMX the weights use 7 bits (``reduce_range``): AVX2's int8 kernels
     add pairs of u8 x s8 products in 16 bits, which saturate with full-range weights. Full range
@@ -276,20 +327,33 @@ def onnx_int8_dynamic(cache: ExportCache) -> Path:
 
     def make(out: Path) -> None:
         import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
 
-        quantize_dynamic(
+        class Batches(CalibrationDataReader):
+            def __init__(self, batches):
+                self.batches = iter(batches)
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        quantize_static(
             str(source),
             str(out),
-            weight_type=QuantType.QInt8,
-            per_channel=True,  # rank agreement with fp32 0.987 vs 0.957 per-tensor, at the same speed
+            Batches(calibration()),
+            quant_format=QuantFormat.QDQ,  # ORT fuses each Q/DQ pair around a MatMul into an int8 kernel
+            op_types_to_quantize=["MatMul"],  # what the dynamic recipe quantized; the rest stays fp32
+            per_channel=True,
             reduce_range=reduce_range,
-            nodes_to_exclude=ffn_output_matmuls(onnx.load(str(source), load_external_data=False)),
+            activation_type=QuantType.QUInt8,  # u8 x s8: the form VNNI's int8 dot product takes
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=fp32_matmuls(onnx.load(str(source), load_external_data=False)),
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # for tensors shape inference leaves untyped
         )
 
-    name = "model.int8-reduced-range.onnx" if reduce_range else "model.int8.onnx"
-    return cache.get_or_make(name, make, "quantized (dynamic int8" + (", 7-bit weights for a CPU without VNNI)" if reduce_range else ")"))
+    name = f"model.int8-static-{key}" + ("-reduced-range" if reduce_range else "") + ".onnx"
+    return cache.get_or_make(name, make, "quantized (static int8" + (", 7-bit weights for a CPU without VNNI)" if reduce_range else ")"))
 
 
 def onnx_fp16(cache: ExportCache) -> Path:

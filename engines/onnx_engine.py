@@ -1,7 +1,13 @@
 """ONNX Runtime engine.
 
-CPU: the exported graph with ONNX Runtime's transformer fusions, in fp32 or dynamic int8
-(per-channel int8 weights, activations quantized per batch; VNNI kernels where the CPU has them).
+CPU: the exported graph with ONNX Runtime's transformer fusions, in fp32 or static int8
+(per-channel int8 weights, activation scales calibrated once on the texts OpenVINO's NNCF
+calibrates on; VNNI kernels where the CPU has them; the feed-forward blocks and the attention's
+probability MatMuls stay fp32). Static, so that a pair's int8 score does not depend on the other
+pairs or the padding of its micro-batch (:func:`engines.export.onnx_int8_static`); the dynamic
+int8 before it (activations quantized per batch) moved scores by up to 6e-3 with the batch, and
+was faster: the static model runs at about fp32's pairs/s (BENCHMARKS.md, "ONNX int8 whatever
+shares the window").
 CUDA: the fused graph in fp16 (or fp32) on the CUDA execution provider when onnxruntime-gpu is
 installed and a GPU is visible; otherwise the CPU provider, said once in the log.
 """
@@ -12,7 +18,8 @@ import logging
 
 import numpy as np
 
-from engines.export import ExportCache, input_names, onnx_fp16, onnx_fp32, onnx_int8_dynamic
+from engines.calibration import calibration_batches, calibration_key
+from engines.export import ONNX_INT8_RECIPE, ExportCache, input_names, onnx_fp16, onnx_fp32, onnx_int8_static
 
 log = logging.getLogger("engines.onnx")
 
@@ -25,7 +32,8 @@ class OnnxBackend:
 
     runtime = "onnx"
 
-    def __init__(self, cache: ExportCache, device: str, precision: str, threads: int | None, cpu_pinning: bool = False):
+    def __init__(self, cache: ExportCache, tokenizer, max_length: int, pad_id: int, device: str, precision: str,
+                 threads: int | None, cpu_pinning: bool = False):
         import onnxruntime as ort
 
         self.names = input_names(cache.folder)
@@ -49,7 +57,11 @@ class OnnxBackend:
                         self.precision, self.path = gpu_precision, path
         if session is None:
             self.precision = "int8" if precision == "int8" else "fp32"
-            self.path = onnx_int8_dynamic(cache) if self.precision == "int8" else onnx_fp32(cache)
+            if self.precision == "int8":  # the calibration batches are built only if the int8 model is made
+                self.path = onnx_int8_static(cache, lambda: calibration_batches(cache, tokenizer, max_length, pad_id),
+                                             calibration_key(ONNX_INT8_RECIPE))
+            else:
+                self.path = onnx_fp32(cache)
             session = _session(ort, self.path, [CPU_PROVIDER], threads, cpu_pinning)
         self.session = session
         provider = session.get_providers()[0]

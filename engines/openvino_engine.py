@@ -10,64 +10,18 @@ or AMX).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from engines.batching import BatchRunner
+from engines.calibration import calibration_batches, calibration_key
 from engines.config import cpu_has_int8_dot_product
-from engines.corpus import CORPUS_VERSION, load_passages, queries_with_sources
 from engines.export import ExportCache, input_names, onnx_fp32
 from engines.torch_engine import CROSS
 
 log = logging.getLogger("engines.openvino")
-
-CALIBRATION_SAMPLES = 200  # rank agreement with fp32: 0.9924 at 64, 0.9944 at 128, 0.9955 at 300
-CALIBRATION_SEED = 1234
-
-
-class _Recorder:
-    """A backend that keeps the padded batches it is given instead of running them, so that the
-    calibration inputs are built by exactly the code that builds real inputs."""
-
-    runtime, device, precision = "record", "cpu", "fp32"
-
-    def __init__(self, names):
-        self.names = names
-        self.batches: list[dict[str, np.ndarray]] = []
-
-    def run(self, input_ids, attention_mask, token_type_ids):
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        self.batches.append({name: feeds[name] for name in self.names})
-        return np.zeros((len(input_ids),), dtype=np.float32)
-
-
-def calibration_batches(cache: ExportCache, tokenizer, max_length: int, pad_id: int) -> list[dict[str, np.ndarray]]:
-    """Single-sequence batches for NNCF: for a cross-encoder, each query with the passage it was
-    drawn from and with a random other passage (relevant and irrelevant pairs); for a bi-encoder,
-    queries and passages alone."""
-    passages = load_passages()
-    rng = random.Random(CALIBRATION_SEED)
-    recorder = _Recorder(input_names(cache.folder))
-    # One sequence per batch: no padding, so the calibrated ranges come from real tokens only.
-    runner = BatchRunner(tokenizer, recorder, max_length, pad_id, max_batch_tokens=1, max_batch_pairs=1)
-    half = CALIBRATION_SAMPLES // 2
-    drawn = queries_with_sources(half, seed=CALIBRATION_SEED)
-    if cache.task == CROSS:
-        query_texts = [q for q, _ in drawn]
-        docs = [passages[i] for _, i in drawn] + [passages[rng.randrange(len(passages))] for _ in drawn]
-        pair_query = np.concatenate([np.arange(half), np.arange(half)])
-        runner.score_pairs(query_texts, docs, pair_query, np.arange(2 * half))
-    else:
-        runner.embed_texts([q for q, _ in drawn] + [passages[rng.randrange(len(passages))] for _ in drawn])
-    runner.close()
-    return recorder.batches
-
 
 #: The scoring head's MatMuls (BERT's pooler and classifier, ELECTRA / XLM-R's classifier dense and
 #: out_proj, DeBERTa's pooler, ModernBERT's head): they run on one vector per pair, so int8 saves
@@ -131,16 +85,8 @@ def openvino_int8(cache: ExportCache, tokenizer, max_length: int, pad_id: int) -
         ov.save_model(quantized, str(out), compress_to_fp16=False)
 
     suffix = "-overflow-fix" if overflow_fix else ""
-    return cache.get_or_make(f"model.int8-{_calibration_key()}{suffix}.xml", make,
+    return cache.get_or_make(f"model.int8-{calibration_key(INT8_RECIPE)}{suffix}.xml", make,
                              "quantized (NNCF static int8" + (", overflow fix for a CPU without VNNI)" if overflow_fix else ")"))
-
-
-def _calibration_key() -> str:
-    """Names the calibration set and the recipe, so that a different corpus (another Python's
-    stdlib, a new corpus version), sample count or recipe makes a new quantized model rather than
-    reusing the old one."""
-    recipe = f"{CALIBRATION_SAMPLES}|{CALIBRATION_SEED}|{CORPUS_VERSION}|{sys.version_info[:2]}|{INT8_RECIPE}"
-    return hashlib.sha256(recipe.encode()).hexdigest()[:8]
 
 
 def compile_config(precision: str, threads: int | None, cpu_pinning: bool) -> dict:

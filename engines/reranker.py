@@ -381,7 +381,7 @@ def _make_runner(config: EngineConfig, folder: ModelFolder, task: str, runtime: 
     else:
         cache = ExportCache(folder, task, cache_root)
         if runtime == "onnx":
-            backend = OnnxBackend(cache, device, precision, threads, cpu_pinning=pinning)
+            backend = OnnxBackend(cache, tokenizer, length, pad_id, device, precision, threads, cpu_pinning=pinning)
         else:
             backend = OpenVinoBackend(cache, tokenizer, length, pad_id, device, precision, threads, cpu_pinning=pinning)
     on_gpu = backend.device == "cuda"

@@ -118,13 +118,13 @@ def run(cpu_smoke: bool, json_path: str | None, seconds: float) -> dict:
     for precision in (["fp32", "fp16", "bf16"] if cuda else ["fp32", "bf16"]):
         backends[f"torch-{precision}"] = lambda p=precision: TorchBackend(folder, CROSS, device, p, None)
     if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-        backends["ort-cuda-fp16"] = lambda: OnnxBackend(ExportCache(folder, CROSS, default_cache_dir()), "cuda",
-                                                        "fp16", None)
+        backends["ort-cuda-fp16"] = lambda: OnnxBackend(ExportCache(folder, CROSS, default_cache_dir()), None, 0, 0,
+                                                        "cuda", "fp16", None)  # no int8: no calibration
     else:
         report["skipped"]["ort-cuda-fp16"] = "this onnxruntime has no CUDAExecutionProvider (needs onnxruntime-gpu)"
     if cpu_smoke:
-        backends["ort-cpu-fp32"] = lambda: OnnxBackend(ExportCache(folder, CROSS, default_cache_dir()), "cpu",
-                                                       "fp32", None)
+        backends["ort-cpu-fp32"] = lambda: OnnxBackend(ExportCache(folder, CROSS, default_cache_dir()), None, 0, 0,
+                                                       "cpu", "fp32", None)
     for name, make in backends.items():
         try:
             backend = make()

@@ -58,11 +58,10 @@ def main(standins, size, rounds, requests, json_path):
     write_json(json_path, report)
 
 
-def _measure(name: str, size: str, rounds: int, jobs: list, scratch: str) -> dict:
-    """One stand-in's two int8 models, timed round by round side by side."""
+def side_by_side(built: dict, jobs: list, rounds: int) -> dict[str, list[float]]:
+    """Pairs/s of each warmed-up reranker of ``built`` on ``jobs``, per round; in each round every
+    reranker runs in turn, so a busy moment of a shared machine slows one round of each."""
     pairs = sum(len(job.documents) for job in jobs)
-    folder = str(ensure_standin(name, size=size))
-    built = {SHIPPED: _build(folder, SHIPPED_TABLE, scratch), ALL_INT8: _build(folder, {}, scratch)}
     for reranker in built.values():
         reranker.warmup()
         reranker.rerank(jobs[:5])
@@ -72,6 +71,14 @@ def _measure(name: str, size: str, rounds: int, jobs: list, scratch: str) -> dic
             began = time.perf_counter()
             reranker.rerank(jobs)
             timed[variant].append(pairs / (time.perf_counter() - began))
+    return timed
+
+
+def _measure(name: str, size: str, rounds: int, jobs: list, scratch: str) -> dict:
+    """One stand-in's two int8 models, timed round by round side by side."""
+    folder = str(ensure_standin(name, size=size))
+    built = {SHIPPED: _build(folder, SHIPPED_TABLE, scratch), ALL_INT8: _build(folder, {}, scratch)}
+    timed = side_by_side(built, jobs, rounds)
     result = {variant: {"best_pairs_per_s": max(r), "rounds_pairs_per_s": r} for variant, r in timed.items()}
     ratio = max(timed[SHIPPED]) / max(timed[ALL_INT8])
     result["shipped_over_all_int8"] = ratio

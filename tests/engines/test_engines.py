@@ -16,7 +16,7 @@ import engines.config as config
 from engines import EngineConfig, RerankJob, build_reranker
 from engines.batching import SIZE_BUCKETS, bucket_width
 from engines.corpus import load_passages, queries
-from engines.export import ffn_output_matmuls
+from engines.export import feed_forward_matmuls, fp32_matmuls, softmax_matmuls
 from engines.models import packaged_minilm_path
 from engines.testmodel import MARKER_KEY, ensure_test_model, is_test_model
 
@@ -107,16 +107,20 @@ def test_int8_ranks_like_fp32(engines, engine):
     assert np.mean(per_query) > 0.7
 
 
-def test_onnx_int8_keeps_the_feed_forward_output_projections_in_fp32(engines):
+def test_onnx_int8_keeps_the_feed_forward_blocks_and_the_attention_probabilities_in_fp32(engines):
     import onnx
 
     path = engines("onnx", "int8")._cross.backend.path
     graph = onnx.load(str(path), load_external_data=False).graph
-    kept = {node.name for node in graph.node if node.op_type == "MatMul"}
-    fp32_projections = ffn_output_matmuls(onnx.load(str(path.with_name("model.fp32.onnx")), load_external_data=False))
-    assert len(fp32_projections) == 6  # one per MiniLM-L6 layer
-    assert set(fp32_projections) <= kept
-    assert sum(node.op_type == "MatMulInteger" for node in graph.node) >= 6 * 5  # the rest is int8
+    made_by = {output: node.op_type for node in graph.node for output in node.output}
+    matmuls = {node.name: node for node in graph.node if node.op_type == "MatMul"}
+    int8 = {name for name, node in matmuls.items() if all(made_by.get(i) == "DequantizeLinear" for i in node.input)}
+    fp32_graph = onnx.load(str(path.with_name("model.fp32.onnx")), load_external_data=False)
+    feed_forward, probabilities = feed_forward_matmuls(fp32_graph), softmax_matmuls(fp32_graph)
+    assert len(feed_forward) == 2 * 6 and len(probabilities) == 6  # per MiniLM-L6 layer: up and down; one
+    assert all(name.endswith("attention/self/MatMul_1") for name in probabilities)
+    assert int8 == set(matmuls) - set(fp32_matmuls(fp32_graph))
+    assert len(int8) == 5 * 6  # the rest is int8: query, key, value, scores, attention output
 
 
 def test_each_request_gets_its_own_scores_in_its_own_order(engines):
@@ -287,3 +291,73 @@ def test_openvino_is_given_only_bucketed_shapes(engines):
     max_length = reranker._cross.max_length
     assert len(seen) > 5
     assert all(size in SIZE_BUCKETS and width == bucket_width(width, max_length) for size, width in seen), seen
+
+
+class _Rows:
+    """Wraps a backend's ``run``: keeps each micro-batch's rows (token ids without padding) and
+    whether each row was padded, so a test can see which rows shared a batch."""
+
+    def __init__(self, backend):
+        self.backend, self.run = backend, backend.run
+        self.batches: list[list[tuple[tuple[int, ...], bool]]] = []
+        backend.run = self.record
+
+    def record(self, ids, mask, types):
+        self.batches.append([(tuple(row[keep == 1].tolist()), bool((keep == 0).any())) for row, keep in zip(ids, mask)])
+        return self.run(ids, mask, types)
+
+    def close(self):
+        del self.backend.run  # the class's method again
+
+
+def _crowd(rng: random.Random, passages: list[str], words: list[str]) -> list[RerankJob]:
+    """Requests of other lengths than any one request: short and long queries, one-word to
+    full-length documents, so a request's pairs share micro-batches with them and get padded."""
+    return [RerankJob(random_text(rng, words, 1, 40), rng.sample(passages, rng.randint(3, 12))
+                      + [random_text(rng, words, 1, 300) for _ in range(rng.randint(1, 6))], prefilter=False)
+            for _ in range(8)]
+
+
+#: |alone - crowded| allowed per engine on the test model (its scores span ~0.03), measured.
+#: onnx-int8: none. Its activation scales are static, so each row's int8 arithmetic is its own,
+#: and ONNX Runtime computes the fp32 parts between (LayerNorm, softmax over the padded length,
+#: the fp32 MatMuls) bitwise the same for a row whatever the batch shape (onnx-fp32 below: 0).
+#: The dynamic recipe it replaced moved scores by up to 6e-3 (this test fails on it).
+#: openvino-int8: static scales too, but its fp32 parts differ in the last bits with the batch
+#: shape (openvino-fp32: ~4e-8), and an activation sitting on an int8 rounding boundary then
+#: rounds the other way: measured 0 in most draws, up to 2.4e-4 in one of 4 here, 5e-4 before
+#: (README, "Operating it"). 1e-3 holds that, and still catches a per-batch scale (6e-3).
+#: fp32: GEMM blockings per batch shape change float sums in the last bits: measured up to 7e-8
+#: (torch, OpenVINO), 0 on ONNX Runtime; 1e-5, as the scatter test above allows.
+WINDOW_TOLERANCE = {"onnx-int8": 0.0, "openvino-int8": 1e-3, "onnx-fp32": 1e-5, "openvino-fp32": 1e-5,
+                    "torch-fp32": 1e-5}
+
+
+@pytest.mark.parametrize("engine, precision", [("onnx", "int8"), ("openvino", "int8"), ("onnx", "fp32"),
+                                               ("openvino", "fp32"), ("torch", "fp32")])
+def test_a_request_scores_the_same_alone_and_in_a_crowded_window(engines, engine, precision):
+    """A redelivered request may land in another window: its scores (and so its order) must not
+    depend on which requests share its micro-batches, nor on the padding they bring (#25)."""
+    rng = random.Random(fresh_seed(f"{engine}-{precision} alone vs crowded"))
+    passages, words = load_passages(), vocabulary()
+    job = RerankJob(random_text(rng, words, 2, 10), rng.sample(passages, 6) + [random_text(rng, words, 1, 30)
+                                                                               for _ in range(4)], prefilter=False)
+    reranker = engines(engine, precision)
+    rows = _Rows(reranker._cross.backend)
+    try:
+        [alone] = reranker.rerank([job])
+        own = {row for batch in rows.batches for row, _ in batch}
+        rows.batches.clear()
+        crowd = _crowd(rng, passages, words)
+        crowded = reranker.rerank(crowd[:4] + [job] + crowd[4:])[4]
+    finally:
+        rows.close()
+    # The crowd did crowd it: some of the request's rows shared a batch with other rows, padded.
+    shared = [batch for batch in rows.batches if any(row in own for row, _ in batch)
+              and any(row not in own for row, _ in batch)]
+    assert shared and any(padded for batch in shared for row, padded in batch if row in own)
+    difference = float(np.max(np.abs(crowded.scores - alone.scores)))
+    print(f"{engine}-{precision}: max |alone - crowded| {difference:.3g} over {len(job.documents)} pairs")
+    assert difference <= WINDOW_TOLERANCE[f"{engine}-{precision}"]
+    if WINDOW_TOLERANCE[f"{engine}-{precision}"] == 0:
+        assert list(crowded.order) == list(alone.order)

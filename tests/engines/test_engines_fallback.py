@@ -22,7 +22,7 @@ def test_onnx_cuda_request_without_cuda_provider_falls_back_to_cpu_and_says_so(c
 
     folder = ModelFolder.load(str(ensure_test_model()))
     with caplog.at_level(logging.INFO, logger="engines"):
-        backend = OnnxBackend(ExportCache(folder, CROSS, default_cache_dir()), "cuda", "fp16", None)
+        backend = OnnxBackend(ExportCache(folder, CROSS, default_cache_dir()), None, 0, 0, "cuda", "fp16", None)
     if "CUDAExecutionProvider" in ort.get_available_providers():  # pragma: no cover - a GPU box
         return
     assert backend.device == "cpu"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engines import export, openvino_engine
+from engines import calibration, export, openvino_engine
 
 
 class NamingCache:
@@ -22,13 +22,21 @@ class NamingCache:
         return Path("/nonexistent") / name
 
 
-@pytest.mark.parametrize("dot_product, onnx_name", [(True, "model.int8.onnx"), (None, "model.int8.onnx"),
-                                                    (False, "model.int8-reduced-range.onnx")])
+@pytest.mark.parametrize("dot_product, onnx_name", [(True, "model.int8-static-k.onnx"), (None, "model.int8-static-k.onnx"),
+                                                    (False, "model.int8-static-k-reduced-range.onnx")])
 def test_onnx_int8_is_reduced_range_only_without_vnni(monkeypatch, dot_product, onnx_name):
     monkeypatch.setattr(export, "cpu_has_int8_dot_product", lambda: dot_product)
     cache = NamingCache()
-    assert export.onnx_int8_dynamic(cache).name == onnx_name
+    assert export.onnx_int8_static(cache, calibration=list, key="k").name == onnx_name
     assert cache.asked == ["model.fp32.onnx", onnx_name]
+
+
+def test_the_static_int8_names_its_calibration_and_recipe_and_the_old_dynamic_name_is_not_reused():
+    """A cache may hold the dynamic recipe's ``model.int8.onnx``: the static model has another
+    name, and another recipe or calibration set gives another name again."""
+    key = calibration.calibration_key(export.ONNX_INT8_RECIPE)
+    assert key != calibration.calibration_key(export.ONNX_INT8_RECIPE + 1)
+    assert export.onnx_int8_static(NamingCache(), calibration=list, key=key).name.startswith(f"model.int8-static-{key}")
 
 
 @pytest.mark.parametrize("dot_product, fixed", [(True, False), (None, False), (False, True)])
