@@ -7,6 +7,7 @@ Data flow (one process; scale out with more processes in the same consumer group
           │                          ▼                                   ▼
           │                error answer / rerank-dlq              ranked answers, each when ready
           └──────── offsets committed only after each request's answer is delivered
+                    (RERANK_DELIVERY=exactly_once: in one transaction with it, streams.transactions)
 """
 from __future__ import annotations
 
