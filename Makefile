@@ -31,7 +31,7 @@ help:
 	@echo "  make lag         Kafka's kafka-consumer-groups --describe of RERANK_GROUP_ID (rerank-workers): lag per partition"
 	@echo "Tests and measurements:"
 	@echo "  make test-faults fault tests under load: broker restart, SIGKILLs, rebalance, produce failures,"
-	@echo "                   a 3-node cluster's leader SIGKILLed (~10.5 min)"
+	@echo "                   exactly-once, a 3-node cluster's nodes killed, stopped and restarted (~12 min)"
 	@echo "  make test-security    the security tests (their own SASL_SSL broker, ~1.5 min)"
 	@echo "  make compose-test     build the images, run docker-compose.yaml with podman: 2 -> 3 -> 2 workers,"
 	@echo "                   requests from the host, cold and warm start (~10 min; the first run ~20 min more)"
@@ -89,13 +89,14 @@ model: venv
 model-trained: venv
 	@$(RUN) -m evaluation.training
 
-# The fault tests (~10.5 min on 2 shared cores) run with make test-faults, not here;
+# The fault tests (~12 min on 2 cores) run with make test-faults, not here;
 # PYTEST_ARGS='-m ""' runs everything.
 test: venv kafka-jars
 	$(RUN) -m pytest -m "not faults" $(PYTEST_ARGS)
 
-# Fault injection under load (broker restart, SIGKILLs, rebalance, produce failures, a node of a
-# 3-node cluster SIGKILLed under a worker; tests/loadgen/test_cluster_multi_broker.py): ~10.5 min.
+# Fault injection under load (broker restart, SIGKILLs at least and exactly once, rebalance, produce
+# failures; on a 3-node cluster a node SIGKILLed, stopped, and all restarted in turn under two workers:
+# tests/loadgen/test_cluster_multi_broker.py, tests/streams/test_failover.py): ~12 min.
 test-faults: venv kafka-jars
 	$(RUN) -m pytest -m faults $(PYTEST_ARGS)
 
