@@ -73,6 +73,8 @@ class RerankService:
         self.acks = AckOrder()
         self.delivery: Delivery
         if settings.delivery == "exactly_once":
+            if make_producer is None:
+                raise ValueError("RERANK_DELIVERY=exactly_once needs make_producer (streams.app builds it)")
             self.delivery = TransactionalDelivery(
                 make_producer, metadata, self.answers, self.acks, group_id=settings.group_id,
                 request_topic=settings.request_topic, interval_s=settings.transaction_interval_ms / 1000,

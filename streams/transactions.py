@@ -263,7 +263,13 @@ class TransactionalDelivery(Delivery):
             try:
                 async with asyncio.timeout(2 * TRANSACTION_TIMEOUT_MS / 1000):
                     await state.producer.begin_transaction()
-                    delivered = [[await self._send(state.producer, m) for m in r.outbound] for r in batch]
+                    # after a failure, reply_to answers go to the response topic instead (a
+                    # reply topic that refuses them must not fail every retry, as at least once)
+                    delivered = [[await self._final(m, attempt > 1) for m in r.outbound] for r in batch]
+                    # all sent at once, then awaited: one round trip per partition, not per answer
+                    sent = [await state.producer.send(m.topic, m.value, key=m.key, headers=m.headers)
+                            for messages in delivered for m in messages]
+                    await asyncio.gather(*sent)
                     await state.producer.send_offsets_to_transaction({tp: next_offset}, self.group_id)
                     await state.producer.commit_transaction()
                 return delivered
@@ -276,20 +282,21 @@ class TransactionalDelivery(Delivery):
                             attempt, DELIVERY_ATTEMPTS, exc)
                 await asyncio.sleep(self.backoff_s * 2 ** attempt)
                 await _stop_quietly(state.producer, partition)
+                if self._assigned is None or partition not in self._assigned:
+                    # A new producer would fence whoever holds the partition now: leave it to them.
+                    raise ProducerFenced() from exc
                 state.producer = self._make_producer(transactional_id(self.group_id, self.request_topic, partition))
-                await state.producer.start()  # fenced here, if a newer holder exists
+                await state.producer.start()
         raise AssertionError("unreachable")
 
-    async def _send(self, producer: AIOKafkaProducer, message: Outbound) -> Outbound:
-        """Sends ``message`` in the open transaction (or what replaces it: its fallback when a
-        reply_to topic is missing, a too_large answer)."""
-        if message.fallback is not None and not await self.metadata.exists(message.topic):
+    async def _final(self, message: Outbound, fall_back: bool = False) -> Outbound:
+        """``message``, or what replaces it: its fallback when a reply_to topic is missing (or
+        ``fall_back``), a too_large answer when its topic would refuse it."""
+        if message.fallback is not None and (fall_back or not await self.metadata.exists(message.topic)):
             log.warning("reply topic %s does not exist; answering on %s instead", message.topic,
                         message.fallback.topic)
             message = message.fallback
-        message = await self.fit(message)
-        await (await producer.send(message.topic, message.value, key=message.key, headers=message.headers))
-        return message
+        return await self.fit(message)
 
 
 async def _stop_quietly(producer: AIOKafkaProducer, partition: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from types import SimpleNamespace
 
@@ -90,24 +91,28 @@ def topics(new_topic) -> dict[str, str]:
     return {"req": new_topic("txreq"), "resp": new_topic("txresp"), "group": f"txgroup-{uuid.uuid4().hex[:8]}"}
 
 
-def committed_answers(bootstrap: str, topic: str) -> list[str]:
-    """The request_ids a read_committed client sees on ``topic``, in order."""
+def committed_answers(bootstrap: str, topic: str, expected: int = 0, timeout_s: float = 15.0) -> list[str]:
+    """The request_ids a read_committed client sees on ``topic``, in order: read until ``expected``
+    have come (the commit markers that make a transaction visible are written just after
+    commit_transaction returns), then a second more, for any that should not be there."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
                          "isolation.level": "read_committed", "enable.auto.commit": False})
     try:
-        end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
         consumer.assign([TopicPartition(topic, 0, 0)])
         seen: list[str] = []
-        for _ in range(100):
-            message = consumer.poll(0.2)
-            if message is not None and not message.error():
-                seen.append(json.loads(message.value())["request_id"])
-            position = consumer.position([TopicPartition(topic, 0)])[0].offset
-            if position >= end:  # past every record, aborted ones and transaction markers included
-                break
+        deadline = time.monotonic() + timeout_s
+        while len(seen) < expected and time.monotonic() < deadline:
+            seen.extend(_request_ids(consumer.consume(10, 0.2)))
+        settled = time.monotonic() + 1.0
+        while time.monotonic() < settled:
+            seen.extend(_request_ids(consumer.consume(10, 0.2)))
         return seen
     finally:
         consumer.close()
+
+
+def _request_ids(messages) -> list[str]:
+    return [json.loads(m.value())["request_id"] for m in messages if not m.error()]
 
 
 def committed_offset(bootstrap: str, group: str, topic: str) -> int:
@@ -137,7 +142,7 @@ def test_answers_wait_for_earlier_requests_then_commit_with_their_offset(kafka_b
     worker, (acked_early, seen_early) = asyncio.run(scenario())
     assert acked_early == [] and seen_early == [], "answers left before the request ahead of them was answered"
     assert worker.acked == [0, 1, 2] and worker.failures == []
-    assert committed_answers(kafka_bootstrap, topics["resp"]) == ["r0", "r1", "r2"]
+    assert committed_answers(kafka_bootstrap, topics["resp"], expected=3) == ["r0", "r1", "r2"]
     assert committed_offset(kafka_bootstrap, topics["group"], topics["req"]) == 3
 
 
@@ -164,7 +169,7 @@ def test_a_newer_holder_fences_the_old_one_whose_answers_are_never_seen(kafka_bo
     assert len(old.failures) == 1 and "fenced" in str(old.failures[0]), \
         "a worker fenced on a partition it thinks it holds must stop (a restart rejoins the group)"
     assert new.acked == [0]
-    assert committed_answers(kafka_bootstrap, topics["resp"]) == ["r0"]
+    assert committed_answers(kafka_bootstrap, topics["resp"], expected=1) == ["r0"]
     assert committed_offset(kafka_bootstrap, topics["group"], topics["req"]) == 1
 
 
@@ -196,4 +201,83 @@ def test_a_fenced_partition_held_again_later_gets_a_producer_of_its_own_again(ka
 
     first, fenced_acks = asyncio.run(scenario())
     assert fenced_acks == [] and first.acked == [0] and first.failures == []
-    assert committed_answers(kafka_bootstrap, topics["resp"]) == ["r0"]
+    assert committed_answers(kafka_bootstrap, topics["resp"], expected=1) == ["r0"]
+
+
+class RefusingTransactionalProducer:
+    """aiokafka's transactional producer as TransactionalDelivery uses it, refusing every record
+    for ``refused`` (a reply topic without the worker's WRITE, say). Records land in ``log``
+    only when their transaction commits."""
+
+    def __init__(self, refused: str, log: list) -> None:
+        self.refused, self.log, self.open = refused, log, []
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    async def begin_transaction(self):
+        self.open = []
+
+    async def send(self, topic, value, key=None, headers=None):
+        future = asyncio.get_running_loop().create_future()
+        if topic == self.refused:
+            future.set_exception(RuntimeError(f"{topic}: TOPIC_AUTHORIZATION_FAILED"))
+        else:
+            self.open.append((topic, json.loads(value)))
+            future.set_result(None)
+        return future
+
+    async def send_offsets_to_transaction(self, offsets, group_id):
+        pass
+
+    async def commit_transaction(self):
+        self.log.extend(self.open)
+
+
+class KnownTopics:
+    """TopicMetadata's answers without a broker: every topic exists, any size fits."""
+
+    async def exists(self, topic):
+        return True
+
+    async def max_message_bytes(self, topic):
+        return 1_000_000
+
+
+def test_an_answer_its_reply_topic_refuses_goes_to_the_response_topic_on_the_retry():
+    async def scenario():
+        committed, acked, failures = [], [], []
+        answers = Answers(request_topic="req", response_topic="resp", dead_letter_topic="dlq", worker="w",
+                          model="m", engine="e")
+        acks = AckOrder()
+
+        async def ack(event):
+            acked.append(event.message.offset)
+
+        async def release(pairs):
+            pass
+
+        async def on_failure(exc):
+            failures.append(exc)
+
+        delivery = TransactionalDelivery(lambda tid: RefusingTransactionalProducer("replies.x", committed),
+                                         KnownTopics(), answers, acks, group_id="g", request_topic="req",
+                                         interval_s=0.0, ack=ack, release=release, on_failure=on_failure,
+                                         backoff_s=0.0)
+        delivery.assigned({TP("req", 0)})
+        await delivery.prepare()
+        event = Event("req", 0)
+        acks.taken(event)
+        delivery.spawn([answers.error(RequestError(ErrorCode.INVALID_REQUEST, "bad", "r0"), reply_to="replies.x")],
+                       [event])
+        await delivery.wait()
+        await delivery.close()
+        return committed, acked, failures
+
+    committed, acked, failures = asyncio.run(scenario())
+    assert failures == [] and acked == [0]
+    assert [(topic, answer["request_id"]) for topic, answer in committed] == [("resp", "r0")]
+    assert "reply_to topic 'replies.x'" in committed[0][1]["error"]["message"]
