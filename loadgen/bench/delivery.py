@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import statistics
 import sys
-import uuid
 from pathlib import Path
 
 import click
@@ -35,7 +34,7 @@ from loadgen.bench.machine import machine, summary
 from loadgen.bench.report import write_json
 from loadgen.client import RerankClient
 from loadgen.cluster.local_kafka import kafka_cluster
-from loadgen.cluster.workers import WorkerProcess
+from loadgen.cluster.workers import WorkerProcess, worker_topics
 from loadgen.run import RequestFactory, parse_distribution, run_load
 
 MODES = ("at_least_once", "exactly_once")
@@ -44,9 +43,7 @@ MODES = ("at_least_once", "exactly_once")
 def measure_mode(bootstrap: str, mode: str, worker_env: dict[str, str], log_path: Path, *, docs: str,
                  concurrency: int, saturate_s: float, rate: float, duration_s: float, timeout_s: float) -> dict:
     """One worker with RERANK_DELIVERY=``mode``: its saturated throughput and open-loop latency."""
-    tag = uuid.uuid4().hex[:8]
-    topics = {"RERANK_REQUEST_TOPIC": f"dlv-req-{tag}", "RERANK_RESPONSE_TOPIC": f"dlv-resp-{tag}",
-              "RERANK_DEAD_LETTER_TOPIC": f"dlv-dlq-{tag}", "RERANK_GROUP_ID": f"dlv-{tag}"}
+    topics = worker_topics("dlv")
     worker = WorkerProcess({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **topics, **worker_env, "RERANK_DELIVERY": mode},
                            log_path, f"delivery-{mode}").start()
     try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import click
@@ -32,7 +31,7 @@ from loadgen.bench.report import write_json
 from loadgen.client import RerankClient
 from loadgen.cluster.faults import SteadyLoad, failover, short_requests, tally
 from loadgen.cluster.multi_broker import local_cluster
-from loadgen.cluster.workers import WorkerProcess, wait_split
+from loadgen.cluster.workers import WorkerProcess, wait_split, worker_topics
 
 PARTITIONS = 4
 #: name -> kafka.sh's failover variables for every node
@@ -45,10 +44,8 @@ CONFIGS = {
 def measure(name: str, broker_settings: dict[str, str], worker_env: dict[str, str], rate: float,
             logs: Path, console: Console) -> dict:
     """One configuration: a cluster of its own, two workers, a steady load, one leader SIGKILL."""
-    tag = uuid.uuid4().hex[:8]
-    env = {"RERANK_REQUEST_TOPIC": f"fo-req-{tag}", "RERANK_RESPONSE_TOPIC": f"fo-resp-{tag}",
-           "RERANK_DEAD_LETTER_TOPIC": f"fo-dlq-{tag}", "RERANK_GROUP_ID": f"fo-{tag}",
-           "RERANK_REQUEST_PARTITIONS": str(PARTITIONS), "RERANK_RESPONSE_PARTITIONS": "2", **worker_env}
+    env = {**worker_topics("fo"), "RERANK_REQUEST_PARTITIONS": str(PARTITIONS), "RERANK_RESPONSE_PARTITIONS": "2",
+           **worker_env}
     with local_cluster(3, broker_settings=broker_settings) as cluster:
         env["KAFKA_BOOTSTRAP_SERVERS"] = cluster.bootstrap
         workers = [WorkerProcess(env, logs / f"{name}-{w}.log", f"failover-{w}").start() for w in "ab"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import click
@@ -27,7 +26,7 @@ from loadgen.__main__ import print_check, print_result
 from loadgen.bench.report import write_json
 from loadgen.client import RerankClient
 from loadgen.cluster.local_kafka import kafka_cluster
-from loadgen.cluster.workers import WorkerProcess
+from loadgen.cluster.workers import WorkerProcess, worker_topics
 from loadgen.plain_consumer import PlainConsumer
 from loadgen.run import RequestFactory, compare_with_plain, parse_distribution, run_load
 
@@ -49,9 +48,7 @@ def main(rate, docs, seconds, bootstrap, engine, precision, model, json_path) ->
         distribution = parse_distribution(docs)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--docs") from None
-    tag = uuid.uuid4().hex[:8]
-    topics = {"RERANK_REQUEST_TOPIC": f"ic-req-{tag}", "RERANK_RESPONSE_TOPIC": f"ic-resp-{tag}",
-              "RERANK_DEAD_LETTER_TOPIC": f"ic-dlq-{tag}", "RERANK_GROUP_ID": f"ic-{tag}"}
+    topics = worker_topics("ic")
     env = {**topics, "RERANK_MODEL": model or str(ensure_test_model())}
     env.update({k: v for k, v in (("RERANK_ENGINE", engine), ("RERANK_PRECISION", precision)) if v})
     log = Path(tempfile.mkdtemp(prefix="rerank-instrument-")) / "worker.log"

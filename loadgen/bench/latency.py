@@ -28,7 +28,6 @@ import contextlib
 import random
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import click
@@ -41,7 +40,7 @@ from loadgen.bench.machine import machine, summary
 from loadgen.bench.report import write_json
 from loadgen.client import RerankClient
 from loadgen.cluster.local_kafka import kafka_cluster
-from loadgen.cluster.workers import WorkerProcess
+from loadgen.cluster.workers import WorkerProcess, worker_topics
 from loadgen.run import DISTRIBUTIONS, RequestFactory, parse_distribution, run_load
 
 LONE_DOCUMENTS = 10
@@ -156,9 +155,7 @@ def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone:
             small_docs: str, small_rate: float, background_docs: str, background_share: float,
             capacity_s: float, capacity_concurrency: int, duration_s: float, arrivals: str, timeout_s: float,
             console: Console) -> dict:
-    tag = uuid.uuid4().hex[:8]
-    topics = {"RERANK_REQUEST_TOPIC": f"lat-req-{tag}", "RERANK_RESPONSE_TOPIC": f"lat-resp-{tag}",
-              "RERANK_DEAD_LETTER_TOPIC": f"lat-dlq-{tag}", "RERANK_GROUP_ID": f"lat-{tag}"}
+    topics = worker_topics("lat")
     worker = WorkerProcess({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **topics, **worker_env}, log_path,
                            "latency-worker").start()
     report: dict = {"machine": summary(machine()), "worker_env": worker_env, "arrivals": arrivals}

@@ -30,7 +30,7 @@ from loadgen.bench.machine import machine, summary
 from loadgen.bench.report import command, table, write_json, write_text
 from loadgen.client import RerankClient
 from loadgen.cluster.local_kafka import kafka_cluster
-from loadgen.cluster.workers import WorkerProcess
+from loadgen.cluster.workers import WorkerProcess, worker_topics
 from loadgen.run import RequestFactory, parse_distribution, run_load
 from streams.settings import WorkerSettings
 
@@ -148,8 +148,7 @@ def main(json_path, md_path, p99_bound, run_seconds, strategies, buckets) -> Non
         overhead = None
         for strategy in chosen:
             tag = uuid.uuid4().hex[:8]
-            topics = {"RERANK_REQUEST_TOPIC": f"lt-req-{tag}", "RERANK_RESPONSE_TOPIC": f"lt-resp-{tag}",
-                      "RERANK_DEAD_LETTER_TOPIC": f"lt-dlq-{tag}", "RERANK_GROUP_ID": f"lt-{tag}"}
+            topics = worker_topics("lt", tag)
             env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "RERANK_MODEL": model, **topics, **strategy.env}
             worker = WorkerProcess(env, logs / f"{tag}.log", f"loadtest-{tag}").start()
             try:

@@ -51,7 +51,7 @@ from loadgen.bench.machine import machine, summary
 from loadgen.bench.report import command, table, write_json, write_text
 from loadgen.client import RerankClient, SentRequest
 from loadgen.cluster.local_kafka import REPO, kafka_cluster
-from loadgen.cluster.workers import WorkerProcess
+from loadgen.cluster.workers import WorkerProcess, worker_topics
 from loadgen.run import LoadResult, RequestFactory, parse_distribution, run_load
 from streams.settings import WorkerSettings
 
@@ -213,8 +213,7 @@ def measure_config(bootstrap: str, config: Config, buckets: list[str], base_env:
                    broker: psutil.Process | None, console: Console) -> tuple[list[dict], dict]:
     """Starts the configuration's replicas, measures every bucket, stops them."""
     tag = uuid.uuid4().hex[:8]
-    topics = {"RERANK_REQUEST_TOPIC": f"so-req-{tag}", "RERANK_RESPONSE_TOPIC": f"so-resp-{tag}",
-              "RERANK_DEAD_LETTER_TOPIC": f"so-dlq-{tag}", "RERANK_GROUP_ID": f"so-{tag}"}
+    topics = worker_topics("so", tag)
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **base_env, **topics, "RERANK_THREADS": str(config.threads),
            "RERANK_REQUEST_PARTITIONS": str(args["partitions"])}
     workers = [WorkerProcess(env, logs / f"{config.label}-{i}-{tag}.log", f"so-{tag}-{i}")

@@ -17,7 +17,6 @@ import contextlib
 import sys
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from engines.testmodel import ensure_test_model
 from loadgen.bench.report import write_json
 from loadgen.client import RerankClient
 from loadgen.cluster.local_kafka import kafka_cluster
-from loadgen.cluster.workers import WorkerProcess
+from loadgen.cluster.workers import WorkerProcess, worker_topics
 from loadgen.run import DISTRIBUTIONS, LoadResult, RequestFactory, parse_distribution, run_load
 
 
@@ -167,9 +166,7 @@ def soak(bootstrap: str, minutes: float, interval_s: float, concurrency: int | N
          docs: str, worker_env: dict[str, str], log_path: Path, show_progress: bool = True,
          console: Console | None = None) -> SoakReport:
     console = console or Console(stderr=True)
-    tag = uuid.uuid4().hex[:8]
-    topics = {"RERANK_REQUEST_TOPIC": f"soak-req-{tag}", "RERANK_RESPONSE_TOPIC": f"soak-resp-{tag}",
-              "RERANK_DEAD_LETTER_TOPIC": f"soak-dlq-{tag}", "RERANK_GROUP_ID": f"soak-{tag}"}
+    topics = worker_topics("soak")
     worker = WorkerProcess({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **topics, **worker_env}, log_path, "soak-worker")
     worker.start()
     try:

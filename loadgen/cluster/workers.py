@@ -12,9 +12,18 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from loadgen.cluster.local_kafka import REPO, free_port
+
+
+def worker_topics(prefix: str, tag: str | None = None) -> dict[str, str]:
+    """RERANK_* settings naming a request, response and dead-letter topic and a consumer group of
+    their own (``<prefix>-req-<tag>``, ...; ``tag`` random unless given), so runs never share them."""
+    tag = tag or uuid.uuid4().hex[:8]
+    return {"RERANK_REQUEST_TOPIC": f"{prefix}-req-{tag}", "RERANK_RESPONSE_TOPIC": f"{prefix}-resp-{tag}",
+            "RERANK_DEAD_LETTER_TOPIC": f"{prefix}-dlq-{tag}", "RERANK_GROUP_ID": f"{prefix}-{tag}"}
 
 
 class WorkerProcess:

@@ -63,6 +63,13 @@ class Worker:
         self.delivery.assigned({TP(self.topic, p) for p in partitions})
         await self.delivery.prepare()
 
+    async def answer_and_commit(self, offset: int) -> None:
+        """Takes the request at ``offset``, answers it, and waits until its transaction is done."""
+        event = Event(self.topic, offset)
+        self.take(event)
+        self.answer(event)
+        await self.delivery.wait()
+
     def take(self, event: Event) -> None:
         self.acks.taken(event)
 
@@ -157,10 +164,7 @@ def test_a_newer_holder_fences_the_old_one_whose_answers_are_never_seen(kafka_bo
         new = Worker(kafka_bootstrap, topics, interval_s=0.05)
         await new.hold({0})  # partition 0 went to it without old knowing (old is a zombie): old is fenced
         await old.delivery.flush()  # the zombie tries to commit
-        redelivered = Event(topics["req"], 0)
-        new.take(redelivered)
-        new.answer(redelivered)
-        await new.delivery.wait()
+        await new.answer_and_commit(0)  # the request, redelivered
         await asyncio.gather(old.delivery.close(), new.delivery.close())
         return old, new
 
@@ -185,17 +189,11 @@ def test_a_fenced_partition_held_again_later_gets_a_producer_of_its_own_again(ka
         second = Worker(kafka_bootstrap, topics, interval_s=0.05)
         await first.delivery.revoking()  # a rebalance under way moves partition 0 ...
         await second.hold({0})  # ... to second: first's producer, still open, is fenced
-        event = Event(topics["req"], 0)
-        first.take(event)
-        first.answer(event)
-        await first.delivery.wait()
+        await first.answer_and_commit(0)
         fenced_acks = list(first.acked)
         await second.hold(set())  # ... and the next one moves it back to first
         await first.hold({0})
-        again = Event(topics["req"], 0)
-        first.take(again)
-        first.answer(again)
-        await first.delivery.wait()
+        await first.answer_and_commit(0)
         await asyncio.gather(first.delivery.close(), second.delivery.close())
         return first, fenced_acks
 
