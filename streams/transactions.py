@@ -239,7 +239,8 @@ class TransactionalDelivery(Delivery):
             except Exception as exc:
                 await self._on_failure(exc)
                 return
-        await self._settled(batch, delivered)
+            # under the lock: faust hears of one transaction's requests before the next one's
+            await self._settled(batch, delivered)
 
     async def _settled(self, batch: list[_Ready], delivered: list[list[Outbound]]) -> None:
         """A transaction is committed: count what it delivered, and tell faust."""
