@@ -18,12 +18,13 @@ request may choose another):
 ``static+bm25`` reciprocal-rank fusion (k = 60) of ``static`` and ``bm25``
 ==============  =================================================================================
 
-``static`` reads a document's first tokens through the window's token cache, which the
-cross-encoder's encoder fills, so a document is tokenized once for both (when the cross-encoder's
-tokenizer is MiniLM's own: checked, not assumed) and never far past what the stage reads. ``bm25``
-never runs the cross-encoder's tokenizer: it reads words, so only the documents it keeps are
-tokenized for the cross-encoder, and it ranks as a word BM25 does (WordPiece pieces ranked
-worse on held-out collections: BENCHMARKS.md, "First stages on words").
+Both read words without the cross-encoder's tokenizer, so only the documents they keep are
+tokenized for the cross-encoder. ``bm25`` ranks as a word BM25 does (WordPiece pieces ranked
+worse on held-out collections: BENCHMARKS.md, "First stages on words"). ``static`` reads a plain
+ASCII document as BERT pre-tokens cut in numpy, each distinct one tokenized once and remembered
+(the same ids, bit for bit: :mod:`engines.words`); any other document through the window's token
+cache, which the cross-encoder then reuses (when its tokenizer is MiniLM's own: checked, not
+assumed). ``static+bm25`` runs its two stages side by side on the engine's threads.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import itertools
 import re
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,14 +41,15 @@ import numpy as np
 
 from engines.batching import TextEncoder, TokenCache
 from engines.bi_encoder import BiEncoder
+from engines.words import MAX_KEYED_CHARS, WORDS, SpanVocabulary
 from vocabulary import BI_ENCODER, BM25, CLIENT, STATIC, STATIC_BM25
 
 #: What the scores of a method are (``RerankOutcome.score_kind`` when no cross-encoder scored).
 SCORE_KINDS = {BI_ENCODER: "cosine", STATIC: "cosine", BM25: "bm25", CLIENT: "client", STATIC_BM25: "rrf"}
-#: Tokens of a text that ``static`` and ``bm25`` read at most. They read them from the window's
-#: token cache when it holds no more than that per text (the cross-encoder reads 512 or fewer);
-#: behind a longer-context cross-encoder they tokenize a 512-token prefix of their own instead,
-#: rather than tokenize every candidate as far as it would read the few it keeps.
+#: Tokens of a text that ``static`` reads at most (fewer when the cross-encoder reads fewer). The
+#: texts it does not read as pre-tokens it reads from the window's token cache when that holds no
+#: more than this per text; behind a longer-context cross-encoder it tokenizes a 512-token prefix
+#: of its own instead, rather than tokenize every candidate as far as it would read the few it keeps.
 READ_TOKENS = 512
 #: Reciprocal-rank fusion constant (Cormack et al. 2009).
 RRF_K = 60
@@ -63,8 +66,12 @@ _WORD_CHARS = 32
 #: the time).
 _WORD = re.compile(r"\w\w+")
 #: Distinct words a :class:`WordAnalyzer` remembers before it starts afresh (a bound on memory
-#: against a stream of never-seen words; about 100 bytes each).
-ANALYZER_WORDS = 500_000
+#: against a stream of never-seen words: ~460 bytes each, measured, with their stems and keys, so
+#: ~90 MB at most; a collection's vocabulary rarely holds more, and starting afresh costs a
+#: request or two the words' first sight).
+ANALYZER_WORDS = 200_000
+#: Term ids from here up are a single analysis's own (words too long to remember).
+_CALL_IDS = 1 << 40
 
 
 @dataclass
@@ -169,8 +176,9 @@ class WordAnalyzer:
     lower-cased runs of two or more word characters (at most the first
     :data:`BM25_READ_WORDS` of a text), English stop words (``bm25s``'s list) dropped, each word
     replaced by its Snowball English stem. Each distinct word is stemmed once and remembered (up to
-    :data:`ANALYZER_WORDS`), so a request costs a regular-expression pass and a dictionary look-up
-    per word. Term ids are the analyzer's own: compare them only within one :meth:`analyze`."""
+    :data:`ANALYZER_WORDS`). Plain ASCII texts are cut into words in numpy
+    (:class:`engines.words.SpanVocabulary`, the same words), others by a regular expression.
+    Term ids are the analyzer's own: compare them only within one :meth:`analyze`."""
 
     def __init__(self, read_words: int = BM25_READ_WORDS, language: str = "english"):
         # Imported here, as the engines import their runtimes: bm25s brings scipy, and the load
@@ -181,31 +189,66 @@ class WordAnalyzer:
         self.read_words = int(read_words)
         self._stemmer = Stemmer.Stemmer(language)
         self._stop = frozenset(STOPWORDS_EN)
-        self._lock = threading.Lock()
-        self._forget()
+        self._spans = SpanVocabulary(WORDS, self._learn, ANALYZER_WORDS, forget=self._forget_words, min_length=2)
+        self._lock = self._spans.lock  # one lock over the words both ways learn
+        self._forget_words()
 
-    def _forget(self) -> None:
+    def _forget_words(self) -> None:
         self._term_of: dict[str, int] = {}  # word -> term id, -1 for a stop word
         self._stems: dict[str, int] = {}  # stem -> term id
+
+    def _forget(self) -> None:
+        self._spans.clear()
+        self._forget_words()
+
+    def _learn(self, words: list[str]) -> list[int]:
+        """The term ids of ``words`` (distinct), stemming those not seen before. A word longer than
+        :data:`engines.words.MAX_KEYED_CHARS` is not remembered (a stream of long junk must not
+        fill memory): it gets its stem's id if another word has it, else an id of this call alone,
+        which is why a call's words are learnt in one go."""
+        term_of, stems = self._term_of, self._stems
+        new = [w for w in words if w not in term_of]
+        once: dict[str, int] = {}
+        for word, stem in zip(new, self._stemmer.stemWords(new)):
+            if len(word) <= MAX_KEYED_CHARS:
+                term_of[word] = -1 if word in self._stop else stems.setdefault(stem, len(stems))
+            else:
+                once[word] = stems.get(stem, once.setdefault(stem, _CALL_IDS + len(once)))
+        return [term_of[w] if w in term_of else once[w] for w in words]
 
     def analyze(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The term ids of ``texts`` run together, and how many belong to each text."""
         limit, chars = self.read_words, self.read_words * _WORD_CHARS
-        words = [_WORD.findall(text[:chars].lower())[:limit] for text in texts]
+        # Control characters are no word's: any ASCII text may take the fast path, unless it holds
+        # a word too long to key (Spans.long_texts).
+        fast = [i for i, text in enumerate(texts) if text.isascii()]
+        spans = self._spans.spans([texts[i] for i in fast], chars, limit) if fast else None  # beside other threads
+        fast_texts = np.asarray(fast, dtype=np.int64)
+        slow = sorted({*range(len(texts))} - {*fast} | {*fast_texts[spans.long_texts].tolist()}) if spans else \
+            list(range(len(texts)))
+        words = [_WORD.findall(texts[i][:chars].lower())[:limit] for i in slow]
         flat = list(itertools.chain.from_iterable(words))
-        with self._lock:
+        unique = list(dict.fromkeys(flat))
+        with self._lock:  # one section: every id of this call in one numbering
             if len(self._term_of) > ANALYZER_WORDS:
                 self._forget()
-            term_of = self._term_of
-            new = [w for w in set(flat) if w not in term_of]
-            if new:
-                for word, stem in zip(new, self._stemmer.stemWords(new)):
-                    term_of[word] = -1 if word in self._stop else self._stems.setdefault(stem, len(self._stems))
-            ids = np.fromiter(map(term_of.__getitem__, flat), dtype=np.int64, count=len(flat))
-        kept = ids >= 0
-        counts = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        owner = np.repeat(np.arange(len(texts)), counts)
-        return ids[kept], np.bincount(owner[kept], minlength=len(texts)).astype(np.int64)
+            fast_ids = self._spans.ids(spans) if spans is not None else None  # may start afresh itself
+            term_of = dict(zip(unique, self._learn(unique))) if unique else {}
+        ids, owner = [], []
+        if spans is not None:
+            ids.append(fast_ids)
+            owner.append(fast_texts[spans.owner])
+        if slow:
+            ids.append(np.fromiter(map(term_of.__getitem__, flat), dtype=np.int64, count=len(flat)))
+            counts = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+            owner.append(np.repeat(np.asarray(slow, dtype=np.int64), counts))
+        ids_all = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        owner_all = np.concatenate(owner) if owner else np.zeros(0, dtype=np.int64)
+        if len(owner) > 1:  # back in text order
+            order = np.argsort(owner_all, kind="stable")
+            ids_all, owner_all = ids_all[order], owner_all[order]
+        kept = ids_all >= 0
+        return ids_all[kept], np.bincount(owner_all[kept], minlength=len(texts)).astype(np.int64)
 
 
 class Bm25Stage:
@@ -261,13 +304,27 @@ def reciprocal_rank_fusion(score_lists: Sequence[np.ndarray], k: int = RRF_K) ->
 
 
 class FusionStage:
-    """Reciprocal-rank fusion of two or more first stages."""
+    """Reciprocal-rank fusion of two or more first stages, run side by side on up to ``threads``
+    threads (the engine's CPU budget: a first stage runs between micro-batches, never beside one;
+    the stages' numpy work lets go of the GIL)."""
 
-    def __init__(self, method: str, stages: Sequence[FirstStage]):
+    def __init__(self, method: str, stages: Sequence[FirstStage], threads: int = 1):
         self.method = method
         self.stages = list(stages)
+        self.threads = max(1, min(int(threads), len(self.stages)))
+        self._pool: ThreadPoolExecutor | None = None
 
     def score(self, jobs: Sequence[StageJob], tokens: TokenCache | None) -> list[np.ndarray]:
-        per_stage = [stage.score(jobs, tokens) for stage in self.stages]
+        if self.threads > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="first-stage")
+            others = [self._pool.submit(stage.score, jobs, tokens) for stage in self.stages[1:]]
+            try:
+                first = self.stages[0].score(jobs, tokens)
+            finally:  # never leave a stage running beside what the engine does next
+                wait(others)
+            per_stage = [first, *(future.result() for future in others)]
+        else:
+            per_stage = [stage.score(jobs, tokens) for stage in self.stages]
         return [reciprocal_rank_fusion([scores[i] for scores in per_stage]) if len(jobs[i].documents)
                 else np.zeros(0, dtype=np.float32) for i in range(len(jobs))]

@@ -166,7 +166,8 @@ class Reranker:
             elif method == CLIENT:
                 stage = ClientStage()
             elif method == STATIC_BM25:
-                stage = FusionStage(STATIC_BM25, [self.first_stage(STATIC), self.first_stage(BM25)])
+                stage = FusionStage(STATIC_BM25, [self.first_stage(STATIC), self.first_stage(BM25)],
+                                    threads=self._cross.encoder.threads if self._cross is not None else 1)
             else:
                 raise ValueError(f"unknown prefilter method {method!r}; known: {', '.join(PREFILTER_METHODS)}")
             self._stages[method] = stage

@@ -37,8 +37,9 @@ FIND = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["too
 SERVICE = sorted(name for name in FIND["include"] if "." not in name)
 #: Modules of the service's packages that are tools, and the group that carries their imports.
 TOOL_MODULES = {"engines.check": "check"}
-#: Runtime dependencies no module imports by name: model2vec's distillation needs them.
-NEEDED_INDIRECTLY = {"skeletoken"}
+#: Runtime dependencies no module imports by name: model2vec's distillation needs skeletoken, and
+#: bm25s (the bm25 stage's stop words) imports scipy, which it lists only as an extra.
+NEEDED_INDIRECTLY = {"skeletoken", "scipy"}
 #: The load generator's entry points: ``python -m loadgen``, and the plain consumer it spawns.
 LOADGEN_ENTRIES = ("loadgen.__main__", "loadgen.plain_consumer")
 

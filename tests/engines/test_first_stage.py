@@ -330,7 +330,9 @@ def test_documents_are_tokenized_once_for_both_stages_and_not_far_past_what_is_r
     rng = random.Random(fresh_seed("tokenize once"))
     huge = random_text(rng, vocabulary(), 40_000, 40_000)  # ~250 KB
     docs = [*rng.sample(load_passages(), 40), huge]
-    cross, static = reranker._cross.encoder, reranker.static_embeddings.encoder
+    static_model = reranker.static_embeddings
+    static_model.clear_words()  # so that its tokenizer meets the documents' pre-tokens here
+    cross, static = reranker._cross.encoder, static_model.encoder
     counting = CountingTokenizer(cross.tokenizer)
     own = CountingTokenizer(static.tokenizer)
     cross.tokenizer, static.tokenizer = counting, own
@@ -340,12 +342,18 @@ def test_documents_are_tokenized_once_for_both_stages_and_not_far_past_what_is_r
             query = "open a file for reading"
             [outcome] = reranker.rerank([RerankJob(query, docs, method=method, keep=8)])
             assert outcome.prefiltered and outcome.cross_encoder_scored == 8
-            # Each text once: for static, all, which the cross-encoder finds tokenized; bm25 reads
-            # words, so the cross-encoder's tokenizer sees only the documents kept.
-            read = docs if "static" in method else [docs[i] for i in np.flatnonzero(outcome.cross_encoded)]
+            # Each text once. bm25 reads words and static reads plain ASCII texts as pre-tokens, so
+            # the cross-encoder's tokenizer sees the documents kept, and for static the others it
+            # could not cut (here the 250 KB one), which the cross-encoder then finds tokenized.
+            static_tokenized = [d for d in docs if "static" in method and not static_model.reads_as_words(d)]
+            assert huge in static_tokenized or "static" not in method
+            kept = [docs[i] for i in np.flatnonzero(outcome.cross_encoded)]
+            read = list(dict.fromkeys([*static_tokenized, *kept]))
             assert sorted(counting.texts) == sorted([query, *(_clip(d, cross.clip_chars) for d in read)])
             assert max(len(t) for t in counting.texts) <= cross.clip_chars  # the 250 KB text is cut first
-        assert own.texts == []  # the static stage used the shared tokens
+        # The static stage's own tokenizer saw single pre-tokens only (each learnt once), no text.
+        assert own.texts and all(re.fullmatch(r"[a-z0-9]+|[^\sa-z0-9]", t) for t in own.texts)
+        assert len(own.texts) == len(set(own.texts))
     finally:
         cross.tokenizer, static.tokenizer = counting.inner, own.inner
 
@@ -410,7 +418,7 @@ def test_tokenizer_signature_ignores_padding_and_truncation_only(tokenizer):
 
 def test_stats_report_each_first_stage(reranker):
     reranker.reset_stats()
-    docs = load_passages()[:50]
+    docs = [*load_passages()[:49], "Café résumé naïve"]  # static tokenizes the one that is not ASCII
     reranker.rerank([RerankJob("q", docs, method="static", keep=5), RerankJob("r", docs, method="bm25", keep=5)])
     stats = reranker.stats()
     assert set(stats["first_stages"]) == {"static", "bm25"}
