@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engines.testmodel import ensure_test_model
-from loadgen.bench.latency import open_loop
+from loadgen.bench.latency import open_loop, warm_up
 from loadgen.bench.machine import machine, summary
 from loadgen.bench.report import write_json
 from loadgen.client import RerankClient
@@ -49,10 +49,7 @@ def measure_mode(bootstrap: str, mode: str, worker_env: dict[str, str], log_path
     try:
         worker.wait_ready()
         with RerankClient(bootstrap, topics["RERANK_REQUEST_TOPIC"], [topics["RERANK_RESPONSE_TOPIC"]]) as client:
-            warm = RequestFactory(parse_distribution(docs), seed=1)
-            warm_ids = [client.send(warm()) for _ in range(5)]
-            client.flush()
-            client.wait(warm_ids, timeout_s)
+            warm_up(client, docs, 5, timeout_s)
             saturated = run_load(client, RequestFactory(parse_distribution(docs), seed=5), concurrency=concurrency,
                                  duration_s=saturate_s, timeout_s=timeout_s, show_progress=False)
             paced = open_loop(client, [("paced", RequestFactory(parse_distribution(docs), seed=7), rate)],

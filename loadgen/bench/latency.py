@@ -102,6 +102,14 @@ def lone_requests(client: RerankClient, count: int, pause_s: float, timeout_s: f
     return result
 
 
+def warm_up(client: RerankClient, docs: str, count: int, timeout_s: float) -> None:
+    """``count`` requests of ``docs`` documents through the worker, answered before anything is timed."""
+    factory = RequestFactory(parse_distribution(docs), seed=1)
+    request_ids = [client.send(factory()) for _ in range(count)]
+    client.flush()
+    client.wait(request_ids, timeout_s)
+
+
 def open_loop(client: RerankClient, streams: list[tuple[str, RequestFactory, float]], duration_s: float,
               arrivals: str, timeout_s: float, seed: int = 0) -> dict[str, dict]:
     """Sends every stream (name, factory, requests/s) at once, open loop, for `duration_s`,
@@ -163,10 +171,7 @@ def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone:
         console.print(f"latency: starting a worker on {bootstrap} (log {log_path})")
         worker.wait_ready()
         with RerankClient(bootstrap, topics["RERANK_REQUEST_TOPIC"], [topics["RERANK_RESPONSE_TOPIC"]]) as client:
-            warm = RequestFactory(parse_distribution(background_docs), seed=1)
-            warm_ids = [client.send(warm()) for _ in range(3)]
-            client.flush()
-            client.wait(warm_ids, timeout_s)
+            warm_up(client, background_docs, 3, timeout_s)
 
             console.print(f"latency: {lone} lone requests of {LONE_DOCUMENTS} documents")
             report["lone"] = lone_requests(client, lone, lone_pause_s, timeout_s)
