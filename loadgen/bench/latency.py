@@ -13,7 +13,8 @@ unless ``--bootstrap`` names one, starts one worker, and measures three things:
    background-sized requests (``--background-docs``, 50-100): requests/s it sustains.
 3. **mixed sizes**, each run ``--duration`` s: small requests (``--small-docs``) at
    ``--small-rate`` per second alone; the background requests alone at ``--background-share``
-   (0.5) of that capacity; then both together. Per run the p50/p99 of each size and the
+   (0.5) of that capacity, or at ``--background-rate`` requests/s (then 2. is skipped: runs that
+   compare two workers should load both alike); then both together. Per run the p50/p99 of each size and the
    background's throughput; the summary gives small p99 together ÷ alone and large p99
    together ÷ alone (the worker's scheduler should keep them near 1).
 
@@ -162,7 +163,11 @@ def ratios(report: dict) -> dict:
 def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone: int, lone_pause_s: float,
             small_docs: str, small_rate: float, background_docs: str, background_share: float,
             capacity_s: float, capacity_concurrency: int, duration_s: float, arrivals: str, timeout_s: float,
-            console: Console) -> dict:
+            console: Console, background_rate: float | None = None) -> dict:
+    """The runs of the module's docstring. The background goes at ``background_share`` of the
+    capacity measured first, or at ``background_rate`` requests/s when given (no capacity run):
+    the capacity measured in 30 s moved by up to 30% between runs on a 2-vCPU machine, and with
+    it the background's load, so runs that compare two workers give both the same rate."""
     topics = worker_topics("lat")
     worker = WorkerProcess({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **topics, **worker_env}, log_path,
                            "latency-worker").start()
@@ -176,13 +181,17 @@ def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone:
             console.print(f"latency: {lone} lone requests of {LONE_DOCUMENTS} documents")
             report["lone"] = lone_requests(client, lone, lone_pause_s, timeout_s)
 
-            console.print(f"latency: capacity with {background_docs} documents "
-                          f"({capacity_concurrency} in flight, {capacity_s:.0f} s)")
-            saturated = run_load(client, RequestFactory(parse_distribution(background_docs), seed=5),
-                                 concurrency=capacity_concurrency, duration_s=capacity_s, timeout_s=timeout_s,
-                                 show_progress=False)
-            report["capacity"] = {"docs": background_docs, "requests_per_s": saturated.requests_per_s,
-                                  "docs_per_s": saturated.docs_per_s, "lost": saturated.lost}
+            if background_rate is None:
+                console.print(f"latency: capacity with {background_docs} documents "
+                              f"({capacity_concurrency} in flight, {capacity_s:.0f} s)")
+                saturated = run_load(client, RequestFactory(parse_distribution(background_docs), seed=5),
+                                     concurrency=capacity_concurrency, duration_s=capacity_s, timeout_s=timeout_s,
+                                     show_progress=False)
+                report["capacity"] = {"docs": background_docs, "requests_per_s": saturated.requests_per_s,
+                                      "docs_per_s": saturated.docs_per_s, "lost": saturated.lost}
+                background_rate = background_share * saturated.requests_per_s
+            else:
+                background_share = None
 
             # Each run draws the same requests and arrivals for a stream: alone and together
             # differ only by what shares the worker.
@@ -196,11 +205,11 @@ def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone:
             report["small_alone"] = open_loop(client, [("small", small(), small_rate)], duration_s, arrivals,
                                               timeout_s, seed=11)["small"]
 
-            background_rate = background_share * saturated.requests_per_s
-            console.print(f"latency: background requests ({background_docs}) alone at {background_rate:.2f}/s "
-                          f"({background_share:.0%} of capacity)")
+            share = "a given rate" if background_share is None else f"{background_share:.0%} of capacity"
+            console.print(f"latency: background requests ({background_docs}) alone at {background_rate:.2f}/s ({share})")
             alone = open_loop(client, [("background", background(), background_rate)], duration_s, arrivals,
                               timeout_s, seed=11)["background"]
+            report["background_rate"] = background_rate
             report["background_alone"] = {**alone, "share_of_capacity": background_share,
                                           **throughput(client, alone, duration_s)}
             console.print(f"latency: small requests with the background, {duration_s:.0f} s")
@@ -268,6 +277,9 @@ def print_report(report: dict, console: Console) -> None:
 @click.option("--background-docs", default="50-100", show_default=True, help="Documents per background request.")
 @click.option("--background-share", default=0.5, show_default=True, type=click.FloatRange(min=0, max=1.5),
               help="Background rate as a share of the worker's measured capacity for it.")
+@click.option("--background-rate", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Background requests/s, instead of --background-share of a capacity measured first "
+                   "(the same load for runs that compare two workers).")
 @click.option("--capacity-s", default=30.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds of saturation to measure the capacity.")
 @click.option("--capacity-concurrency", default=4, show_default=True, type=click.IntRange(min=1))
@@ -282,9 +294,9 @@ def print_report(report: dict, console: Console) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report here.")
 @click.option("--log", "log_path", default="out/latency-worker.log", show_default=True,
               type=click.Path(dir_okay=False))
-def main(bootstrap, lone, lone_pause, small_docs, small_rate, background_docs, background_share, capacity_s,
-         capacity_concurrency, duration, arrivals, timeout, engine, precision, model, worker_env, json_path,
-         log_path) -> None:
+def main(bootstrap, lone, lone_pause, small_docs, small_rate, background_docs, background_share, background_rate,
+         capacity_s, capacity_concurrency, duration, arrivals, timeout, engine, precision, model, worker_env,
+         json_path, log_path) -> None:
     """Lone-request latency against inference time, and small requests' p99 with and without a
     background of large requests at a share of the worker's capacity."""
     console = Console(stderr=True)
@@ -310,7 +322,7 @@ def main(bootstrap, lone, lone_pause, small_docs, small_rate, background_docs, b
         report = measure(bootstrap, env, Path(log_path), lone=lone, lone_pause_s=lone_pause, small_docs=small_docs,
                          small_rate=small_rate, background_docs=background_docs, background_share=background_share,
                          capacity_s=capacity_s, capacity_concurrency=capacity_concurrency, duration_s=duration,
-                         arrivals=arrivals, timeout_s=timeout, console=console)
+                         arrivals=arrivals, timeout_s=timeout, console=console, background_rate=background_rate)
     print_report(report, Console())
     write_json(json_path, report)
     lost = sum(report.get(k, {}).get("lost", 0)

@@ -43,17 +43,23 @@ def test_breakdown_splits_end_to_end_into_the_worker_and_the_rest():
 
 @pytest.mark.kafka
 @pytest.mark.timeout(400)
-def test_a_tiny_latency_run_against_the_broker_writes_its_report(kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("background", [["--capacity-s", "3", "--capacity-concurrency", "2"],
+                                        ["--background-rate", "1.5"]], ids=["share-of-capacity", "given-rate"])
+def test_a_tiny_latency_run_against_the_broker_writes_its_report(kafka_bootstrap, tmp_path, background):
     out_json = tmp_path / "latency.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "loadgen.bench.latency", "--bootstrap", kafka_bootstrap, "--lone", "2",
-         "--capacity-s", "3", "--capacity-concurrency", "2", "--duration", "3", "--small-rate", "1",
-         "--background-docs", "10-20", "--engine", "onnx", "--precision", "fp32", "--json", str(out_json),
-         "--log", str(tmp_path / "w.log")], capture_output=True, text=True, timeout=380)
+        [sys.executable, "-m", "loadgen.bench.latency", "--bootstrap", kafka_bootstrap, "--lone", "2", *background,
+         "--duration", "3", "--small-rate", "1", "--background-docs", "10-20", "--engine", "onnx",
+         "--precision", "fp32", "--json", str(out_json), "--log", str(tmp_path / "w.log")],
+        capture_output=True, text=True, timeout=380)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out_json.read_text())
     assert report["lone"]["answered"] == 2 and report["lone"]["end_to_end_over_inference_p50"] > 0
-    assert report["capacity"]["requests_per_s"] > 0
+    if "--background-rate" in background:  # no capacity run: the rate given
+        assert "capacity" not in report and report["background_rate"] == 1.5
+    else:
+        assert report["capacity"]["requests_per_s"] > 0
+        assert report["background_rate"] == 0.5 * report["capacity"]["requests_per_s"]
     for run in ("small_alone", "background_alone", "small_with_background", "background"):
         assert report[run]["lost"] == 0 and report[run]["end_to_end_ms"]["p99"] is not None, run
     assert report["worker_exit"] == 0
