@@ -11,8 +11,11 @@ default where the CPU has AVX-512 BF16, which the peer leaves on; timed only on 
 found in the cache unless given.
 
 If the two models take the same time per token, the engine's lead over the peer is all in what
-it feeds them (length-sorted micro-batches with little padding, against the peer's batches of 32
-pairs in arrival order), and no more can come from the compiled model without a faster kernel.
+it feeds them, and no more can come from the compiled model without a faster kernel. What the
+peer feeds its model is reported too: ``make bench``'s rounds as its batched ``predict`` cuts
+them (sentence-transformers 6 sorts a call's pairs by their length in characters, then takes
+batches of 32, each padded to its longest pair in tokens), and the share of its tokens that is
+padding; the engine's own is ``make bench``'s padding column.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ import click
 import numpy as np
 
 from engines.config import cpu_flags, default_cache_dir
+from engines.corpus import load_passages
 from engines.export import ExportCache
 from engines.models import ModelFolder, effective_max_length, load_fast_tokenizer
 from engines.openvino_engine import compile_config, openvino_int8
 from engines.testmodel import ensure_test_model
 from engines.torch_engine import CROSS
+from loadgen.bench.engine_speed import make_rounds
 from loadgen.bench.machine import machine
 from loadgen.bench.report import command, table, write_json
 
@@ -75,6 +80,27 @@ def time_shapes(path: Path, precision: str, threads: int | None = None) -> dict[
     return out
 
 
+#: The peer's batched ``predict`` in ``make bench-peer`` (``batch_size=32``).
+PEER_BATCH_SIZE = 32
+
+
+def peer_padding(tokenizer, max_length: int, rounds: list) -> float:
+    """The share of the tokens the peer's batched ``predict`` runs that is padding, over ``rounds``
+    of (query, documents) requests: each round's pairs sorted by characters, longest first (as
+    sentence-transformers 6's ``CrossEncoder.predict`` sorts them), in batches of
+    :data:`PEER_BATCH_SIZE`, each padded to its longest pair in tokens."""
+    real = padded = 0
+    for requests in rounds:
+        pairs = [(query, document) for query, documents in requests for document in documents]
+        lengths = np.minimum([len(encoding.ids) for encoding in tokenizer.encode_batch(pairs)], max_length)
+        order = np.argsort([-(len(query) + len(document)) for query, document in pairs], kind="stable")
+        for start in range(0, len(order), PEER_BATCH_SIZE):
+            batch = lengths[order[start:start + PEER_BATCH_SIZE]]
+            real += int(batch.sum())
+            padded += int(batch.max()) * len(batch)
+    return 1 - real / padded
+
+
 def run(peer_model: Path | None) -> dict:
     folder = ModelFolder.load(str(ensure_test_model()))
     tokenizer, tokenizer_max, pad_id = load_fast_tokenizer(folder)
@@ -85,7 +111,8 @@ def run(peer_model: Path | None) -> dict:
     if peer_model is not None:
         models["peer"] = peer_model
     report = {"command": command("loadgen.bench.kernel_parity"), "machine": machine(), "shapes": [f"{p}x{w}" for p, w in SHAPES],
-              "models": {name: str(path) for name, path in models.items()}, "ms": {}}
+              "models": {name: str(path) for name, path in models.items()}, "ms": {},
+              "peer_batched_padding": peer_padding(tokenizer, length, make_rounds(False, load_passages())[0])}
     for precision in precisions():  # interleaved, so both models share the machine's state
         for name, path in models.items():
             report["ms"][f"{name} {precision}"] = time_shapes(path, precision)
@@ -114,6 +141,8 @@ def main(json_path: Path | None, peer_model: Path | None) -> None:
     if "peer" not in report["models"]:
         click.echo("no peer model in the cache (make bench-peer quantizes it): ours alone")
     click.echo(markdown(report))
+    click.echo(f"the peer's batched predict on make bench's rounds: {report['peer_batched_padding']:.1%} of its tokens "
+               "are padding (make bench's padding column: ours)")
 
 
 if __name__ == "__main__":
