@@ -53,6 +53,19 @@ def finish_order(steps) -> list:
     return [f.key for step in steps for f in step.finished]
 
 
+def recorded_rows(reranker, monkeypatch) -> list[np.ndarray]:
+    """The real lengths of the rows of each micro-batch ``reranker``'s engine runs from now on."""
+    backend = reranker.cross_encoder.backend
+    real_run, rows = backend.run, []
+
+    def recorded(ids, mask, types):
+        rows.append(mask.sum(axis=1))
+        return real_run(ids, mask, types)
+
+    monkeypatch.setattr(backend, "run", recorded)
+    return rows
+
+
 def jobs_of_mixed_sizes(seed: int) -> list[RerankJob]:
     rng = random.Random(seed)
     passages = load_passages()
@@ -214,14 +227,7 @@ def test_equally_urgent_jobs_are_batched_by_length_and_a_lone_small_job_stays_wh
     padding); a small job alone in its urgency gets all its pairs in one micro-batch."""
     passages = sorted(load_passages()[:400], key=len)
     short, long_ = passages[:200], passages[-200:]
-    backend = reranker.cross_encoder.backend
-    real_run, rows = backend.run, []
-
-    def recorded(ids, mask, types):
-        rows.append(mask.sum(axis=1))
-        return real_run(ids, mask, types)
-
-    monkeypatch.setattr(backend, "run", recorded)
+    rows = recorded_rows(reranker, monkeypatch)
     scheduler = Scheduler(reranker, clock=Clock())  # one arrival time: every job as urgent
     for k in range(12):
         job = RerankJob(f"query {k}", [long_[-1 - k], *short[5 * k : 5 * k + 5]])  # one long document each
@@ -306,14 +312,7 @@ def test_a_large_jobs_batches_take_no_pair_that_would_pad_its_row_more_than_a_te
     them, its batches padded 26% on the engine bench; windows 7%). Its last pairs, once they fit
     one micro-batch, go whole, as a small job's do."""
     passages = load_passages()
-    backend = reranker.cross_encoder.backend
-    real_run, rows = backend.run, []
-
-    def recorded(ids, mask, types):
-        rows.append(mask.sum(axis=1))
-        return real_run(ids, mask, types)
-
-    monkeypatch.setattr(backend, "run", recorded)
+    rows = recorded_rows(reranker, monkeypatch)
     scheduler = Scheduler(reranker)
     large = RerankJob("a large request of passages of every length", passages[:90], prefilter=False)
     scheduler.submit("large", large, reranker.plan(large))
