@@ -17,16 +17,15 @@ does one unit of work and returns what it finished:
    :data:`PREPARE_DOCUMENTS` documents;
 4. it runs one micro-batch. A small job (its pairs fit one batch) that no other small job
    rivals in urgency goes whole: all its pairs at its longest one's width, the room left filled
-   with the next jobs' pairs no longer than that and nearly as long (:data:`MIN_FILLER_SHARE`),
-   the longest first. Small jobs as urgent as each other (within :data:`URGENCY_SLACK_PAIRS`)
-   are cut by length together, the longest first, with the next jobs that fit the backlog budget
-   up to :data:`POOL_ROOMS` batches' worth, in micro-batches of up to that budget (the runner's
-   ``max_backlog_batch_tokens``, twice the ordinary one on CPU: these jobs wait for each other
-   anyway), so that a backlog pads as little and runs as many pairs per call as a window did. A
-   large job gives its longest pairs of one width class, and the room they leave goes to the
-   next jobs' pairs of that class, then to the longest of its own next ones and theirs that are
-   nearly as long: it goes on at nearly its own pace, and the batch pads little. A backend with
-   shape buckets (OpenVINO) gets a bucketed width and size;
+   with the next jobs' pairs no longer than that, the longest first. Small jobs as urgent as each
+   other (within :data:`URGENCY_SLACK_PAIRS`) are cut by length together, the longest first, with
+   the next jobs that fit the backlog budget up to :data:`POOL_ROOMS` batches' worth, in
+   micro-batches of up to that budget (the runner's ``max_backlog_batch_tokens``, twice the
+   ordinary one on CPU: these jobs wait for each other anyway), so that a backlog pads as little
+   and runs as many pairs per call as a window did. A large job gives its longest pairs of one
+   width class, and the room they leave goes to the next jobs' pairs of that class, then its own
+   next ones, then theirs: it goes on at nearly its own pace, and the batch pads little. A
+   backend with shape buckets (OpenVINO) gets a bucketed width and size;
 5. every job whose last pair was scored is finished at once, with its outcome.
 
 What the windows did well is kept: each text is tokenized once while jobs that use it are live
@@ -79,12 +78,6 @@ URGENCY_SLACK_PAIRS = 5
 #: A backlog of small jobs is cut by length from this many batches' worth of their pairs; jobs
 #: behind a large one are prepared until there are this many, so that its batches find fillers.
 POOL_ROOMS = 32
-#: A pair joins another's micro-batch as a filler only where it fills at least this share of its
-#: row (the batch's width): a padded token costs what a real one does, and from 4 pairs up a
-#: micro-batch costs about the same per token whatever its size, so a shorter filler does less
-#: work than it wastes, and is better scored later among pairs of its own length. (Rounding a
-#: batch up to its size bucket takes any filler: the alternative is a copy of a row.)
-MIN_FILLER_SHARE = 0.9
 #: Documents tokenized in one step for jobs that are not cut (more wait for the next step).
 PREPARE_DOCUMENTS = 512
 #: The shared token cache is started afresh past this many texts (the live jobs' pairs keep
@@ -455,21 +448,17 @@ def _compose(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
     fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
     if not small:
         # The room a large job's width class leaves goes to the next jobs' pairs of that class
-        # (no more padding), then to the longest of its own next pairs and theirs.
+        # (no more padding), then to its own next pairs (it goes on), then to theirs.
         same: list[_Slot] = []
         other: list[_Slot] = []
         for slot in fillers:
             (same if bucket_width(slot.length, runner.max_length) == top else other).append(slot)
-        fillers = same + sorted(anchor.pending[len(own):] + other, key=lambda slot: -slot.length)
-    fitting = [slot for slot in fillers if slot.length >= MIN_FILLER_SHARE * width
-               or (not small and bucket_width(slot.length, runner.max_length) == top)]
-    chosen += fitting[: max(0, room - len(chosen))]
+        fillers = same + anchor.pending[len(own):] + other
+    chosen += fillers[: max(0, room - len(chosen))]
     size = None
     if runner.shape_buckets:
         finishing = len(own) if whole and len(own) <= room else 0  # the anchor is done with this batch
-        taken = {id(slot) for slot in chosen}
-        chosen, size = _bucketed(chosen, finishing, [slot for slot in fillers if id(slot) not in taken],
-                                 runner.max_batch_pairs)
+        chosen, size = _bucketed(chosen, finishing, fillers[room - min(room, len(own)):], runner.max_batch_pairs)
     return chosen, width, size
 
 

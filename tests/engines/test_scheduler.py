@@ -12,7 +12,7 @@ from conftest_engines import fresh_seed, test_model_path  # noqa: F401
 from engines import EngineConfig, RerankJob, build_reranker
 from engines.batching import SIZE_BUCKETS
 from engines.corpus import load_passages, queries
-from engines.scheduler import AGEING_S_PER_PAIR, MIN_FILLER_SHARE, Scheduler
+from engines.scheduler import AGEING_S_PER_PAIR, Scheduler
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +51,6 @@ def run_all(scheduler: Scheduler, limit: int = 10_000) -> tuple[dict, list]:
 
 def finish_order(steps) -> list:
     return [f.key for step in steps for f in step.finished]
-
-
-def recorded_rows(reranker, monkeypatch) -> list[np.ndarray]:
-    """The real lengths of the rows of each micro-batch ``reranker``'s engine runs from now on."""
-    backend = reranker.cross_encoder.backend
-    real_run, rows = backend.run, []
-
-    def recorded(ids, mask, types):
-        rows.append(mask.sum(axis=1))
-        return real_run(ids, mask, types)
-
-    monkeypatch.setattr(backend, "run", recorded)
-    return rows
 
 
 def jobs_of_mixed_sizes(seed: int) -> list[RerankJob]:
@@ -227,7 +214,14 @@ def test_equally_urgent_jobs_are_batched_by_length_and_a_lone_small_job_stays_wh
     padding); a small job alone in its urgency gets all its pairs in one micro-batch."""
     passages = sorted(load_passages()[:400], key=len)
     short, long_ = passages[:200], passages[-200:]
-    rows = recorded_rows(reranker, monkeypatch)
+    backend = reranker.cross_encoder.backend
+    real_run, rows = backend.run, []
+
+    def recorded(ids, mask, types):
+        rows.append(mask.sum(axis=1))
+        return real_run(ids, mask, types)
+
+    monkeypatch.setattr(backend, "run", recorded)
     scheduler = Scheduler(reranker, clock=Clock())  # one arrival time: every job as urgent
     for k in range(12):
         job = RerankJob(f"query {k}", [long_[-1 - k], *short[5 * k : 5 * k + 5]])  # one long document each
@@ -304,21 +298,3 @@ def test_a_backlog_is_cut_at_the_backlog_budget_and_a_lone_small_job_at_the_ordi
     assert [f.key for f in step.finished] == ["small"] and step.pairs > 4, step  # filled from the large one
     assert tokens[-1] <= 512, tokens
     run_all(lone)
-
-
-def test_a_large_jobs_batches_take_no_pair_that_would_pad_its_row_more_than_a_tenth(reranker, monkeypatch):
-    """A padded token costs what a real one does: a large job's micro-batch is its longest pairs
-    of one width class and pairs nearly as long (``MIN_FILLER_SHARE``), not shorter ones (with
-    them, its batches padded 26% on the engine bench; windows 7%). Its last pairs, once they fit
-    one micro-batch, go whole, as a small job's do."""
-    passages = load_passages()
-    rows = recorded_rows(reranker, monkeypatch)
-    scheduler = Scheduler(reranker)
-    large = RerankJob("a large request of passages of every length", passages[:90], prefilter=False)
-    scheduler.submit("large", large, reranker.plan(large))
-    outcomes, _ = run_all(scheduler)
-    assert set(outcomes) == {"large"} and sum(len(lengths) for lengths in rows) == 90
-    width_class = 8  # its own pairs come one width class (engines.batching.bucket_width) at a time
-    assert len(rows) > 2, rows
-    for lengths in rows[:-1]:
-        assert lengths.min() >= min(MIN_FILLER_SHARE * lengths.max(), lengths.max() - width_class + 1), rows
