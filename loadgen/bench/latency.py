@@ -14,9 +14,9 @@ unless ``--bootstrap`` names one, starts one worker, and measures three things:
 3. **mixed sizes**, each run ``--duration`` s: small requests (``--small-docs``) at
    ``--small-rate`` per second alone; the background requests alone at ``--background-share``
    (0.5) of that capacity, or at ``--background-rate`` requests/s (then 2. is skipped: runs that
-   compare two workers should load both alike); then both together. Per run the p50/p99 of each size and the
-   background's throughput; the summary gives small p99 together ÷ alone and large p99
-   together ÷ alone (the worker's scheduler should keep them near 1).
+   compare two workers should load both alike); then both together. Per run the p50/p99 of
+   each size and the background's throughput; the summary gives small p99 together ÷ alone
+   and large p99 together ÷ alone (the worker's scheduler should keep them near 1).
 
 Arrivals are open loop (``--arrivals poisson``, seeded, or ``fixed`` intervals). Latency is
 what ``loadgen.client.RerankClient`` stamps per answer (its receipt time minus its send time).
