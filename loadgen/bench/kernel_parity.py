@@ -6,9 +6,9 @@
 random token ids, at the micro-batch shapes our engine runs (1,024 tokens or so, widths that are
 and are not multiples of 16), best of 20 after 4 warm-up runs, each model compiled with the
 execution precision we set (f32 for what int8 does not cover) and with bf16 (the CPU plugin's
-default where the CPU has AVX-512 BF16, which the peer leaves on; timed only on such CPUs). The peer's model is the one
-``make bench-peer`` quantized (sentence-transformers' ``export_static_quantized_openvino_model``),
-found in the cache unless given.
+default where the CPU has AVX-512 BF16, which the peer leaves on; timed only on such CPUs). The
+peer's model is the one ``make bench-peer`` quantized (sentence-transformers'
+``export_static_quantized_openvino_model``), found in the cache unless given.
 
 If the two models take the same time per token, the engine's lead over the peer is all in what
 it feeds them, and no more can come from the compiled model without a faster kernel. What the
@@ -40,6 +40,7 @@ from loadgen.bench.report import command, table, write_json
 
 #: (pairs, width): micro-batches of ~1,024 tokens, as the engine plans them on CPU.
 SHAPES = [(16, 64), (12, 72), (12, 80), (8, 88), (8, 96), (8, 104), (8, 112), (8, 128), (4, 256)]
+
 
 def precisions() -> tuple[str, ...]:
     """f32, and bf16 where the CPU runs it natively (AVX-512 BF16 or AMX)."""
