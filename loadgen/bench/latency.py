@@ -14,9 +14,11 @@ unless ``--bootstrap`` names one, starts one worker, and measures three things:
 3. **mixed sizes**, each run ``--duration`` s: small requests (``--small-docs``) at
    ``--small-rate`` per second alone; the background requests alone at ``--background-share``
    (0.5) of that capacity, or at ``--background-rate`` requests/s (then 2. is skipped: runs that
-   compare two workers should load both alike); then both together. Per run the p50/p99 of
-   each size and the background's throughput; the summary gives small p99 together ÷ alone
-   and large p99 together ÷ alone (the worker's scheduler should keep them near 1).
+   compare two workers should load both alike); then both together. ``--cycles N`` takes these
+   three runs in turn N times, with new requests each cycle, and pools each run's latencies over
+   the cycles. Per run the p50/p99 of each size and the background's throughput; the summary
+   gives small p99 together ÷ alone and large p99 together ÷ alone (the worker's scheduler
+   should keep them near 1), pooled and per cycle.
 
 Arrivals are open loop (``--arrivals poisson``, seeded, or ``fixed`` intervals). Latency is
 what ``loadgen.client.RerankClient`` stamps per answer (its receipt time minus its send time).
@@ -111,10 +113,10 @@ def warm_up(client: RerankClient, docs: str, count: int, timeout_s: float) -> No
     client.wait(request_ids, timeout_s)
 
 
-def open_loop(client: RerankClient, streams: list[tuple[str, RequestFactory, float]], duration_s: float,
-              arrivals: str, timeout_s: float, seed: int = 0) -> dict[str, dict]:
+def send_open_loop(client: RerankClient, streams: list[tuple[str, RequestFactory, float]], duration_s: float,
+                   arrivals: str, timeout_s: float, seed: int = 0) -> dict[str, list[str]]:
     """Sends every stream (name, factory, requests/s) at once, open loop, for `duration_s`,
-    waits up to `timeout_s` for the last answers, and returns each stream's breakdown. Each
+    waits up to `timeout_s` for the last answers, and returns each stream's request ids. Each
     stream draws its arrivals from its own generator (seeded by ``seed`` and its name), so a
     stream sent alone and beside another arrives the same way in both runs."""
     rngs = {name: random.Random(f"{seed}-{name}") for name, _, _ in streams}
@@ -138,15 +140,17 @@ def open_loop(client: RerankClient, streams: list[tuple[str, RequestFactory, flo
         due[name] = when + gap(name, rate)
     client.flush()
     client.wait([i for stream in ids.values() for i in stream], timeout_s)
-    out = {}
-    for name, _, rate in streams:
-        result = breakdown(client, ids[name])
-        result["rate_per_s"] = rate
-        out[name] = result
-    return out
+    return ids
 
 
-def throughput(client: RerankClient, result: dict, duration_s: float) -> dict:
+def open_loop(client: RerankClient, streams: list[tuple[str, RequestFactory, float]], duration_s: float,
+              arrivals: str, timeout_s: float, seed: int = 0) -> dict[str, dict]:
+    """:func:`send_open_loop`, then each stream's breakdown."""
+    ids = send_open_loop(client, streams, duration_s, arrivals, timeout_s, seed)
+    return {name: {**breakdown(client, ids[name]), "rate_per_s": rate} for name, _, rate in streams}
+
+
+def throughput(result: dict, duration_s: float) -> dict:
     """Answers and documents per second of a run's stream over its sending time."""
     return {"answered_per_s": result["answered"] / duration_s, "docs_per_s": result["documents"] / duration_s}
 
@@ -160,10 +164,52 @@ def ratios(report: dict) -> dict:
             "background_p99_together_over_alone": ratio("background", "background_alone")}
 
 
+#: The runs of 3., pooled over the cycles: small alone, background alone, then the two together
+#: (the small requests' breakdown, then the background's).
+MIXED_PHASES = ("small_alone", "background_alone", "small_with_background", "background")
+
+
+def mixed_sizes(client: RerankClient, small_docs: str, small_rate: float, background_docs: str,
+                background_rate: float, cycles: int, duration_s: float, arrivals: str, timeout_s: float,
+                console: Console, share: str) -> list[dict]:
+    """Small requests alone, the background alone, then both together, ``cycles`` times over.
+
+    Within a cycle the three runs draw the same requests and arrivals for a stream, so alone
+    and together differ only by what shares the worker; each cycle draws new ones. Taking the
+    three runs in turn, several times, spreads over all three whatever slows the machine for a
+    few minutes (one 2-vCPU machine moved by 30% between runs), where one long run of each
+    would put it in one. Returns, per cycle, its request ids per phase and its own p99 ratios."""
+    out = []
+    for cycle in range(cycles):
+        seed = 11 + 100 * cycle  # cycle 0 draws what a single run always drew
+
+        def small() -> RequestFactory:
+            return RequestFactory(parse_distribution(small_docs), seed=seed)
+
+        def background() -> RequestFactory:
+            return RequestFactory(parse_distribution(background_docs), seed=seed + 2)
+
+        label = f"cycle {cycle + 1}/{cycles}: " if cycles > 1 else ""
+        console.print(f"latency: {label}small requests ({small_docs}) alone at {small_rate}/s for {duration_s:.0f} s")
+        small_alone = send_open_loop(client, [("small", small(), small_rate)], duration_s, arrivals, timeout_s,
+                                     seed=seed)["small"]
+        console.print(f"latency: {label}background requests ({background_docs}) alone at {background_rate:.2f}/s "
+                      f"({share})")
+        background_alone = send_open_loop(client, [("background", background(), background_rate)], duration_s,
+                                          arrivals, timeout_s, seed=seed)["background"]
+        console.print(f"latency: {label}small requests with the background, {duration_s:.0f} s")
+        together = send_open_loop(client, [("small", small(), small_rate), ("background", background(), background_rate)],
+                                  duration_s, arrivals, timeout_s, seed=seed)
+        ids = {"small_alone": small_alone, "background_alone": background_alone,
+               "small_with_background": together["small"], "background": together["background"]}
+        out.append({"ids": ids, "ratios": ratios({phase: breakdown(client, ids[phase]) for phase in MIXED_PHASES})})
+    return out
+
+
 def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone: int, lone_pause_s: float,
             small_docs: str, small_rate: float, background_docs: str, background_share: float,
             capacity_s: float, capacity_concurrency: int, duration_s: float, arrivals: str, timeout_s: float,
-            console: Console, background_rate: float | None = None) -> dict:
+            console: Console, background_rate: float | None = None, cycles: int = 1) -> dict:
     """The runs of the module's docstring. The background goes at ``background_share`` of the
     capacity measured first, or at ``background_rate`` requests/s when given (no capacity run):
     the capacity measured in 30 s moved by up to 30% between runs on a 2-vCPU machine, and with
@@ -193,31 +239,17 @@ def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone:
             else:
                 background_share = None
 
-            # Each run draws the same requests and arrivals for a stream: alone and together
-            # differ only by what shares the worker.
-            def small() -> RequestFactory:
-                return RequestFactory(parse_distribution(small_docs), seed=11)
-
-            def background() -> RequestFactory:
-                return RequestFactory(parse_distribution(background_docs), seed=13)
-
-            console.print(f"latency: small requests ({small_docs}) alone at {small_rate}/s for {duration_s:.0f} s")
-            report["small_alone"] = open_loop(client, [("small", small(), small_rate)], duration_s, arrivals,
-                                              timeout_s, seed=11)["small"]
-
             share = "a given rate" if background_share is None else f"{background_share:.0%} of capacity"
-            console.print(f"latency: background requests ({background_docs}) alone at {background_rate:.2f}/s ({share})")
-            alone = open_loop(client, [("background", background(), background_rate)], duration_s, arrivals,
-                              timeout_s, seed=11)["background"]
             report["background_rate"] = background_rate
-            report["background_alone"] = {**alone, "share_of_capacity": background_share,
-                                          **throughput(client, alone, duration_s)}
-            console.print(f"latency: small requests with the background, {duration_s:.0f} s")
-            mixed = open_loop(client, [("small", small(), small_rate), ("background", background(), background_rate)],
-                              duration_s, arrivals, timeout_s, seed=11)
-            report["small_with_background"] = mixed["small"]
-            report["background"] = {**mixed["background"], "share_of_capacity": background_share,
-                                    **throughput(client, mixed["background"], duration_s)}
+            report["cycles"] = mixed_sizes(client, small_docs, small_rate, background_docs, background_rate, cycles,
+                                           duration_s, arrivals, timeout_s, console, share)
+            ids = [cycle.pop("ids") for cycle in report["cycles"]]
+            sending_s = duration_s * cycles
+            for phase in MIXED_PHASES:
+                rate = background_rate if phase.startswith("background") else small_rate
+                report[phase] = {**breakdown(client, [i for cycle in ids for i in cycle[phase]]), "rate_per_s": rate}
+            for phase in ("background_alone", "background"):
+                report[phase] |= {"share_of_capacity": background_share, **throughput(report[phase], sending_s)}
             report["ratios"] = ratios(report)
     finally:
         code = worker.stop()
@@ -262,6 +294,13 @@ def print_report(report: dict, console: Console) -> None:
         console.print(f"p99 together ÷ alone: small {r['small_p99_together_over_alone']:.2f}x, background "
                       f"{r['background_p99_together_over_alone']:.2f}x; background throughput "
                       f"{bg['docs_per_s']:.0f} docs/s together, {bg_alone['docs_per_s']:.0f} alone")
+    cycles = report.get("cycles") or []
+    if len(cycles) > 1:
+        def x(v):
+            return "-" if v is None else f"{v:.2f}x"
+        console.print("per cycle, p99 together ÷ alone: " + "; ".join(
+            f"small {x(c['ratios']['small_p99_together_over_alone'])}, "
+            f"background {x(c['ratios']['background_p99_together_over_alone'])}" for c in cycles))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -284,7 +323,10 @@ def print_report(report: dict, console: Console) -> None:
               help="Seconds of saturation to measure the capacity.")
 @click.option("--capacity-concurrency", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(min=1),
-              help="Seconds of each small-request run (alone, with background).")
+              help="Seconds of each mixed-size run (small alone, background alone, together), per cycle.")
+@click.option("--cycles", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Take the three mixed-size runs in turn this many times, new requests each cycle; "
+                   "latencies are pooled over the cycles.")
 @click.option("--arrivals", default="poisson", show_default=True, type=click.Choice(["poisson", "fixed"]))
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the last answers of a run.")
 @click.option("--engine", default=None, help="RERANK_ENGINE for the worker.")
@@ -295,7 +337,7 @@ def print_report(report: dict, console: Console) -> None:
 @click.option("--log", "log_path", default="out/latency-worker.log", show_default=True,
               type=click.Path(dir_okay=False))
 def main(bootstrap, lone, lone_pause, small_docs, small_rate, background_docs, background_share, background_rate,
-         capacity_s, capacity_concurrency, duration, arrivals, timeout, engine, precision, model, worker_env,
+         capacity_s, capacity_concurrency, duration, cycles, arrivals, timeout, engine, precision, model, worker_env,
          json_path, log_path) -> None:
     """Lone-request latency against inference time, and small requests' p99 with and without a
     background of large requests at a share of the worker's capacity."""
@@ -322,7 +364,8 @@ def main(bootstrap, lone, lone_pause, small_docs, small_rate, background_docs, b
         report = measure(bootstrap, env, Path(log_path), lone=lone, lone_pause_s=lone_pause, small_docs=small_docs,
                          small_rate=small_rate, background_docs=background_docs, background_share=background_share,
                          capacity_s=capacity_s, capacity_concurrency=capacity_concurrency, duration_s=duration,
-                         arrivals=arrivals, timeout_s=timeout, console=console, background_rate=background_rate)
+                         arrivals=arrivals, timeout_s=timeout, console=console, background_rate=background_rate,
+                         cycles=cycles)
     print_report(report, Console())
     write_json(json_path, report)
     lost = sum(report.get(k, {}).get("lost", 0)

@@ -44,7 +44,8 @@ def test_breakdown_splits_end_to_end_into_the_worker_and_the_rest():
 @pytest.mark.kafka
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("background", [["--capacity-s", "3", "--capacity-concurrency", "2"],
-                                        ["--background-rate", "1.5"]], ids=["share-of-capacity", "given-rate"])
+                                        ["--background-rate", "1.5", "--cycles", "2"]],
+                         ids=["share-of-capacity", "given-rate-two-cycles"])
 def test_a_tiny_latency_run_against_the_broker_writes_its_report(kafka_bootstrap, tmp_path, background):
     out_json = tmp_path / "latency.json"
     proc = subprocess.run(
@@ -55,6 +56,8 @@ def test_a_tiny_latency_run_against_the_broker_writes_its_report(kafka_bootstrap
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out_json.read_text())
     assert report["lone"]["answered"] == 2 and report["lone"]["end_to_end_over_inference_p50"] > 0
+    cycles = 2 if "--cycles" in background else 1
+    assert len(report["cycles"]) == cycles
     if "--background-rate" in background:  # no capacity run: the rate given
         assert "capacity" not in report and report["background_rate"] == 1.5
     else:
@@ -62,7 +65,12 @@ def test_a_tiny_latency_run_against_the_broker_writes_its_report(kafka_bootstrap
         assert report["background_rate"] == 0.5 * report["capacity"]["requests_per_s"]
     for run in ("small_alone", "background_alone", "small_with_background", "background"):
         assert report[run]["lost"] == 0 and report[run]["end_to_end_ms"]["p99"] is not None, run
+    # Pooled over the cycles: each cycle sends at least one request of each stream in each run.
+    assert report["small_alone"]["sent"] >= cycles and report["background"]["sent"] >= cycles
+    assert report["small_with_background"]["sent"] == report["small_alone"]["sent"]  # same arrivals
+    assert all(c["ratios"]["small_p99_together_over_alone"] > 0 for c in report["cycles"])
     assert report["worker_exit"] == 0
     assert report["background"]["docs_per_s"] > 0 and report["background_alone"]["docs_per_s"] > 0
     assert report["ratios"]["small_p99_together_over_alone"] > 0
     assert "small requests p99: alone" in proc.stdout and "p99 together ÷ alone" in proc.stdout
+    assert ("per cycle" in proc.stdout) == (cycles > 1)
