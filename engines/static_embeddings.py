@@ -262,19 +262,15 @@ class StaticEmbeddings:
             return np.zeros((0, self.dim), dtype=np.float32)
         cap = min(self.encoder.cap, tokens.cap) if tokens is not None else self.encoder.cap
         candidates = self._plain_texts(texts)
-        fast: list[int] = []
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        fast = set(candidates)
         if candidates:
             spans = self._pre_tokens.spans([texts[i] for i in candidates], self.encoder.clip_chars)
-            if len(spans.long_texts):  # a pre-token too long to key: those texts are tokenized
-                long_texts = set(spans.long_texts.tolist())
-                candidates = [i for k, i in enumerate(candidates) if k not in long_texts]
-                spans = self._pre_tokens.spans([texts[i] for i in candidates], self.encoder.clip_chars)
-            fast = candidates
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if fast:
-            out[fast] = self._unit_sums(len(fast), *self._pre_token_rows(spans, len(fast), cap))
+            out[candidates] = self._unit_sums(len(candidates), *self._pre_token_rows(spans, len(candidates), cap))
+            # A text holding a pre-token too long to key has no words in ``spans``: it is tokenized below.
+            fast -= {candidates[k] for k in spans.long_texts.tolist()}
         if len(fast) < len(texts):
-            slow = sorted(set(range(len(texts))) - set(fast))
+            slow = sorted(set(range(len(texts))) - fast)
             slow_texts = [texts[i] for i in slow]
             ids = read_tokens(slow_texts, tokens, self.encoder) if tokens is not None else self.encoder.encode(slow_texts).ids
             out[slow] = self.embed_ids(ids)
