@@ -78,6 +78,8 @@ URGENCY_SLACK_PAIRS = 5
 #: A backlog of small jobs is cut by length from this many batches' worth of their pairs; jobs
 #: behind a large one are prepared until there are this many, so that its batches find fillers.
 POOL_ROOMS = 32
+#: A large job with at most this many micro-batches' worth of pairs left takes its own pairs first.
+OWN_FIRST_ROOMS = 2
 #: Documents tokenized in one step for jobs that are not cut (more wait for the next step).
 PREPARE_DOCUMENTS = 512
 #: The shared token cache is started afresh past this many texts (the live jobs' pairs keep
@@ -446,7 +448,10 @@ def _compose(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
     # pairs per call); the next jobs' pairs only ever fill the ordinary room.
     chosen = own[: _room(runner, runner.max_backlog_batch_tokens, width) if small and not whole else room]
     fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
-    if not small:
+    if not small and len(anchor.pending) <= OWN_FIRST_ROOMS * room:
+        # A job a little past one batch: its own next pairs first, so it is done in two.
+        fillers = anchor.pending[len(own):] + fillers
+    elif not small:
         # The room a large job's width class leaves goes to the next jobs' pairs of that class
         # (no more padding), then to its own next pairs (it goes on), then to theirs.
         same: list[_Slot] = []

@@ -12,7 +12,8 @@ from conftest_engines import fresh_seed, test_model_path  # noqa: F401
 from engines import EngineConfig, RerankJob, build_reranker
 from engines.batching import SIZE_BUCKETS
 from engines.corpus import load_passages, queries
-from engines.scheduler import AGEING_S_PER_PAIR, Scheduler
+import engines.scheduler
+from engines.scheduler import AGEING_S_PER_PAIR, OWN_FIRST_ROOMS, Scheduler
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +299,27 @@ def test_a_backlog_is_cut_at_the_backlog_budget_and_a_lone_small_job_at_the_ordi
     assert [f.key for f in step.finished] == ["small"] and step.pairs > 4, step  # filled from the large one
     assert tokens[-1] <= 512, tokens
     run_all(lone)
+
+
+def test_a_job_a_little_past_one_batch_is_done_in_two_beside_a_large_one(reranker, monkeypatch):
+    """A job that does not fit one micro-batch but fits two takes its own pairs first: beside a
+    large job whose pairs of each width could fill its batches, it went one width class per
+    micro-batch (a 12-15-document request took four or five beside 50-100-document ones)."""
+    passages = load_passages()
+    for rooms in (0, OWN_FIRST_ROOMS):
+        monkeypatch.setattr(engines.scheduler, "OWN_FIRST_ROOMS", rooms)
+        scheduler = Scheduler(reranker, clock=Clock())
+        large = RerankJob("a large request of its own", passages[:400], prefilter=False)
+        medium = RerankJob("a request a little past one batch", passages[500:525], prefilter=False)
+        scheduler.submit("large", large, reranker.plan(large))
+        scheduler.submit("medium", medium, reranker.plan(medium))
+        batches = 0
+        while True:
+            step = scheduler.step()
+            batches += step.kind == "micro_batch"
+            if "medium" in [f.key for f in step.finished]:
+                break
+        # Without the rule (0) the medium job takes a batch per width class, its own pairs of one
+        # class beside the large job's: three here. So this test fails without it.
+        assert batches > 2 if rooms == 0 else batches <= 2, (rooms, batches)
+        assert set(run_all(scheduler)[0]) == {"large"}
