@@ -24,8 +24,11 @@ does one unit of work and returns what it finished:
    ordinary one on CPU: these jobs wait for each other anyway), so that a backlog pads as little
    and runs as many pairs per call as a window did. A large job gives its longest pairs of one
    width class, and the room they leave goes to the next jobs' pairs of that class, then its own
-   next ones, then theirs: it goes on at nearly its own pace, and the batch pads little. A
-   backend with shape buckets (OpenVINO) gets a bucketed width and size;
+   next ones, then theirs: it goes on at nearly its own pace, and the batch pads little. A job
+   with at most :data:`OWN_FIRST_ROOMS` batches' worth of pairs left (a request of 12-15
+   documents, or a large one near its end) fills the room with its own next pairs first, so that
+   it is done in two batches, not one per width class. A backend with shape buckets (OpenVINO)
+   gets a bucketed width and size;
 5. every job whose last pair was scored is finished at once, with its outcome.
 
 What the windows did well is kept: each text is tokenized once while jobs that use it are live
