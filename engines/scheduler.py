@@ -452,7 +452,8 @@ def _compose(anchor: _Ticket, order: list[_Ticket], fair: FairOrder,
     chosen = own[: _room(runner, runner.max_backlog_batch_tokens, width) if small and not whole else room]
     fillers = _fillers(pool, order, width, FILL_LOOKAHEAD * room)
     if not small and len(anchor.pending) <= OWN_FIRST_ROOMS * room:
-        # A job a little past one batch: its own next pairs first, so it is done in two.
+        # Two batches' worth left or less (a request a little past one batch, a large one near
+        # its end): its own next pairs first, so that it is done in two.
         fillers = anchor.pending[len(own):] + fillers
     elif not small:
         # The room a large job's width class leaves goes to the next jobs' pairs of that class
