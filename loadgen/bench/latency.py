@@ -171,14 +171,14 @@ MIXED_PHASES = ("small_alone", "background_alone", "small_with_background", "bac
 
 def mixed_sizes(client: RerankClient, small_docs: str, small_rate: float, background_docs: str,
                 background_rate: float, cycles: int, duration_s: float, arrivals: str, timeout_s: float,
-                console: Console, share: str) -> list[dict]:
+                console: Console, share: str) -> list[dict[str, list[str]]]:
     """Small requests alone, the background alone, then both together, ``cycles`` times over.
 
     Within a cycle the three runs draw the same requests and arrivals for a stream, so alone
     and together differ only by what shares the worker; each cycle draws new ones. Taking the
     three runs in turn, several times, spreads over all three whatever slows the machine for a
     few minutes (one 2-vCPU machine moved by 30% between runs), where one long run of each
-    would put it in one. Returns, per cycle, its request ids per phase and its own p99 ratios."""
+    would put it in one. Returns, per cycle, its request ids per phase (:data:`MIXED_PHASES`)."""
     out = []
     for cycle in range(cycles):
         seed = 11 + 100 * cycle  # cycle 0 draws what a single run always drew
@@ -200,9 +200,8 @@ def mixed_sizes(client: RerankClient, small_docs: str, small_rate: float, backgr
         console.print(f"latency: {label}small requests with the background, {duration_s:.0f} s")
         together = send_open_loop(client, [("small", small(), small_rate), ("background", background(), background_rate)],
                                   duration_s, arrivals, timeout_s, seed=seed)
-        ids = {"small_alone": small_alone, "background_alone": background_alone,
-               "small_with_background": together["small"], "background": together["background"]}
-        out.append({"ids": ids, "ratios": ratios({phase: breakdown(client, ids[phase]) for phase in MIXED_PHASES})})
+        out.append({"small_alone": small_alone, "background_alone": background_alone,
+                    "small_with_background": together["small"], "background": together["background"]})
     return out
 
 
@@ -241,9 +240,10 @@ def measure(bootstrap: str, worker_env: dict[str, str], log_path: Path, *, lone:
 
             share = "a given rate" if background_share is None else f"{background_share:.0%} of capacity"
             report["background_rate"] = background_rate
-            report["cycles"] = mixed_sizes(client, small_docs, small_rate, background_docs, background_rate, cycles,
-                                           duration_s, arrivals, timeout_s, console, share)
-            ids = [cycle.pop("ids") for cycle in report["cycles"]]
+            ids = mixed_sizes(client, small_docs, small_rate, background_docs, background_rate, cycles,
+                              duration_s, arrivals, timeout_s, console, share)
+            report["cycles"] = [{"ratios": ratios({phase: breakdown(client, cycle[phase]) for phase in MIXED_PHASES})}
+                                for cycle in ids]
             sending_s = duration_s * cycles
             for phase in MIXED_PHASES:
                 rate = background_rate if phase.startswith("background") else small_rate
