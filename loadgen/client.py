@@ -67,6 +67,8 @@ class ReceiveStats:
 # How long one poll() waits when no answer is there: only bounds how soon close() is
 # noticed; an answer that arrives ends the wait at once.
 POLL_TIMEOUT_S = 0.1
+# The delivery thread's poll() wait: also how long flush() may wait for it to step aside.
+DELIVERY_POLL_S = 0.02
 
 # Delivery errors that mean "this principal may not write here": no retry will help, so
 # flush() raises them instead of letting the requests vanish (on a secured cluster).
@@ -116,6 +118,11 @@ class RerankClient:
         # say "_FATAL" afterwards, which names no cause
         self._fatal: KafkaError | None = None
         self._stop = threading.Event()
+        # flush() serves the delivery callbacks itself: the delivery thread stays out of poll()
+        # meanwhile, so that none of them is still running when flush() reads their errors
+        self._serve = threading.Condition()
+        self._serving = False
+        self._flushing = 0
         self.producer = Producer({**base, "linger.ms": 2, "enable.idempotence": True,
                                   "error_cb": self._producer_error,
                                   "message.max.bytes": 10_000_000})
@@ -179,8 +186,12 @@ class RerankClient:
         a request's delivery latency, which librdkafka reads when its callback runs, is the
         ack's and not that of the next send() or flush()."""
         while not self._stop.is_set():
+            with self._serve:
+                if not self._serve.wait_for(lambda: not self._flushing, POLL_TIMEOUT_S):
+                    continue
+                self._serving = True
             try:
-                self.producer.poll(POLL_TIMEOUT_S)
+                self.producer.poll(DELIVERY_POLL_S)
             except KafkaException as exc:  # a fatal producer error: send() and flush() raise it
                 self._fatal = self._fatal or exc.args[0]
             except SystemError as exc:  # the same, raised while a callback ran (see _producer_call)
@@ -188,6 +199,10 @@ class RerankClient:
                 if cause is None:
                     raise
                 self._fatal = self._fatal or cause.args[0]
+            finally:
+                with self._serve:
+                    self._serving = False
+                    self._serve.notify_all()
 
     def _record(self, msg, now: float, now_wall: float) -> None:
         try:
@@ -288,7 +303,18 @@ class RerankClient:
         return ClientError(f"Kafka refused requests to {self.request_topic}: {err.name()}: {err.str()}")
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        if self._producer_call(self.producer.flush, timeout_s) != 0:
+        """Waits until every request sent so far is delivered; raises ClientError if the cluster
+        refused any (once per refusal) or the producer can no longer deliver."""
+        with self._serve:  # the delivery thread's callbacks, if it is in one, run to their end first
+            self._flushing += 1
+            self._serve.wait_for(lambda: not self._serving)
+        try:
+            undelivered = self._producer_call(self.producer.flush, timeout_s)
+        finally:
+            with self._serve:
+                self._flushing -= 1
+                self._serve.notify_all()
+        if undelivered != 0:
             raise ClientError(f"requests still undelivered to {self.request_topic} after {timeout_s}s")
         with self._lock:
             fatal = any(err.fatal() or err.code() == KafkaError._FATAL for _, err in self.delivery_errors)

@@ -258,6 +258,26 @@ def test_a_client_without_write_permission_is_refused(secure, setup, worker):
     assert end_offset(secure, setup.request) == before, "nothing reached the request topic"
 
 
+class SlowCallbacksClient(RerankClient):
+    """A client whose delivery callbacks take their time, as on a busy machine."""
+
+    def _delivered(self, *args) -> None:
+        time.sleep(3)
+        super()._delivered(*args)
+
+
+def test_flush_waits_for_a_refusal_its_delivery_thread_is_still_handling(secure, setup):
+    # The refusal arrives while nothing flushes, so the client's delivery thread serves it; its
+    # callback is still running when flush() is called. flush() must wait for it, not return on an
+    # empty queue with the refusal unseen (which is how a CI run once lost the CLUSTER_AUTHORIZATION_FAILED).
+    with SlowCallbacksClient(secure.bootstrap, setup.request, [setup.response],
+                             extra_config=secure.client_config(*setup.users["reader"])) as c:
+        c.send(request(f"refused-{uuid.uuid4().hex[:6]}"))
+        time.sleep(2)
+        with pytest.raises(ClientError, match="TOPIC_AUTHORIZATION_FAILED"):
+            c.flush()
+
+
 def test_no_request_makes_the_worker_write_outside_its_topics(secure, setup, client):
     outside_before = end_offset(secure, setup.outside)
     cases = {
