@@ -38,10 +38,12 @@ are scored once, micro-batches stay within the token budget, and OpenVINO sees b
 **The fair order** (``policy``): a higher ``priority`` first; then
 
 - ``aged`` (the default): the earliest *virtual deadline*, the time the job arrived plus
-  :data:`AGEING_S_PER_PAIR` for every pair it has left, or its own deadline when that is earlier.
-  It ranks by remaining work, so a small job overtakes large ones, yet waiting counts: a job of
-  ``n`` pairs left goes before a newer one of ``m`` once it has waited ``(n - m) x``
-  :data:`AGEING_S_PER_PAIR`, so none is starved;
+  :data:`AGEING_S_PER_PAIR` for every pair it has left (up to :data:`AGEING_MAX_PAIRS`), or its
+  own deadline when that is earlier. It ranks by remaining work, so a small job overtakes large
+  ones, yet waiting counts: a job of ``n`` pairs left goes before a newer one of ``m`` once it has
+  waited ``(n - m) x`` :data:`AGEING_S_PER_PAIR`, so none is starved. Past the cap, size no longer
+  counts: large jobs go in the order they arrived, so the largest are not the ones every other
+  large job overtakes;
 - ``shortest``: the fewest pairs left, however long a job has waited;
 - ``fifo``: the order of arrival (what windows did).
 
@@ -70,6 +72,11 @@ from engines.reranker import Reranker
 POLICIES = SCHEDULER_POLICIES
 #: How much waiting one pair of remaining work is worth in the ``aged`` order (seconds).
 AGEING_S_PER_PAIR = 0.1
+#: Remaining work counts in the ``aged`` order up to this many pairs. Small jobs still overtake
+#: large ones, but large jobs go in arrival order among themselves: uncapped, a 100-pair job was
+#: overtaken by every 60-pair one that arrived within 4 s after it, which made the tail of the
+#: largest ones long.
+AGEING_MAX_PAIRS = 50
 #: Fillers are looked for among the next jobs of the fair order until there are this many times
 #: the room left: enough to find pairs of a fitting length, few enough to respect the order.
 FILL_LOOKAHEAD = 4
@@ -175,7 +182,7 @@ class FairOrder:
         elif self.policy == "shortest":
             second = float(ticket.remaining)
         else:
-            second = ticket.arrived + ticket.remaining * AGEING_S_PER_PAIR
+            second = ticket.arrived + min(ticket.remaining, AGEING_MAX_PAIRS) * AGEING_S_PER_PAIR
             if ticket.deadline_at is not None:
                 second = min(second, ticket.deadline_at)
         return (-ticket.priority, second, ticket.arrived)

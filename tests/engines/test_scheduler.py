@@ -13,7 +13,7 @@ from engines import EngineConfig, RerankJob, build_reranker
 from engines.batching import SIZE_BUCKETS
 from engines.corpus import load_passages, queries
 import engines.scheduler
-from engines.scheduler import AGEING_S_PER_PAIR, OWN_FIRST_ROOMS, Scheduler
+from engines.scheduler import AGEING_MAX_PAIRS, AGEING_S_PER_PAIR, OWN_FIRST_ROOMS, Scheduler
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +135,23 @@ def test_a_job_that_waited_long_enough_goes_before_a_newer_smaller_one(reranker)
     clock.now += (40 - 4) * AGEING_S_PER_PAIR - 0.01
     again.submit("small", small, reranker.plan(small))
     assert again.step().anchor_waited_s == 0.0
+
+
+def test_large_jobs_go_in_arrival_order_among_themselves_and_small_ones_still_overtake(reranker):
+    passages = load_passages()
+    largest = RerankJob("the largest, first", passages[:100], prefilter=False)
+    large = RerankJob("a large one, later", passages[200:260], prefilter=False)
+    small = RerankJob("a small one, later", passages[300:304])
+    assert len(large.documents) > AGEING_MAX_PAIRS  # both large ones past the cap
+    clock = Clock()
+    scheduler = Scheduler(reranker, clock=clock)
+    scheduler.submit("largest", largest, reranker.plan(largest))
+    clock.now += 0.5  # uncapped, the 60-pair job would have gone first: 0.5 s < 40 pairs' worth
+    scheduler.submit("large", large, reranker.plan(large))
+    scheduler.submit("small", small, reranker.plan(small))
+    first = scheduler.step()
+    assert [f.key for f in first.finished] == ["small"]
+    assert scheduler.step().anchor_waited_s == pytest.approx(0.5)  # then the one that arrived first
 
 
 def test_priority_goes_first_and_a_passed_deadline_is_not_scored(reranker):
