@@ -19,7 +19,6 @@ extra cost per pair. Compare orders and batching with it; measure the service wi
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import statistics
@@ -37,7 +36,7 @@ from engines.reranker import Reranker
 from engines.scheduler import Scheduler
 from engines.testmodel import ensure_test_model
 from loadgen.bench.machine import machine
-from loadgen.bench.report import command
+from loadgen.bench.report import command, write_json
 from loadgen.run import RequestFactory
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -191,9 +190,7 @@ def main(policy: str, seeds: int, duration_s: float, load: float, json_path: Pat
                       f"{row['large_p99_alone_s'] * 1e3:.0f} → {row['large_p99_together_s'] * 1e3:.0f} ms",
                       f"{row['large_ratio']:.2f}x", f"{row['busy_together']:.0%}", f"{row['padding_together']:.1%}")
     Console(width=150).print(table)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2))
+    write_json(json_path, report)
 
 
 if __name__ == "__main__":

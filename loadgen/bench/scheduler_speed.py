@@ -16,7 +16,6 @@ and the padding.
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from pathlib import Path
@@ -30,7 +29,7 @@ from engines.corpus import load_passages
 from engines.testmodel import ensure_test_model
 from loadgen.bench.engine_speed import SchedulerContender, make_rounds, measure_windows
 from loadgen.bench.machine import machine
-from loadgen.bench.report import command
+from loadgen.bench.report import command, write_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -102,9 +101,7 @@ def main(reps: int, engine: str, precision: str, json_path: Path | None) -> None
         table.add_row(name, f"{row['best']:.1f}", f"{row['median']:.1f}", f"{row['best_vs_before']:.3f}",
                       f"{row['median_vs_before']:.3f}", f"{100 * row['padding']:.1f}%")
     Console(width=150).print(table)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2))
+    write_json(json_path, report)
 
 
 if __name__ == "__main__":
