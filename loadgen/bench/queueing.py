@@ -3,8 +3,9 @@
 What it models is the worker of 0.2, which scored windows one at a time (``streams.windows``,
 ``streams.worker`` then). Since 0.3 the worker's engine schedules pairs continuously
 (:mod:`engines.scheduler`): each request is answered when its own pairs are done, small ones
-first, so for mixed sizes this model is pessimistic about small requests; modelling the
-scheduler is an open follow-up. What it models:
+first, so for mixed sizes this model is pessimistic about small requests. For the scheduler,
+:mod:`loadgen.bench.scheduler_replay` runs mixed arrivals through the real
+:class:`~engines.scheduler.Scheduler` in virtual time (one worker, no partitions). What it models:
 
 * Requests are keyed by ``request_id``, so each lands on a partition at random and every
   partition belongs to one replica. **Replicas do not share a queue**: c replicas are c

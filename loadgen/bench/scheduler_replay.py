@@ -132,19 +132,18 @@ def p99(values: list[float]) -> float:
     return float(np.percentile(values, 99))
 
 
-def calibrate(replay: Replay, load: float, seed: int, duration_s: float = 300.0) -> float:
-    """The seconds per padded token at which the large requests alone keep the engine busy ``load``
-    of the time (busy time is proportional to it, but for the fixed cost per call)."""
+def calibrate(replay: Replay, load: float, seed: int, duration_s: float = 300.0) -> None:
+    """Sets ``replay``'s seconds per padded token to where the large requests alone keep the engine
+    busy ``load`` of the time (busy time is proportional to it, but for the fixed cost per call)."""
     timeline = arrivals([LARGE], duration_s, seed)
     for _ in range(2):  # the second pass corrects for the fixed cost per call
         replay.token_s *= load / replay.run(timeline)["busy"]
-    return replay.token_s
 
 
 def measure(reranker: Reranker, policy: str, seeds: int, duration_s: float, load: float) -> dict:
     """Per seed: each stream's p99 alone and together, their ratios; and their means over seeds."""
     replay = Replay(reranker, policy, token_s=80e-6)
-    replay.token_s = calibrate(replay, load, seed=10_000)
+    calibrate(replay, load, seed=10_000)
     rows = []
     for seed in range(seeds):
         small_alone = replay.run(arrivals([SMALL], duration_s, seed))
